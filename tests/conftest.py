@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("TNL_DATA_DIR", SHARED_DATA))
+    if not (path / "wikitext-2-raw" / "wiki.valid.raw").exists():
+        pytest.skip(f"WikiText files not found under {path}; set TNL_DATA_DIR")
+    return path

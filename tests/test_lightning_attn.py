@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from tests.attn_reference import recurrence
+from tnl.ops import lightning_attn, recurrent_lightning_attn_step
+
+SHAPES = [  # B, T, H, Hkv, D, E
+    (2, 1, 2, 2, 8, 8),
+    (2, 37, 4, 2, 12, 20),  # T prime, D != E, grouped heads
+    (1, 130, 3, 1, 16, 8),  # T not divisible by the block (64), H not a power of two
+    (3, 64, 2, 2, 5, 7),
+]
+
+
+def _inputs(b, t, h, hkv, d, e, dtype=torch.float32, state=True, n=None):
+    q = torch.randn(b, t, h, d, dtype=dtype)
+    k = torch.randn(b, t, hkv, d, dtype=dtype)
+    v = torch.randn(b, t, hkv, e, dtype=dtype)
+    decay = torch.rand(h, dtype=torch.float32) * 0.5
+    s0 = torch.randn(n or b, h, d, e, dtype=torch.float64 if dtype == torch.float64 else torch.float32) if state else None
+    return q, k, v, decay, s0
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_state_match_recurrence(backend, shape):
+    q, k, v, decay, s0 = _inputs(*shape, dtype=torch.float64)
+    o, final = lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True, backend=backend)
+    o_ref, f_ref = recurrence(q, k, v, decay, 0.7, s0)
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(final, f_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_gradients_match_recurrence(backend):
+    q, k, v, decay, s0 = _inputs(2, 70, 4, 2, 6, 10, dtype=torch.float64)
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    o, final = lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True, backend=backend)
+    go, gf = torch.randn_like(o), torch.randn_like(final)
+    grads = torch.autograd.grad((o * go).sum() + (final * gf).sum(), leaves)
+    o_ref, f_ref = recurrence(q, k, v, decay, 1.0, s0)
+    grads_ref = torch.autograd.grad((o_ref * go).sum() + (f_ref * gf).sum(), leaves)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
+
+
+def test_low_precision_forward_is_close():
+    q, k, v, decay, s0 = _inputs(1, 100, 2, 2, 16, 16, state=False)
+    o_ref, _ = recurrence(q, k, v, decay)
+    for dtype in (torch.bfloat16, torch.float16):
+        o, _ = lightning_attn(q.to(dtype), k.to(dtype), v.to(dtype), decay, backend="torch")
+        assert o.dtype == dtype
+        err = (o.double() - o_ref).norm() / o_ref.norm()
+        assert err < 2e-2, f"{dtype}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_varlen_matches_per_sequence_recurrence(backend):
+    cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32)  # includes an empty sequence
+    q, k, v, decay, s0 = _inputs(1, 83, 4, 2, 8, 6, dtype=torch.float64, n=4)
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    o, final = lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True, cu_seqlens=cu,
+                              backend=backend)
+    o_ref, f_ref = recurrence(q, k, v, decay, 1.0, s0, cu_seqlens=cu)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(final, f_ref)
+    go = torch.randn_like(o)
+    grads = torch.autograd.grad((o * go).sum() + final.sum(), leaves)
+    grads_ref = torch.autograd.grad((o_ref * go).sum() + f_ref.sum(), leaves)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_recurrent_step_continues_chunked_prefill():
+    q, k, v, decay, s0 = _inputs(2, 33, 4, 2, 8, 8, dtype=torch.float64)
+    o_ref, f_ref = recurrence(q, k, v, decay, 0.5, s0)
+    _, state = lightning_attn(q[:, :20], k[:, :20], v[:, :20], decay, scale=0.5, initial_state=s0,
+                              output_final_state=True)
+    for t in range(20, 33):
+        o_t, state = recurrent_lightning_attn_step(q[:, t], k[:, t], v[:, t], decay, state, scale=0.5)
+        torch.testing.assert_close(o_t, o_ref[:, t])
+    torch.testing.assert_close(state, f_ref)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: {**a, "q": a["q"][0]}, "4-D"),
+        (lambda a: {**a, "decay": a["decay"][:1]}, "decay must be a tensor of shape"),
+        (lambda a: {**a, "decay": -a["decay"]}, "decay rates must be >= 0"),
+        (lambda a: {**a, "k": a["k"].repeat(1, 1, 2, 1)[:, :, :3], "v": a["v"].repeat(1, 1, 2, 1)[:, :, :3]},
+         "multiple of k/v heads"),
+        (lambda a: {**a, "v": a["v"][:, :, :1]}, "k has 2 heads but v has 1"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([0, 3, 10], dtype=torch.int32)}, "B = 1"),
+        (lambda a: {**a, "initial_state": torch.randn(1, 4, 8, 8)}, "initial_state must have shape"),
+        (lambda a: {**a, "k": a["k"].half()}, "share one dtype"),
+        (lambda a: {**a, "backend": "cuda"}, "unknown backend"),
+        (lambda a: {**a, "backend": "triton"}, "backend='triton' needs a CUDA tensor"),
+    ],
+)
+def test_bad_input_gets_one_line_error(mutate, message, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v, decay, _ = _inputs(2, 10, 4, 2, 8, 8, state=False)
+    args = mutate({"q": q, "k": k, "v": v, "decay": decay})
+    kwargs = {key: args.pop(key) for key in ("cu_seqlens", "initial_state", "backend") if key in args}
+    with pytest.raises(ValueError, match=message) as info:
+        lightning_attn(args["q"], args["k"], args["v"], args["decay"], **kwargs)
+    assert "\n" not in str(info.value)

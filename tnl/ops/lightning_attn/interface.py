@@ -1,0 +1,140 @@
+"""`lightning_attn`: the public entry point. Validates inputs, handles varlen and picks a backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from .chunk import chunk_lightning_attn
+from .naive import naive_lightning_attn
+
+BACKENDS = ("auto", "torch", "naive", "triton")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"lightning_attn: {msg}")
+
+
+def _validate(q, k, v, decay, initial_state, cu_seqlens) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            _fail(f"{name} must be a 4-D tensor [B, T, heads, dim], got shape {tuple(getattr(x, 'shape', ()))}")
+        if x.dtype not in _FLOAT_DTYPES:
+            _fail(f"{name} has dtype {x.dtype}; use float16, bfloat16, float32 or float64")
+    if not (q.dtype == k.dtype == v.dtype):
+        _fail(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
+    b, t, h, d = q.shape
+    if k.shape[:2] != (b, t) or v.shape[:2] != (b, t):
+        _fail(f"q, k, v must share [B, T]; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[3] != d:
+        _fail(f"k head dim {k.shape[3]} != q head dim {d}")
+    hkv = k.shape[2]
+    if v.shape[2] != hkv:
+        _fail(f"k has {hkv} heads but v has {v.shape[2]}; they must match")
+    if h % hkv != 0:
+        _fail(f"q heads ({h}) must be a multiple of k/v heads ({hkv}) for grouped heads")
+    if t == 0:
+        _fail("sequence length T is 0; pass at least one token")
+    if not isinstance(decay, torch.Tensor) or decay.shape != (h,):
+        _fail(f"decay must be a tensor of shape [{h}] (one rate per q head), got {tuple(getattr(decay, 'shape', ()))}")
+    if not decay.is_floating_point():
+        _fail(f"decay must be a floating tensor, got {decay.dtype}")
+    if not torch.compiler.is_compiling() and bool((decay < 0).any()):
+        _fail("decay rates must be >= 0 (the per-step factor is exp(-decay)); negative rates make the state blow up")
+    for name, x in (("k", k), ("v", v), ("decay", decay)):
+        if x.device != q.device:
+            _fail(f"{name} is on {x.device} but q is on {q.device}; move them to one device")
+    n = b
+    if cu_seqlens is not None:
+        if b != 1:
+            _fail(f"cu_seqlens needs a packed batch of one (B = 1), got B = {b}; flatten the batch first")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            _fail("cu_seqlens must be a 1-D int32 tensor of N+1 offsets [0, ..., T]")
+        if not torch.compiler.is_compiling():
+            cs = cu_seqlens.tolist()
+            if cs[0] != 0 or cs[-1] != t or any(a > b_ for a, b_ in zip(cs[:-1], cs[1:])):
+                _fail(f"cu_seqlens must rise from 0 to T = {t}, got {cs[:4]}...{cs[-2:]}")
+        n = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        e = v.shape[3]
+        if initial_state.shape != (n, h, d, e):
+            _fail(f"initial_state must have shape [{n}, {h}, {d}, {e}], got {tuple(initial_state.shape)}")
+
+
+def _triton_available(q: torch.Tensor) -> bool:
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        from .chunk_triton import triton_lightning_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+    backend = os.environ.get("TNL_ATTN_BACKEND", backend) if backend == "auto" else backend
+    if backend not in BACKENDS:
+        _fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if q.device.type == "cuda" and _triton_available(q) else "torch"
+    return backend
+
+
+def _per_sequence(fn: Callable, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens):
+    """Run a single-sequence backend over each packed sequence of a varlen batch."""
+    offsets = cu_seqlens.tolist()
+    outs, finals = [], []
+    for i, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
+        if end == start:
+            state0 = initial_state[i : i + 1] if initial_state is not None else None
+            if output_final_state:
+                e = v.shape[-1]
+                zero = q.new_zeros(1, q.shape[2], q.shape[3], e, dtype=torch.float32)
+                finals.append(state0.float() if state0 is not None else zero)
+            continue
+        state0 = initial_state[i : i + 1] if initial_state is not None else None
+        o, f = fn(q[:, start:end], k[:, start:end], v[:, start:end], decay, scale, state0, output_final_state)
+        outs.append(o)
+        finals.append(f)
+    o = torch.cat(outs, dim=1)
+    return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+def lightning_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal linear attention with per-head exponential decay (Lightning Attention-2).
+
+    Per head: S_t = exp(-decay) * S_{t-1} + k_t^T v_t and o_t = scale * q_t S_t, with S_0 = initial_state.
+    q, k: [B, T, H, D] (k may have Hkv heads, H % Hkv == 0); v: [B, T, Hkv, E]; decay: [H].
+    cu_seqlens: int32 offsets [N+1] of N sequences packed in B = 1; each has its own initial/final state.
+    Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
+    """
+    _validate(q, k, v, decay, initial_state, cu_seqlens)
+    name = _resolve_backend(backend, q)
+    if name == "triton":
+        if not _triton_available(q):
+            _fail("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and the Triton kernel; "
+                  "use backend='torch' on this device")
+        from .chunk_triton import triton_lightning_attn
+
+        return triton_lightning_attn(
+            q, k, v, decay, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+        )
+    fn = naive_lightning_attn if name == "naive" else chunk_lightning_attn
+    if cu_seqlens is not None:
+        return _per_sequence(fn, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens)
+    return fn(q, k, v, decay, scale, initial_state, output_final_state)

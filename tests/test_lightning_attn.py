@@ -17,7 +17,8 @@ def _inputs(b, t, h, hkv, d, e, dtype=torch.float32, state=True, n=None):
     k = torch.randn(b, t, hkv, d, dtype=dtype)
     v = torch.randn(b, t, hkv, e, dtype=dtype)
     decay = torch.rand(h, dtype=torch.float32) * 0.5
-    s0 = torch.randn(n or b, h, d, e, dtype=torch.float64 if dtype == torch.float64 else torch.float32) if state else None
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    s0 = torch.randn(n or b, h, d, e, dtype=state_dtype) if state else None
     return q, k, v, decay, s0
 
 

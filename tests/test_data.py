@@ -1,0 +1,165 @@
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tnl.data import (
+    DataError,
+    PackedWindows,
+    ResumableSampler,
+    TokenArray,
+    build_token_array,
+    collate,
+    detokenize,
+    load_documents,
+    prepare_split,
+    prepare_tokenizer,
+    split_articles,
+)
+from tnl.data.tokenizer import train_bpe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wikitext_cfg(data_dir, tmp_path, **over):
+    data = OmegaConf.load(ROOT / "configs/data/wikitext103.yaml")
+    data.path = str(data_dir)
+    data.cache_dir = str(tmp_path / "cache")
+    for k, v in over.items():
+        OmegaConf.update(data, k, v)
+    tok = OmegaConf.create({"kind": "bpe", "name": None, "vocab_size": 600, "min_frequency": 2})
+    return OmegaConf.create({"data": data, "tokenizer": tok})
+
+
+def test_split_articles_groups_by_title_not_section():
+    lines = [" \n", " = A = \n", " \n", " = = Sec = = \n", " text a \n", " = B = \n", " text b \n"]
+    assert split_articles(lines) == [" = A = \n \n = = Sec = = \n text a \n", " = B = \n text b \n"]
+
+
+def test_wikitext_valid_and_test_have_the_published_article_counts(data_dir, tmp_path):
+    cfg = wikitext_cfg(data_dir, tmp_path)
+    # lm-eval's document-level WikiText has 60 validation and 62 test articles
+    assert len(load_documents(cfg.data, "validation")) == 60
+    assert len(load_documents(cfg.data, "test")) == 62
+
+
+def test_detokenize_undoes_wikitext_tokenization():
+    text = ' = = Early life = = \n He was born in 1 @,@ 900 , a well @-@ known " quiet " year ( 3 @.@ 5 % ) . \n'
+    assert detokenize(text) == ' == Early life ==\nHe was born in 1,900, a well-known "quiet" year (3.5 %).\n'
+    assert detokenize("the king 's men") == "the king's men"
+
+
+def test_bpe_is_deterministic_and_lossless(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "ünïcode", "数据", "x1", "="]
+    docs = datasets.Dataset.from_dict({"text": [" ".join(rng.choice(words, 50)) + "\n" for _ in range(40)]})
+    a, b = train_bpe(docs, 300), train_bpe(docs, 300)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "a/tokenizer.json").read_bytes() == (tmp_path / "b/tokenizer.json").read_bytes()
+    for text in docs["text"][:5] + ["unseen wörds ✓ 123"]:
+        assert a.decode(a(text)["input_ids"]) == text
+
+
+def test_token_cache_round_trips_and_is_reused(data_dir, tmp_path):
+    cfg = wikitext_cfg(data_dir, tmp_path)
+    tok = prepare_tokenizer(cfg, log=lambda *_: None)
+    arr = prepare_split(cfg.data, tok, "validation", log=lambda *_: None)
+    docs = load_documents(cfg.data, "validation", detokenized=True)["text"]
+    assert len(arr.doc_starts) == len(docs)
+    ends = list(arr.doc_starts[1:]) + [len(arr.tokens)]
+    for i in (0, 17, len(docs) - 1):
+        ids = arr.tokens[arr.doc_starts[i] : ends[i]].tolist()
+        assert ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[:-1]) == docs[i]
+    messages = []
+    again = prepare_split(cfg.data, tok, "validation", log=messages.append)
+    assert again.path == arr.path and not any("token cache:" in m for m in messages)  # a hit builds nothing
+    assert json.loads((arr.path / "meta.json").read_text())["num_tokens"] == len(arr.tokens)
+
+
+def _array(n_tokens, doc_starts):
+    tokens = np.arange(n_tokens, dtype=np.uint32) % 1000
+    return TokenArray(tokens, np.array(doc_starts, dtype=np.int64), Path("."))
+
+
+def test_packed_windows_cover_the_stream_with_shifted_labels():
+    arr = _array(103, [0])
+    ds = PackedWindows(arr, seq_len=10)
+    assert len(ds) == 10
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.equal(item["input_ids"], torch.arange(10 * i, 10 * i + 10))
+        assert torch.equal(item["labels"], torch.arange(10 * i + 1, 10 * i + 11))
+
+
+def test_document_aware_batches_carry_cu_seqlens_at_document_starts():
+    starts = [0, 4, 13, 14, 25]
+    ds = PackedWindows(_array(41, starts), seq_len=10, document_aware=True)
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch["input_ids"].shape == (1, 30)
+    expected = [0] + [s for s in starts if 0 < s < 30] + [30]
+    expected = sorted(set(expected) | {10, 20})
+    assert batch["cu_seqlens"].tolist() == expected
+
+
+def test_sampler_resume_repeats_nothing_and_skips_nothing():
+    full = list(itertools.islice(iter(ResumableSampler(23, seed=7)), 60))  # crosses two epoch boundaries
+    assert sorted(full[:23]) == list(range(23)) and full[:23] != full[23:46]  # a permutation, reshuffled
+    first = ResumableSampler(23, seed=7)
+    first.consumed = 31
+    resumed = ResumableSampler(23, seed=7)
+    resumed.load_state_dict(first.state_dict(), log=lambda *_: None)
+    assert list(itertools.islice(iter(resumed), 29)) == full[31:]
+
+
+def test_sampler_shards_are_disjoint_and_cover_an_epoch():
+    shards = [list(itertools.islice(iter(ResumableSampler(20, seed=3, rank=r, world_size=4)), 5)) for r in range(4)]
+    flat = [i for s in shards for i in s]
+    assert sorted(flat) == list(range(20))
+
+
+def test_sampler_world_size_change_keeps_global_position():
+    old = ResumableSampler(40, seed=1, rank=0, world_size=2)
+    old.consumed = 6  # 12 samples consumed over 2 ranks
+    new = ResumableSampler(40, seed=1, rank=0, world_size=3)
+    logs = []
+    new.load_state_dict(old.state_dict(), log=logs.append)
+    assert new.consumed == 4 and "world size changed 2 -> 3" in logs[0]
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "encoding", "column", "short"])
+def test_bad_data_gets_one_line_error(problem, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    good = folder / "train.jsonl"
+    good.write_text("\n".join(json.dumps({"text": f"doc {i} " * 20}) for i in range(10)))
+    data = OmegaConf.load(ROOT / "configs/data/text.yaml")
+    data.path, data.cache_dir = str(folder), str(tmp_path / "cache")
+    data.files = {"train": ["train.jsonl"], "validation": ["train.jsonl"]}
+    if problem == "missing":
+        data.files.train = ["nope.jsonl"]
+    elif problem == "empty":
+        (folder / "empty.txt").write_text("")
+        data.files.train = ["empty.txt"]
+    elif problem == "encoding":
+        (folder / "bad.txt").write_bytes(b"caf\xe9 latin-1 text\n")
+        data.files.train = ["bad.txt"]
+    elif problem == "column":
+        data.text_column = "body"
+    with pytest.raises(DataError) as info:
+        if problem == "short":
+            docs = load_documents(data, "train")
+            tok = train_bpe(docs, 280)
+            arr = build_token_array(docs, tok, data.cache_dir, "t", num_proc=1, log=lambda *_: None)
+            PackedWindows(arr, seq_len=len(arr.tokens) + 5)
+        else:
+            load_documents(data, "train")
+    msg = str(info.value)
+    assert "\n" not in msg and ";" in msg  # one line: the problem; the fix

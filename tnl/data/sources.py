@@ -1,0 +1,109 @@
+"""Where text comes from: the Hugging Face hub, or local files named in config (`data.path` + `data.files`).
+
+Every source ends as a `datasets.Dataset` (or `IterableDataset` when streaming) with one document per
+row in column "text"; `describe_source` says in one line which files or hub dataset a run used.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .wikitext import detokenize, split_articles
+
+_LOADERS = {".txt": "text", ".raw": "text", ".tokens": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _split_files(cfg: Any, split: str) -> list[str]:
+    files = (cfg.get("files") or {}).get(split)
+    if not files:
+        raise DataError(f"data.files has no entry for split '{split}'; add data.files.{split}=[...] to the config")
+    root = Path(os.path.expanduser(str(cfg.path))) if cfg.get("path") else None
+    out: list[str] = []
+    for name in [files] if isinstance(files, str) else list(files):
+        pattern = str(root / name) if root is not None and not os.path.isabs(name) else os.path.expanduser(name)
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise DataError(f"data file not found: {pattern}; check data.path (TNL_DATA_DIR) and data.files.{split}")
+        for m in matches:
+            if os.path.getsize(m) == 0:
+                raise DataError(f"data file is empty: {m}; point data.files.{split} at a file with text")
+        out.extend(matches)
+    return out
+
+
+def _use_local(cfg: Any) -> bool:
+    return bool(cfg.get("path")) or cfg.kind == "text" and not cfg.get("hub_path")
+
+
+def describe_source(cfg: Any, split: str) -> str:
+    """One line naming exactly what a split is read from."""
+    if _use_local(cfg):
+        return f"{split}: local files " + ", ".join(_split_files(cfg, split))
+    return f"{split}: hub dataset {cfg.hub_path}" + (f" ({cfg.hub_name})" if cfg.get("hub_name") else "")
+
+
+def _load_local(cfg: Any, split: str, streaming: bool):
+    import datasets
+
+    files = _split_files(cfg, split)
+    exts = {Path(f).suffix.lower() for f in files}
+    loaders = {_LOADERS.get(e, "text") for e in exts}
+    if len(loaders) != 1:
+        raise DataError(f"data.files.{split} mixes file types {sorted(exts)}; use one type per split")
+    loader = loaders.pop()
+    kwargs: dict[str, Any] = {}
+    if loader == "text":
+        kwargs = {"keep_linebreaks": True, "sample_by": "line" if cfg.kind == "wikitext" else cfg.sample_by}
+    try:
+        ds = datasets.load_dataset(loader, data_files={split: files}, split=split, streaming=streaming, **kwargs)
+    except Exception as err:  # datasets wraps reader errors; find the cause the user can fix
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            raise DataError(f"a file of split '{split}' is not valid UTF-8 ({cause.reason} at byte {cause.start}); "
+                            "re-encode it as UTF-8") from None
+        raise DataError(f"cannot read {files} as {loader} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                        "check the file format and data.files") from None
+    return ds
+
+
+def _load_hub(cfg: Any, split: str, streaming: bool):
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.hub_path, cfg.get("hub_name"), split=split, streaming=streaming)
+    except Exception as err:  # network, auth or a wrong name all end here
+        raise DataError(
+            f"cannot load '{cfg.hub_path}' from the Hugging Face hub ({type(err).__name__}); "
+            "set TNL_DATA_DIR (or data.path) to a local copy, e.g. make sets it to ../shared/data"
+        ) from None
+
+
+def load_documents(cfg: Any, split: str, detokenized: bool | None = None):
+    """A dataset of documents (column "text") for `split` of the configured source.
+
+    WikiText rows are grouped into articles; with `data.detokenize` (or `detokenized=True`) the
+    lm-eval detokenizer is applied, so training sees text in the form evaluation scores.
+    """
+    import datasets
+
+    streaming = bool(cfg.get("streaming", False))
+    ds = _load_local(cfg, split, streaming) if _use_local(cfg) else _load_hub(cfg, split, streaming)
+    column = cfg.get("text_column", "text")
+    if column not in (ds.column_names or [column]):
+        raise DataError(f"column '{column}' not in split '{split}' (columns: {ds.column_names}); set data.text_column")
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    if cfg.kind == "wikitext":
+        if streaming:
+            raise DataError("data.streaming is for large text corpora; WikiText is small, set data.streaming=false")
+        docs = split_articles(ds["text"])  # hub and local rows are lines; an article is one document
+        if cfg.get("detokenize", False) if detokenized is None else detokenized:
+            docs = [detokenize(d) for d in docs]
+        ds = datasets.Dataset.from_dict({"text": docs})
+    return ds

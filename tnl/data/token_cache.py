@@ -1,0 +1,88 @@
+"""Flat token arrays on disk: tokenize once with `datasets.map`, memory-map on every later run.
+
+Each split becomes `tokens.bin` (uint16 when the vocab fits, else uint32, one EOS after every
+document), `doc_starts.npy` (offset of each document) and `meta.json`, in a folder named by a
+fingerprint of source, tokenizer and settings. Folders are written under a temporary name and renamed
+into place, so an interrupted build never leaves a cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .tokenizer import content_hash, fingerprint
+
+
+@dataclass
+class TokenArray:
+    tokens: np.ndarray  # memory-mapped, 1-D
+    doc_starts: np.ndarray  # int64, sorted, first is 0
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Hash of the tokenizer's full definition (vocab, merges, normalizers, special tokens)."""
+    blob = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _open(folder: Path) -> TokenArray:
+    meta = json.loads((folder / "meta.json").read_text())
+    tokens = np.memmap(folder / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    if len(tokens) != meta["num_tokens"]:
+        raise DataError(f"token cache {folder} is truncated; delete that folder to rebuild it")
+    return TokenArray(tokens, np.load(folder / "doc_starts.npy"), folder)
+
+
+def build_token_array(docs, tokenizer, cache_dir: str | os.PathLike, source: str, num_proc: int = 2,
+                      log=print) -> TokenArray:
+    """Tokenize `docs` (a datasets.Dataset with column "text") into a cached flat token array."""
+    key = fingerprint("tokens-v1", source, content_hash(docs), tokenizer_hash(tokenizer))
+    folder = Path(os.path.expanduser(str(cache_dir))) / "tokens" / key
+    if (folder / "meta.json").exists():
+        return _open(folder)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token; choose one that defines eos_token")
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"ids": [x + [eos] for x in ids]}
+
+    nproc = max(1, min(num_proc, len(docs) // 64)) if num_proc else 1
+    encoded = docs.map(encode, batched=True, batch_size=256, num_proc=nproc if nproc > 1 else None,
+                       remove_columns=docs.column_names, desc="tokenize", load_from_cache_file=False)
+    vocab = len(tokenizer)
+    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lengths = []
+    with open(tmp / "tokens.bin", "wb") as f:
+        for i in range(0, len(encoded), 1024):
+            chunk = encoded[i : i + 1024]["ids"]
+            lengths.extend(len(x) for x in chunk)
+            f.write(np.fromiter((t for x in chunk for t in x), dtype=dtype).tobytes())
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    np.save(tmp / "doc_starts.npy", starts)
+    num_tokens = int(sum(lengths))
+    meta = {"num_tokens": num_tokens, "num_docs": len(lengths), "dtype": np.dtype(dtype).name, "source": source,
+            "vocab_size": vocab}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # built concurrently by another process: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"token cache: {num_tokens:,} tokens in {len(lengths):,} documents -> {folder}")
+    return _open(folder)

@@ -1,0 +1,98 @@
+"""Tokenizers: any Hugging Face tokenizer by name or path, or a byte-level BPE trained here.
+
+The BPE is trained with `tokenizers` on the training documents, cached under a fingerprint of the
+data and settings, and saved in HF format so it ships with exports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+SPECIAL = "<|endoftext|>"
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short stable hash of JSON-able parts (config values, content hashes)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_hash(docs) -> str:
+    h = hashlib.sha256()
+    for i in range(0, len(docs), 1000):
+        for text in docs[i : i + 1000]["text"]:
+            h.update(text.encode("utf-8"))
+            h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def train_bpe(docs, vocab_size: int, min_frequency: int = 2):
+    """Byte-level BPE (GPT-2 style pre-tokenization) with one special token for EOS/BOS/PAD."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def batches():
+        for i in range(0, len(docs), 256):
+            yield docs[i : i + 256]["text"]
+
+    tok.train_from_iterator(batches(), trainer=trainer, length=len(docs))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL, pad_token=SPECIAL, unk_token=None,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_tokenizer(cfg: Any, train_docs_fn, cache_dir: str | os.PathLike, log=print):
+    """The configured tokenizer. `train_docs_fn()` gives the training documents (only called for a BPE miss)."""
+    from transformers import AutoTokenizer
+
+    if cfg.kind == "hf":
+        if not cfg.get("name"):
+            raise DataError("tokenizer.kind=hf needs tokenizer.name=<hub name or local folder>")
+        try:
+            tok = AutoTokenizer.from_pretrained(cfg.name)
+        except Exception as err:
+            raise DataError(
+                f"tokenizer '{cfg.name}' cannot be loaded ({type(err).__name__}); give a local folder with "
+                "tokenizer.json or use tokenizer=bpe to train one"
+            ) from None
+        if tok.eos_token_id is None:
+            raise DataError(f"tokenizer '{cfg.name}' has no EOS token; choose one that defines eos_token")
+        return tok
+    if cfg.kind != "bpe":
+        raise DataError(f"unknown tokenizer.kind '{cfg.kind}'; use 'bpe' or 'hf'")
+    docs = train_docs_fn()
+    key = fingerprint("bpe-v1", content_hash(docs), cfg.vocab_size, cfg.get("min_frequency", 2))
+    folder = Path(os.path.expanduser(str(cache_dir))) / "tokenizers" / key
+    if (folder / "tokenizer.json").exists():
+        log(f"tokenizer: cached byte-level BPE ({cfg.vocab_size} tokens) at {folder}")
+        return AutoTokenizer.from_pretrained(str(folder))
+    log(f"tokenizer: training byte-level BPE with {cfg.vocab_size} tokens on {len(docs)} documents")
+    tok = train_bpe(docs, cfg.vocab_size, cfg.get("min_frequency", 2))
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(str(tmp))
+    os.makedirs(folder.parent, exist_ok=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"tokenizer: saved to {folder}")
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,290 @@
+"""The training loop (Accelerate): read top to bottom, one step at a time.
+
+setup (tokenizer, token caches, model, optimizer, schedule) -> resume -> for each step: micro-batches
+with the loss normalised by the tokens of the whole global batch, clip, step, log, evaluate, checkpoint
+-> final checkpoint, evaluation, plots and Hugging Face export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from tnl.data import PackedWindows, ResumableSampler, collate, load_documents, prepare_split, prepare_tokenizer
+from tnl.errors import UserError
+
+from .checkpoint import latest_valid, load_checkpoint, save_checkpoint, verify
+from .config import check_model_fields
+from .flops import peak_flops, train_flops_per_token
+from .metrics import MetricsWriter
+from .plots import draw_plots
+from .schedule import lr_multiplier
+
+
+class TrainError(UserError):
+    """A failure the user can act on; printed as one line."""
+
+
+def build_model(cfg: DictConfig, tokenizer):
+    """TransnormerForCausalLM from the `model` group, sized to the tokenizer's vocabulary."""
+    from tnl.model import TransnormerConfig, TransnormerForCausalLM
+
+    fields = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model_fields(fields)
+    need = len(tokenizer)
+    given = fields.pop("vocab_size", None)
+    if given is not None and given < need:
+        raise TrainError(f"tokenizer has {need} tokens but model.vocab_size={given}; raise model.vocab_size "
+                         "or use a smaller tokenizer")
+    vocab = given or (need + 63) // 64 * 64  # a multiple of 64 keeps the LM head's matmul fast
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    config = TransnormerConfig(**fields, vocab_size=vocab, eos_token_id=eos, bos_token_id=bos, pad_token_id=pad)
+    return TransnormerForCausalLM(config)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, on_cuda: bool) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, vectors (biases, LRPE angles) do not."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = on_cuda if cfg.optim.fused is None else cfg.optim.fused
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused)
+
+
+def _resume_folder(cfg: DictConfig, ckpt_root: Path, log) -> Path | None:
+    choice = str(cfg.resume)
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return latest_valid(ckpt_root, log=log)
+    folder = Path(choice)
+    problem = verify(folder) if folder.is_dir() else "folder not found"
+    if problem:
+        raise TrainError(f"resume={choice}: {problem}; pass another checkpoint folder or resume=none")
+    return folder
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a clean exit."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def _micro_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over a micro-batch, and its token count."""
+    kwargs = {"cu_seqlens": batch["cu_seqlens"]} if "cu_seqlens" in batch else {}
+    logits = model(input_ids=batch["input_ids"], **kwargs).logits
+    labels = batch["labels"]
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss, (labels != -100).sum()
+
+
+@torch.no_grad()
+def validation_loss(model, windows: PackedWindows, batches: int, batch_size: int, device) -> float:
+    """Mean loss over the first `batches` validation batches (fixed windows: comparable across steps)."""
+    model.eval()
+    total, count = 0.0, 0
+    n = min(len(windows), batches * batch_size)
+    for start in range(0, n, batch_size):
+        batch = collate([windows[i] for i in range(start, min(n, start + batch_size))])
+        loss, tokens = _micro_loss(model, {k: v.to(device) for k, v in batch.items()})
+        total += loss.item()
+        count += tokens.item()
+    model.train()
+    return total / max(count, 1)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    tc = cfg.train
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    main = accelerator.is_main_process
+    log = accelerator.print
+    out = Path(cfg.output_dir).resolve()
+    ckpt_root = out / "checkpoints"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if tc.attn_backend != "auto":
+        os.environ["TNL_ATTN_BACKEND"] = tc.attn_backend
+
+    # data: rank 0 builds the tokenizer and token caches first, the others then read them
+    with accelerator.main_process_first():
+        tokenizer = prepare_tokenizer(cfg, log=log)
+        train_arr = prepare_split(cfg.data, tokenizer, "train", log=log)
+        val_arr = prepare_split(cfg.data, tokenizer, "validation", log=log)
+    doc_aware = bool(cfg.data.document_aware)
+    train_windows = PackedWindows(train_arr, tc.seq_len, doc_aware, "train")
+    val_windows = PackedWindows(val_arr, tc.seq_len, doc_aware, "validation")
+
+    set_seed(tc.seed)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
+        f"{model.config.decoder_layers} layers, d={model.config.decoder_embed_dim}")
+    if tc.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = build_optimizer(cfg, model, accelerator.device.type == "cuda")
+    sc = cfg.scheduler
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(sc.name, tc.max_steps, sc.warmup_steps, sc.min_lr_ratio, sc.decay_fraction))
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    flops_per_token = train_flops_per_token(accelerator.unwrap_model(model), tc.seq_len)
+    peak = peak_flops(accelerator.device)
+
+    if main:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out / "model_config.json").write_text(accelerator.unwrap_model(model).config.to_json_string())
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    # resume
+    state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "sampler": None, "bad_steps": 0, "wandb_run_id": None}
+    folder = _resume_folder(cfg, ckpt_root, log)
+    if folder is not None:
+        state.update(load_checkpoint(accelerator, folder))
+        log(f"resumed from {folder} at step {state['step']}")
+    sampler = ResumableSampler(len(train_windows), tc.seed, accelerator.process_index, accelerator.num_processes)
+    if state["sampler"]:
+        sampler.load_state_dict(state["sampler"], log=log)
+    loader = torch.utils.data.DataLoader(train_windows, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate,
+                                         num_workers=tc.num_workers, pin_memory=accelerator.device.type == "cuda",
+                                         persistent_workers=tc.num_workers > 0)
+    batches = iter(loader)
+    if tc.compile:
+        model = torch.compile(model)
+
+    metrics = MetricsWriter(out, main, state["step"] if folder else None, cfg.logger, state.get("wandb_run_id"),
+                            OmegaConf.to_container(cfg, resolve=True))
+    stop = _StopFlag()
+    step = state["step"]
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (main and tc.progress), dynamic_ncols=True,
+               desc="train")
+    last_saved = step
+    window_tokens, window_start = 0, time.perf_counter()
+    model.train()
+
+    def checkpoint(reason: str) -> Path:
+        nonlocal last_saved
+        state.update(step=step, sampler=sampler.state_dict(), wandb_run_id=metrics.wandb_run_id)
+        path = save_checkpoint(accelerator, ckpt_root, step, dict(state), tc.keep_last)
+        last_saved = step
+        if reason != "periodic":
+            log(f"checkpoint ({reason}) saved: {path}")
+        return path
+
+    try:
+        while step < tc.max_steps:
+            micro = [next(batches) for _ in range(tc.grad_accum)]
+            sampler.consumed += tc.batch_size * tc.grad_accum
+            micro = [{k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()} for b in micro]
+            local_tokens = sum(int((b["labels"] != -100).sum()) for b in micro)
+            global_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1
+                with accelerator.no_sync(model) if not sync else contextlib.nullcontext(), accelerator.autocast():
+                    loss, _ = _micro_loss(model, batch)
+                    # DDP averages gradients over ranks: scale so the result is the global per-token mean
+                    accelerator.backward(loss * accelerator.num_processes / global_tokens)
+                loss_sum += loss.detach()
+            mean_loss = float(accelerator.reduce(loss_sum, "sum")) / global_tokens
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            step += 1
+            if math.isfinite(mean_loss) and (tc.grad_clip <= 0 or math.isfinite(grad_norm)):
+                optimizer.step()
+                schedule.step()
+                state["bad_run"] = 0
+            else:
+                state["bad_steps"] += 1
+                state["bad_run"] = state.get("bad_run", 0) + 1
+                log(f"WARNING: step {step}: non-finite loss or gradient ({mean_loss}, {grad_norm}); step skipped "
+                    f"({state['bad_steps']} skipped so far)")
+                if state["bad_run"] >= tc.max_bad_steps:
+                    good = f"the last good checkpoint is step_{last_saved}" if last_saved else "no checkpoint yet"
+                    raise TrainError(f"{state['bad_run']} non-finite steps in a row, up to step {step}; {good}. "
+                                     "Lower optim.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            state["tokens_seen"] += global_tokens
+            window_tokens += global_tokens
+            bar.update(1)
+
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                mfu = tps * flops_per_token / (peak * accelerator.num_processes) if peak else None
+                lr = schedule.get_last_lr()[0]
+                metrics.log({"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                             "tokens_seen": state["tokens_seen"], "tokens_per_s": tps, "mfu": mfu,
+                             "skipped_steps": state["bad_steps"]})
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                window_tokens, window_start = 0, time.perf_counter()
+            if tc.eval_every > 0 and step % tc.eval_every == 0:
+                vloss = validation_loss(model, val_windows, tc.eval_batches, tc.batch_size, accelerator.device)
+                metrics.log({"step": step, "split": "validation", "loss": vloss,
+                             "token_perplexity": math.exp(min(vloss, 50))})
+                log(f"step {step}: validation loss {vloss:.4f}, token perplexity {math.exp(min(vloss, 50)):.2f}")
+            if tc.save_every > 0 and step % tc.save_every == 0:
+                checkpoint("periodic")
+            if stop.signal is not None:
+                checkpoint(f"signal {signal.Signals(stop.signal).name}")
+                raise SystemExit(128 + stop.signal)
+    except torch.OutOfMemoryError:
+        raise TrainError(f"out of memory at train.batch_size={tc.batch_size}, train.seq_len={tc.seq_len}: lower "
+                         "train.batch_size (raise train.grad_accum to keep the global batch) or train.seq_len, or set "
+                         "train.activation_checkpointing=true") from None
+    finally:
+        bar.close()
+
+    result: dict[str, Any] = {"output_dir": str(out), "steps": step, "tokens_seen": state["tokens_seen"]}
+    if last_saved != step or not (ckpt_root / f"step_{step}").exists():
+        checkpoint("final")
+    result["checkpoint"] = str(ckpt_root / f"step_{step}")
+    unwrapped = accelerator.unwrap_model(model)
+    if main and tc.final_eval:
+        from tnl.eval import evaluate_documents
+
+        docs = load_documents(cfg.data, "validation", detokenized=False)["text"]
+        log(f"evaluating perplexity on {len(docs)} validation documents (window {tc.seq_len})")
+        scores = evaluate_documents(unwrapped, tokenizer, docs, mode="window", max_length=tc.seq_len,
+                                    device=accelerator.device)
+        scores["split"] = "validation"
+        (out / "eval_validation.json").write_text(json.dumps(scores, indent=1))
+        metrics.log({"step": step, "split": "validation", **{k: v for k, v in scores.items() if k != "split"}})
+        result["eval"] = scores
+        result["eval_file"] = str(out / "eval_validation.json")
+    if main:
+        result["plots"] = [str(p) for p in draw_plots(out)]
+    if main and tc.export:
+        from tnl.export import export_hf
+
+        path = export_hf(unwrapped, tokenizer, out / "export", train_config=OmegaConf.to_container(cfg, resolve=True),
+                         eval_results=result.get("eval"), overwrite=True)
+        result["export"] = str(path)
+    metrics.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+

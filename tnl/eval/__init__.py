@@ -1,0 +1,31 @@
+"""Evaluation: document-level perplexity as papers report it (lm-evaluation-harness's rolling log-likelihood)."""
+
+from .perplexity import (
+    MODES,
+    EvalError,
+    count_bytes,
+    count_words,
+    evaluate_documents,
+    perplexity_metrics,
+    prefix_token_id,
+    score_stream,
+    score_windows,
+    tokenize_documents,
+)
+from .windows import Window, rolling_windows, window_pairs
+
+__all__ = [
+    "MODES",
+    "EvalError",
+    "Window",
+    "count_bytes",
+    "count_words",
+    "evaluate_documents",
+    "perplexity_metrics",
+    "prefix_token_id",
+    "rolling_windows",
+    "score_stream",
+    "score_windows",
+    "tokenize_documents",
+    "window_pairs",
+]

@@ -1,0 +1,261 @@
+"""TransnormerForCausalLM: behaviour against direct formulas written here (float64), caches, packing, generate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tnl.model import TransnormerCache, TransnormerConfig, TransnormerForCausalLM, alibi_slopes, decay_rates
+
+V = 61
+
+
+def make(token_mixer: str = "tnl", **kw) -> TransnormerForCausalLM:
+    base = dict(
+        vocab_size=V, decoder_embed_dim=32, decoder_layers=3, decoder_attention_heads=4, hidden_dim=32, glu_dim=48,
+        linear_use_lrpe_list=[1, 0, 1], token_mixer=token_mixer, pad_token_id=0,
+    )
+    base.update(kw)
+    return TransnormerForCausalLM(TransnormerConfig(**base)).eval()
+
+
+def srms(x: torch.Tensor) -> torch.Tensor:
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def reference_tnl_logits(model: TransnormerForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    """The TNL forward written out directly (quadratic form, float64), from the parameters by their official names."""
+    cfg = model.config
+    sd = {k: v.detach().double() for k, v in model.state_dict().items()}
+    d, n_heads, n_layers, hid = cfg.decoder_embed_dim, cfg.decoder_attention_heads, cfg.decoder_layers, cfg.hidden_dim
+    dh = hid // n_heads
+    b, t = ids.shape
+    x = sd["model.embed_tokens.weight"][ids] * math.sqrt(d)
+    n = torch.arange(t, dtype=torch.float64)
+    dist = n[:, None] - n[None, :]
+    for li in range(n_layers):
+        p = f"model.layers.{li}."
+        xn = srms(x)
+        q, k, v, u = (xn @ sd[p + "token_mixer.qkvu_proj.weight"].T).split(hid, dim=-1)
+        q, k = F.silu(q).view(b, t, n_heads, dh), F.silu(k).view(b, t, n_heads, dh)
+        v = v.view(b, t, n_heads, dh)
+        if cfg.linear_use_lrpe_list[li]:
+            theta = sd[p + "token_mixer.lrpe.theta"].view(1, 1, n_heads, dh)
+            ang = n.view(1, t, 1, 1) * theta
+            q = torch.cat([q * ang.cos(), q * ang.sin()], -1)
+            k = torch.cat([k * ang.cos(), k * ang.sin()], -1)
+        o = torch.zeros(b, t, n_heads, dh, dtype=torch.float64)
+        for h in range(n_heads):
+            s = 2.0 ** (-8.0 * (h + 1) / n_heads) * (1 - li / (n_layers - 1) + 1e-5)
+            decay = torch.where(dist >= 0, torch.exp(-s * dist), torch.zeros(()))
+            o[:, :, h] = ((q[:, :, h] @ k[:, :, h].transpose(1, 2)) * decay) @ v[:, :, h]
+        o = srms(o.reshape(b, t, hid)) * u
+        x = x + o @ sd[p + "token_mixer.out_proj.weight"].T
+        xn = srms(x)
+        g = (xn @ sd[p + "channel_mixer.l1.weight"].T) * (xn @ sd[p + "channel_mixer.l2.weight"].T)
+        x = x + g @ sd[p + "channel_mixer.l3.weight"].T
+    return srms(x) @ sd["model.embed_tokens.weight"].T
+
+
+def randomize_lrpe(model: TransnormerForCausalLM) -> None:
+    # theta is learnable: perturb it so the test does not only see the init values
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lrpe.theta"):
+                p.mul_(1 + 0.1 * torch.rand_like(p))
+
+
+def test_forward_matches_direct_formula_float64():
+    model = make().double()
+    randomize_lrpe(model)
+    ids = torch.randint(1, V, (2, 19))
+    got = model(ids).logits
+    want = reference_tnl_logits(model, ids)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_official_parameter_names_and_tied_head():
+    model = make()
+    names = set(model.state_dict())
+    for i in range(3):
+        assert {f"model.layers.{i}.token_mixer.qkvu_proj.weight", f"model.layers.{i}.token_mixer.out_proj.weight",
+                f"model.layers.{i}.channel_mixer.l1.weight", f"model.layers.{i}.channel_mixer.l2.weight",
+                f"model.layers.{i}.channel_mixer.l3.weight"} <= names
+    assert "model.layers.0.token_mixer.lrpe.theta" in names and "model.layers.1.token_mixer.lrpe.theta" not in names
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert model.model.layers[0].token_mixer.qkvu_proj.weight.shape == (4 * 32, 32)
+
+
+def test_init_std_no_bias_and_lrpe_theta_closed_form():
+    model = make(decoder_embed_dim=64, hidden_dim=64, glu_dim=256, init_std=0.05)
+    w = model.model.layers[1].channel_mixer.l1.weight
+    assert abs(w.std().item() - 0.05) < 0.005 and abs(w.mean().item()) < 0.005
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    theta = model.model.layers[0].token_mixer.lrpe.theta
+    h, dh = 4, 16
+    want = torch.tensor([[10000 ** (-2 * (hh * dh + j) / (h * dh)) for j in range(dh)] for hh in range(h)])
+    torch.testing.assert_close(theta.detach().view(h, dh), want.float())
+    assert theta.shape == (h, 1, dh)
+
+
+def test_decay_schedules():
+    cfg = TransnormerConfig(decoder_layers=4, decoder_attention_heads=8)
+    for li in range(4):
+        want = [2 ** (-8 * (h + 1) / 8) * (1 - li / 3 + 1e-5) for h in range(8)]
+        assert decay_rates(cfg, li) == pytest.approx(want, rel=1e-12)
+    assert min(decay_rates(cfg, 3)) > 0 and max(decay_rates(cfg, 3)) < 1e-5  # last layer barely decays
+    # ALiBi's rule for 6 heads: the 4-head slopes, then every other 8-head slope
+    assert alibi_slopes(6) == pytest.approx([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
+    one = TransnormerConfig(decoder_layers=1, decoder_attention_heads=4)
+    assert decay_rates(one, 0) == pytest.approx([s * (1 + 1e-5) for s in alibi_slopes(4)])
+    paper = TransnormerConfig(decoder_layers=4, decoder_attention_heads=8, decay_schedule="paper")
+    assert decay_rates(paper, 2) == pytest.approx([8 * (h + 1) / 8 * (1 - 2 / 4) for h in range(8)])
+    none = TransnormerConfig(decoder_layers=2, decoder_attention_heads=4, decay_schedule="none")
+    assert decay_rates(none, 0) == [0.0] * 4
+
+
+def test_labels_loss_is_shifted_mean_over_kept_tokens():
+    model = make()
+    ids = torch.randint(1, V, (2, 12))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    out = model(ids, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, V).double()
+    tgt = labels[:, 1:].reshape(-1)
+    keep = tgt != -100
+    want = -(logits.log_softmax(-1)[keep, tgt[keep]]).mean()
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
+def test_prefill_then_decode_equals_parallel(mixer):
+    model = make(mixer, hybrid_block_size=4)
+    ids = torch.randint(1, V, (2, 17))
+    full = model(ids, use_cache=False).logits
+    out = model(ids[:, :6], use_cache=True)
+    cache = out.past_key_values
+    assert isinstance(cache, TransnormerCache) and cache.get_seq_length() == 6
+    steps = [out.logits]
+    for i in range(6, 17):
+        out = model(ids[:, i : i + 1], past_key_values=cache, use_cache=True)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    # a multi-token chunk after a cached prefix continues the positions too
+    out = model(ids[:, :5], use_cache=True)
+    out2 = model(ids[:, 5:], past_key_values=out.past_key_values, use_cache=True)
+    torch.testing.assert_close(torch.cat([out.logits, out2.logits], 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_tnl_cache_memory_is_constant_in_context_length():
+    model = make()
+    sizes = []
+    for t in (4, 40):
+        cache = model(torch.randint(1, V, (1, t)), use_cache=True).past_key_values
+        cache = model(torch.randint(1, V, (1, 1)), past_key_values=cache, use_cache=True).past_key_values
+        sizes.append(cache.memory_bytes())
+    # per layer one fp32 state [B=1, H=4, D, E=8]; LRPE doubles D (8 -> 16) on layers 0 and 2
+    assert sizes[0] == sizes[1] == (4 * 16 * 8 + 4 * 8 * 8 + 4 * 16 * 8) * 4
+
+
+@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
+def test_packed_cu_seqlens_equal_separate_documents(mixer):
+    model = make(mixer, hybrid_block_size=3)
+    lens = [5, 1, 9, 4]
+    docs = [torch.randint(1, V, (1, n)) for n in lens]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    packed = model(torch.cat(docs, 1), cu_seqlens=cu).logits
+    sep = torch.cat([model(d).logits for d in docs], 1)
+    torch.testing.assert_close(packed, sep, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
+def test_left_padding_matches_unpadded_rows(mixer):
+    model = make(mixer, hybrid_block_size=4)
+    short, long_ = torch.randint(1, V, (1, 5)), torch.randint(1, V, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long_])
+    mask = torch.ones_like(batch)
+    mask[0, :4] = 0
+    out = model(batch, attention_mask=mask).logits
+    torch.testing.assert_close(out[0, 4:], model(short).logits[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[1], model(long_).logits[0], rtol=1e-4, atol=1e-4)
+    gen = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    ref0 = model.generate(short, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    ref1 = model.generate(long_, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(gen[0, 4:], ref0[0]) and torch.equal(gen[1], ref1[0])
+
+
+@pytest.mark.parametrize("mixer", ["tnl", "softmax"])
+def test_generate_with_cache_equals_without(mixer):
+    model = make(mixer)
+    ids = torch.randint(1, V, (2, 7))
+    kw = dict(max_new_tokens=8, pad_token_id=0, eos_token_id=None)
+    greedy = model.generate(ids, do_sample=False, **kw)
+    assert torch.equal(greedy, model.generate(ids, do_sample=False, use_cache=False, **kw))
+    beams = model.generate(ids, num_beams=3, do_sample=False, num_return_sequences=2, **kw)
+    assert beams.shape == (4, 15)
+    assert torch.equal(beams, model.generate(ids, num_beams=3, do_sample=False, num_return_sequences=2,
+                                             use_cache=False, **kw))
+    torch.manual_seed(1)
+    s1 = model.generate(ids, do_sample=True, top_k=10, **kw)
+    torch.manual_seed(1)
+    s2 = model.generate(ids, do_sample=True, top_k=10, use_cache=False, **kw)
+    assert torch.equal(s1, s2)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    model = make().train()
+    ids = torch.randint(1, V, (2, 10))
+    model(ids, labels=ids).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.model.gradient_checkpointing
+    model(ids, labels=ids).loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_round_trip_with_auto_classes(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = make()
+    randomize_lrpe(model)
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == "transnormer" and "AutoModelForCausalLM" in cfg["auto_map"]
+    assert AutoConfig.from_pretrained(tmp_path).hidden_size == 32
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, TransnormerForCausalLM)
+    ids = torch.randint(1, V, (2, 9))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_attribute_map_and_official_config_fields():
+    cfg = TransnormerConfig(decoder_embed_dim=64, decoder_layers=3, decoder_attention_heads=4, glu_dim=100)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (64, 3, 4, 100)
+    assert cfg.linear_use_lrpe_list == [1, 0, 0] and cfg.hidden_dim == 64
+    with pytest.raises(ValueError):
+        TransnormerConfig(token_mixer="mamba")
+
+
+def test_logits_to_keep_and_upcast():
+    model = make().to(torch.bfloat16)
+    ids = torch.randint(1, V, (1, 8))
+    full = model(ids).logits
+    assert full.dtype == torch.bfloat16
+    last = model(ids, logits_to_keep=1, upcast_logits=True).logits
+    assert last.shape == (1, 1, V) and last.dtype == torch.float32
+    torch.testing.assert_close(last[0, 0], full[0, -1].float())
+
+
+@pytest.mark.slow
+def test_torch_compile_cpu_matches_eager():
+    model = make()
+    ids = torch.randint(1, V, (2, 16))
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)

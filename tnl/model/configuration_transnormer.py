@@ -1,0 +1,135 @@
+"""TransNormerLLM configuration (Qin et al. 2023, "TransNormerLLM", arXiv:2307.14995).
+
+Field names follow OpenNLPLab's released checkpoints so their config.json loads unchanged. Fields after `bias`
+are tnl extensions (decay schedule, swappable token/channel mixers for the softmax baselines).
+This file imports only transformers and the standard library: it is copied verbatim into HF export folders.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+TOKEN_MIXERS = ("tnl", "softmax", "hybrid")
+CHANNEL_MIXERS = ("sglu", "swiglu")
+DECAY_SCHEDULES = ("tnl", "paper", "none")
+POSITION_ENCODINGS = ("rope", "sinusoidal", "none")
+
+
+class TransnormerConfig(PretrainedConfig):
+    """Configuration of `TransnormerForCausalLM`.
+
+    Core (official names): decoder_embed_dim (d), decoder_layers (L), decoder_attention_heads (H), hidden_dim (token
+    mixer width, split into H heads), glu_dim (channel mixer width), linear_use_lrpe_list (1 per layer using LRPE;
+    default: first layer only), linear_act_fun (q/k activation), norm_type ("simplermsnorm" only), bias,
+    no_scale_embedding (False: embeddings scaled by sqrt(d)), init_std.
+
+    tnl extensions:
+      decay_schedule: "tnl" (released code: s_h * (1 - l/(L-1) + 1e-5)), "paper" (s = 8(h+1)/H * (1 - l/L)), "none".
+      token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu".
+      num_key_value_heads (softmax/hybrid GQA; None = H), position_encoding ("rope" | "sinusoidal" | "none"),
+      rope_theta, sliding_window (softmax; None = full causal), qk_norm (RMSNorm on q/k heads),
+      hybrid_block_size (hybrid: softmax within blocks of this many tokens, decayed linear attention across).
+      attn_backend: backend passed to `lightning_attn` ("auto" picks Triton on CUDA).
+      dropout / attention_dropout: residual-branch and softmax-attention dropout (0 = off).
+    """
+
+    model_type = "transnormer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "decoder_embed_dim",
+        "num_hidden_layers": "decoder_layers",
+        "num_attention_heads": "decoder_attention_heads",
+        "intermediate_size": "glu_dim",
+    }
+
+    def __init__(
+        self,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        vocab_size: int = 64000,
+        use_cache: bool = True,
+        init_std: float = 0.02,
+        decoder_embed_dim: int = 1024,
+        decoder_attention_heads: int = 8,
+        decoder_layers: int = 24,
+        add_bos_token: bool = False,
+        glu_dim: int = 2816,
+        hidden_dim: int | None = None,
+        linear_act_fun: str = "silu",
+        linear_use_lrpe_list: list[int] | None = None,
+        no_scale_embedding: bool = False,
+        norm_type: str = "simplermsnorm",
+        bias: bool = False,
+        decay_schedule: str = "tnl",
+        token_mixer: str = "tnl",
+        channel_mixer: str = "sglu",
+        num_key_value_heads: int | None = None,
+        position_encoding: str = "rope",
+        rope_theta: float = 10000.0,
+        sliding_window: int | None = None,
+        qk_norm: bool = False,
+        hybrid_block_size: int = 64,
+        max_position_embeddings: int = 65536,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        attn_backend: str = "auto",
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.use_cache = use_cache
+        self.init_std = init_std
+        self.decoder_embed_dim = decoder_embed_dim
+        self.decoder_attention_heads = decoder_attention_heads
+        self.decoder_layers = decoder_layers
+        self.add_bos_token = add_bos_token
+        self.glu_dim = glu_dim if glu_dim not in (None, -1) else decoder_embed_dim  # official: -1 means d
+        self.hidden_dim = hidden_dim if hidden_dim is not None else decoder_embed_dim
+        self.linear_act_fun = linear_act_fun
+        if linear_use_lrpe_list is None or len(linear_use_lrpe_list) == 0:
+            linear_use_lrpe_list = [1] + [0] * (decoder_layers - 1)  # released models: LRPE on the first layer
+        self.linear_use_lrpe_list = [int(x) for x in linear_use_lrpe_list]
+        self.no_scale_embedding = no_scale_embedding
+        self.norm_type = norm_type
+        self.bias = bias
+        self.decay_schedule = decay_schedule
+        self.token_mixer = token_mixer
+        self.channel_mixer = channel_mixer
+        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else decoder_attention_heads
+        self.position_encoding = position_encoding
+        self.rope_theta = rope_theta
+        self.sliding_window = sliding_window
+        self.qk_norm = qk_norm
+        self.hybrid_block_size = hybrid_block_size
+        self.max_position_embeddings = max_position_embeddings
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.attn_backend = attn_backend
+        self._validate()
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    def _validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"TransnormerConfig: {msg}")
+
+        need(self.token_mixer in TOKEN_MIXERS, f"token_mixer must be one of {TOKEN_MIXERS}, got {self.token_mixer!r}")
+        need(self.channel_mixer in CHANNEL_MIXERS, f"channel_mixer must be one of {CHANNEL_MIXERS}")
+        need(self.decay_schedule in DECAY_SCHEDULES, f"decay_schedule must be one of {DECAY_SCHEDULES}")
+        need(self.position_encoding in POSITION_ENCODINGS, f"position_encoding must be one of {POSITION_ENCODINGS}")
+        need(self.norm_type == "simplermsnorm", f"norm_type {self.norm_type!r} not implemented (simplermsnorm)")
+        need(self.decoder_layers >= 1, "decoder_layers must be >= 1")
+        need(len(self.linear_use_lrpe_list) == self.decoder_layers,
+             f"linear_use_lrpe_list has {len(self.linear_use_lrpe_list)} entries for {self.decoder_layers} layers")
+        h = self.decoder_attention_heads
+        need(self.hidden_dim % h == 0, f"hidden_dim {self.hidden_dim} must be divisible by {h} heads")
+        need(h % self.num_key_value_heads == 0, f"{h} heads must be a multiple of num_key_value_heads")
+        need(self.hybrid_block_size >= 1, "hybrid_block_size must be >= 1")
+        need(self.sliding_window is None or self.sliding_window >= 1, "sliding_window must be None or >= 1")

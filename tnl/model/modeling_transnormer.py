@@ -1,0 +1,897 @@
+"""TransNormerLLM as a Hugging Face causal LM (Qin et al. 2023, arXiv:2307.14995), with softmax baselines.
+
+Block (pre-norm):  x <- x + TokenMixer(SRMSNorm(x));  x <- x + ChannelMixer(SRMSNorm(x)).
+TNL token mixer (NormLinearAttention): q, k, v, u = split(W x); q, k <- act(q), act(k); optional LRPE;
+  o = lightning_attn(q, k, v, decay) (S_t = lambda S_{t-1} + k_t^T v_t, o_t = q_t S_t, no 1/sqrt(d));
+  out = W_o (u * SRMSNorm(o)).
+SGLU channel mixer: l3(l1(x) * l2(x)) (no activation); SwiGLU: l3(silu(l1 x) * l2 x).
+
+Export constraint: this file imports only torch / transformers / stdlib, its sibling configuration module and
+the attention op through the single line below (the exporter rewrites it to a flattened local copy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step
+from .configuration_transnormer import TransnormerConfig
+
+_TF_MAJOR = int(transformers.__version__.split(".")[0])
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32, or fp64 for fp64 inputs (float64 tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def srms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """SimpleRMSNorm (TNL paper eq. 9): x / sqrt(mean(x^2) + eps), no weight, computed in fp32."""
+    xf = x.to(_acc(x.dtype))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class SRMSNorm(nn.Module):
+    """Weightless SimpleRMSNorm module (no parameters, so official state dicts have no entry for it)."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return srms_norm(x, self.eps)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm with a learned weight over the last dim (q/k norm of the softmax baseline)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return srms_norm(x, self.eps) * self.weight.to(x.dtype)
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "elu": F.elu,
+    "1+elu": lambda x: 1 + F.elu(x),
+    "sigmoid": torch.sigmoid,
+    "none": lambda x: x,
+}
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown linear_act_fun {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def alibi_slopes(n: int) -> list[float]:
+    """ALiBi head slopes (Press et al. 2022): s_h = 2^(-8(h+1)/n) for n a power of two, else ALiBi's interleaving."""
+
+    def power_of_2(m: int) -> list[float]:
+        start = 2.0 ** (-8.0 / m)
+        return [start ** (i + 1) for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: n - closest]
+
+
+def decay_rates(config: TransnormerConfig, layer_idx: int) -> list[float]:
+    """Per-head decay rates s >= 0 of layer `layer_idx` (lambda = exp(-s)).
+
+    "tnl" (released code): s_h * (1 - l/(L-1) + 1e-5), so the last layer barely decays; L = 1 uses factor 1 + 1e-5.
+    "paper" (TNL paper sec. 3.1.1): lambda = exp(-(8h/H) * (1 - l/L)), h = 1..H.  "none": no decay.
+    """
+    h, n_layers = config.decoder_attention_heads, config.decoder_layers
+    if config.decay_schedule == "none":
+        return [0.0] * h
+    if config.decay_schedule == "paper":
+        return [8.0 * (i + 1) / h * (1.0 - layer_idx / n_layers) for i in range(h)]
+    frac = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
+    return [s * (1.0 - frac + 1e-5) for s in alibi_slopes(h)]
+
+
+class Lrpe(nn.Module):
+    """Linearized relative positional encoding (Qin et al. 2023, "Linearized Relative Positional Encoding").
+
+    theta_{h,j} = 10000^(-2 (h D + j) / (H D)); x_n -> [x_n cos(n theta), x_n sin(n theta)] (doubles the head dim).
+    The dot product of two encoded vectors depends only on n - m, so absolute offsets are harmless.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.theta = nn.Parameter(self.initial_theta(num_heads, head_dim))
+
+    @staticmethod
+    def initial_theta(num_heads: int, head_dim: int) -> torch.Tensor:
+        d = num_heads * head_dim
+        return (10000.0 ** (-2.0 / d * torch.arange(d, dtype=torch.float32))).reshape(num_heads, 1, head_dim)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, H, D]; positions: [B or 1, T] integer. Returns [B, T, H, 2D] in x's dtype."""
+        acc = _acc(x.dtype)
+        ang = positions.to(acc)[:, :, None, None] * self.theta.to(acc).view(1, 1, self.num_heads, -1)
+        xf = x.to(acc)
+        return torch.cat([xf * torch.cos(ang), xf * torch.sin(ang)], dim=-1).to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE (Su et al. 2021), rotate-half layout. positions [B or 1, T] -> cos, sin [B or 1, T, 1, dim]."""
+    acc = _acc(dtype)
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=acc) / dim)
+    ang = positions.to(acc)[..., None] * inv_freq
+    ang = torch.cat([ang, ang], dim=-1)[:, :, None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]. x*cos + rotate_half(x)*sin, in fp32 (fp64 for fp64)."""
+    xf = x.to(cos.dtype)
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Absolute sinusoidal positions (Vaswani et al. 2017), halves [sin | cos]: [B or 1, T] -> [.., T, dim]."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    ang = positions.to(torch.float32)[..., None] * freq
+    emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+class SGLU(nn.Module):
+    """Simple GLU channel mixer (TNL paper eq. 8): l3(l1(x) * l2(x)); `swiglu=True` adds SiLU on the l1 branch."""
+
+    def __init__(self, dim: int, glu_dim: int, bias: bool = False, swiglu: bool = False) -> None:
+        super().__init__()
+        self.swiglu = swiglu
+        self.l1 = nn.Linear(dim, glu_dim, bias=bias)
+        self.l2 = nn.Linear(dim, glu_dim, bias=bias)
+        self.l3 = nn.Linear(glu_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.l1(x)
+        if self.swiglu:
+            a = F.silu(a)
+        return self.l3(a * self.l2(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recurrent cache
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TransnormerCacheLayer:
+    """Per-layer decoding state. TNL: `state` [B, H, D, E] fp32 only (constant memory). Softmax: `keys`/`values`
+    [B, Hkv, S, Dh]. Hybrid: `state` over completed blocks + `keys`/`values`/`lin_keys` of the current partial block.
+    `seen` counts tokens consumed (LRPE / RoPE position offset)."""
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = False
+    supports_early_init = False
+    is_initialized = True
+
+    def __init__(self) -> None:
+        self.state: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.lin_keys: torch.Tensor | None = None
+        self.seen = 0
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        for name in ("state", "keys", "values", "lin_keys"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, fn(t))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def offload(self) -> None:  # nothing to offload: states are small
+        pass
+
+    def prefetch(self) -> None:
+        pass
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise NotImplementedError("a recurrent state cannot be rolled back; TransnormerCache does not support crop")
+
+
+class TransnormerCache(Cache):
+    """`past_key_values` of `TransnormerForCausalLM`: one `TransnormerCacheLayer` per decoder layer.
+
+    Works with `generate()` (greedy, sampling, beam search through `reorder_cache`, and batch expansion).
+    Rolling back tokens (`crop`, assisted decoding) is not possible for a recurrent state.
+    """
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int = 0) -> None:
+        layers = [TransnormerCacheLayer() for _ in range(num_layers)]
+        try:  # transformers >= 5: Cache(layers=...)
+            super().__init__(layers=layers)
+        except TypeError:  # transformers 4.x
+            super().__init__()
+            self.layers = layers
+
+    def layer(self, idx: int) -> TransnormerCacheLayer:
+        while len(self.layers) <= idx:
+            self.layers.append(TransnormerCacheLayer())
+        return self.layers[idx]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        return f"TransnormerCache(layers={len(self.layers)}, seen={self.get_seq_length()})"
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        idx = layer_idx or 0
+        return self.layers[idx].seen if idx < len(self.layers) else 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    def get_usable_length(self, new_seq_length: int, layer_idx: int | None = 0) -> int:
+        return self.get_seq_length(layer_idx)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length + self.get_seq_length(layer_idx), 0
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.layers)
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return len(self.layers) > 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for layer in self.layers:
+            layer.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for layer in self.layers:
+            layer.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.batch_select_indices(indices)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def crop(self, max_length: int) -> None:
+        if max_length < 0 or max_length < self.get_seq_length():
+            raise NotImplementedError("TransnormerCache holds a recurrent state and cannot be cropped")
+
+    def memory_bytes(self) -> int:
+        """Bytes held by all cached tensors (for constant-memory checks)."""
+        total = 0
+        for layer in self.layers:
+            for t in (layer.state, layer.keys, layer.values, layer.lin_keys):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token mixers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _MixerInputs:
+    """What every token mixer gets besides x (kept in one object so checkpointed calls stay positional)."""
+
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        full_key_mask: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        cache: TransnormerCache | None,
+    ) -> None:
+        self.positions = positions  # [B or 1, T] position of each new token
+        self.key_mask = key_mask  # [B, T] bool, True = real token (None: all real)
+        self.full_key_mask = full_key_mask  # [B, past + T] bool over cached + new tokens (softmax), or None
+        self.cu_seqlens = cu_seqlens
+        self.cache = cache
+
+
+class DecayMixin:
+    """Per-head decay rates as a device-cached tensor (not a buffer, so checkpoints and meta init stay clean)."""
+
+    decay_list: list[float]
+
+    def decay(self, device: torch.device) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return torch.tensor(self.decay_list, dtype=torch.float32, device=device)
+        cache = self.__dict__.setdefault("_decay_cache", {})
+        if device not in cache:
+            cache[device] = torch.tensor(self.decay_list, dtype=torch.float32, device=device)
+        return cache[device]
+
+
+class NormLinearAttention(nn.Module, DecayMixin):
+    """TNL token mixer (paper eq. 5-7): gated, SRMS-normalized linear attention with decay and optional LRPE."""
+
+    def __init__(self, config: TransnormerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.decoder_attention_heads
+        self.hidden_dim = config.hidden_dim
+        self.head_dim = config.hidden_dim // self.num_heads
+        self.qkvu_proj = nn.Linear(config.decoder_embed_dim, 4 * config.hidden_dim, bias=config.bias)
+        self.out_proj = nn.Linear(config.hidden_dim, config.decoder_embed_dim, bias=config.bias)
+        self.act = get_activation(config.linear_act_fun)
+        self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
+        if self.use_lrpe:
+            self.lrpe = Lrpe(self.num_heads, self.head_dim)
+        self.decay_list = decay_rates(config, layer_idx)
+        self.backend = config.attn_backend
+
+    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+        b, t, _ = x.shape
+        h, dh = self.num_heads, self.head_dim
+        q, k, v, u = self.qkvu_proj(x).chunk(4, dim=-1)
+        q = self.act(q).view(b, t, h, dh)
+        k = self.act(k).view(b, t, h, dh)
+        v = v.view(b, t, h, dh)
+        if self.use_lrpe:
+            q, k = self.lrpe(q, inp.positions), self.lrpe(k, inp.positions)
+        if inp.key_mask is not None:  # pad tokens never enter the state
+            m = inp.key_mask[:, :, None, None].to(k.dtype)
+            k, v = k * m, v * m
+        decay = self.decay(x.device)
+        layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
+        state = layer.state if layer is not None else None
+        if state is not None and t == 1:  # decoding: one recurrent update
+            o, new_state = recurrent_lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], decay, state)
+            o = o[:, None]
+        else:
+            o, new_state = lightning_attn(
+                q, k, v, decay, initial_state=state, output_final_state=layer is not None,
+                cu_seqlens=inp.cu_seqlens, backend=self.backend,
+            )
+        if layer is not None:
+            layer.state = new_state
+            layer.seen += t
+        o = srms_norm(o.reshape(b, t, h * dh))  # one norm over all heads together
+        return self.out_proj(u * o)
+
+
+def _attend_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor | None, window: int | None
+) -> torch.Tensor:
+    """Boolean [B or 1, 1, Tq, Tk] mask: causal (k_pos <= q_pos), inside the window, real keys. A query always sees
+    itself so rows of pad queries are never empty (their outputs are unused)."""
+    qp, kp = q_pos[:, None, :, None], k_pos[:, None, None, :]
+    ok = kp <= qp
+    if window is not None:
+        ok = ok & (kp > qp - window)
+    if key_ok is not None:
+        ok = ok & key_ok[:, None, None, :]
+    return ok | (kp == qp)
+
+
+class SoftmaxAttention(nn.Module):
+    """Transformer baseline token mixer: causal softmax attention (SDPA), RoPE, GQA, optional window and q/k norm."""
+
+    def __init__(self, config: TransnormerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.decoder_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_dim // self.num_heads
+        d = config.decoder_embed_dim
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=config.bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.bias)
+        self.out_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = HeadRMSNorm(self.head_dim)
+            self.k_norm = HeadRMSNorm(self.head_dim)
+        self.qk_norm = config.qk_norm
+        self.rope = config.position_encoding == "rope"
+        self.rope_theta = config.rope_theta
+        self.window = config.sliding_window
+        self.attention_dropout = config.attention_dropout
+
+    def project_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def project(
+        self, x: torch.Tensor, positions: torch.Tensor, raw: tuple[torch.Tensor, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = raw if raw is not None else self.project_raw(x)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q [B, Tq, H, D], k/v [B, Tk, Hkv, D], mask bool broadcastable to [B, H, Tq, Tk] or None (plain causal)."""
+        group = self.num_heads // self.num_kv_heads
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+        p = self.attention_dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=p, is_causal=mask is None
+        )
+        return o.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.project(x, inp.positions)
+        layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
+        past = 0
+        if layer is not None:
+            if layer.keys is not None:
+                past = layer.keys.shape[1]
+                k, v = torch.cat([layer.keys, k], dim=1), torch.cat([layer.values, v], dim=1)
+            layer.keys, layer.values = k, v
+            layer.seen += t
+        key_ok = inp.full_key_mask if inp.full_key_mask is not None else inp.key_mask
+        if inp.cu_seqlens is not None:
+            doc = _doc_ids(inp.cu_seqlens, t)
+            q_idx = torch.arange(t, device=x.device)[None]
+            mask = _attend_mask(q_idx, q_idx, None, self.window) & (doc[:, None] == doc[None, :])[None, None]
+        elif past == 0 and key_ok is None and self.window is None:
+            mask = None
+        else:
+            q_idx = torch.arange(past, past + t, device=x.device)[None]
+            k_idx = torch.arange(past + t, device=x.device)[None]
+            mask = _attend_mask(q_idx, k_idx, key_ok, self.window)
+        o = self.sdpa(q, k, v, mask)
+        return self.out_proj(o.reshape(b, t, -1))
+
+
+class HybridAttention(SoftmaxAttention, DecayMixin):
+    """Block-hybrid mixer: softmax attention inside each block of C tokens, decayed linear attention across blocks.
+
+    For token t in block b (tokens [bC, bC + C)), with phi = SiLU on the same q/k (before RoPE):
+      o_t = softmax_attn(q_t, k_{bC..t}, v_{bC..t}) + SRMSNorm_head(sum_{s < bC} lambda^(t-s) phi(q_t) phi(k_s)^T v_s).
+    The cross-block sum is a lightning-attention state over completed blocks; the cache keeps that state plus the
+    keys/values of the current partial block, so decoding costs O(C + D E) per token.
+    """
+
+    def __init__(self, config: TransnormerConfig, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        self.block = config.hybrid_block_size
+        self.decay_list = decay_rates(config, layer_idx)
+        self.window = None
+
+    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+        b, t, _ = x.shape
+        if inp.cu_seqlens is not None:  # packed documents: run each separately (baseline, not a fast path)
+            outs, offs = [], inp.cu_seqlens.tolist()
+            for s, e in zip(offs[:-1], offs[1:]):
+                if e > s:
+                    sub = _MixerInputs(inp.positions[:, s:e], None, None, None, None)
+                    outs.append(self.forward(x[:, s:e], sub))
+            return torch.cat(outs, dim=1)
+        h, dh, c = self.num_heads, self.head_dim, self.block
+        # phi(q), phi(k) from the pre-RoPE projections
+        raw = self.project_raw(x)
+        q_raw, k_raw = raw[0], raw[1]
+        q, k, v = self.project(x, inp.positions, raw)
+        lq, lk = F.silu(q_raw), F.silu(k_raw)
+        key_ok = inp.key_mask
+        if key_ok is not None:
+            m = key_ok[:, :, None, None].to(v.dtype)
+            lk = lk * m
+        layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
+        state, r = None, 0
+        if layer is not None and layer.keys is not None:  # prepend the cached partial block
+            r = layer.keys.shape[1]
+            k, v, lk = (torch.cat([a, bb], 1) for a, bb in ((layer.keys, k), (layer.values, v), (layer.lin_keys, lk)))
+            if key_ok is not None:
+                key_ok = torch.cat([key_ok.new_ones(b, r), key_ok], dim=1)
+        if layer is not None:
+            state = layer.state
+        n = r + t  # tokens in the context, aligned so the context starts at a block boundary
+        if key_ok is not None:
+            v = v * key_ok[:, :, None, None].to(v.dtype)
+        # --- softmax inside blocks: pad to whole blocks, fold blocks into the batch
+        nb = (n + c - 1) // c
+        pad = nb * c - n
+        qf = F.pad(q, (0, 0, 0, 0, r, pad))  # queries for cached tokens are dummies, dropped below
+        kf, vf = F.pad(k, (0, 0, 0, 0, 0, pad)), F.pad(v, (0, 0, 0, 0, 0, pad))
+        fold = lambda z: z.reshape(b * nb, c, z.shape[2], dh)  # noqa: E731
+        idx = torch.arange(c, device=x.device)[None]
+        ok = None
+        if key_ok is not None:
+            ok = F.pad(key_ok, (0, pad), value=False).reshape(b * nb, c)
+        mask = _attend_mask(idx, idx, ok, None)
+        o_soft = self.sdpa(fold(qf), fold(kf), fold(vf), mask).reshape(b, nb * c, h, dh)[:, r : r + t]
+        # --- decayed linear attention across blocks: loop over blocks carrying the state
+        acc = _acc(x.dtype)
+        group = h // self.num_kv_heads
+        s = self.decay(x.device).view(1, h, 1, 1)
+        lqf = F.pad(lq, (0, 0, 0, 0, r, 0)).to(acc).transpose(1, 2)  # [B, H, n, D]
+        lkf = lk.to(acc).repeat_interleave(group, 2).transpose(1, 2)
+        lvf = v.to(acc).repeat_interleave(group, 2).transpose(1, 2)
+        if state is None:
+            state = lqf.new_zeros(b, h, dh, dh)
+        outs = []
+        pos_in_blk = torch.arange(c, device=x.device, dtype=acc)
+        for start in range(0, n, c):
+            m_ = min(c, n - start)
+            p = pos_in_blk[:m_].view(1, 1, -1, 1)
+            outs.append(torch.exp(-s * (p + 1)) * (lqf[:, :, start : start + m_] @ state))
+            if start + m_ == start + c:  # a completed block folds into the state
+                kd = lkf[:, :, start : start + m_] * torch.exp(-s * (m_ - 1 - p))
+                state = torch.exp(-s * m_) * state + kd.transpose(-1, -2) @ lvf[:, :, start : start + m_]
+        o_lin = torch.cat(outs, dim=2).transpose(1, 2)[:, r : r + t]  # [B, t, H, D]
+        if layer is not None:
+            tail = n - (n // c) * c
+            layer.state = state
+            layer.keys, layer.values, layer.lin_keys = (z[:, n - tail :] for z in (k, v, lk))
+            layer.seen += t
+        o = o_soft.to(acc) + srms_norm(o_lin)
+        return self.out_proj(o.to(x.dtype).reshape(b, t, h * dh))
+
+
+def _doc_ids(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
+    """Document index of each packed position [T]."""
+    pos = torch.arange(t, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+_TOKEN_MIXERS = {"tnl": NormLinearAttention, "softmax": SoftmaxAttention, "hybrid": HybridAttention}
+
+
+class TransnormerDecoderLayer(nn.Module):
+    """Pre-norm block: x + TokenMixer(SRMSNorm(x)), then x + ChannelMixer(SRMSNorm(x))."""
+
+    def __init__(self, config: TransnormerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.token_norm = SRMSNorm()
+        self.channel_norm = SRMSNorm()
+        self.token_mixer = _TOKEN_MIXERS[config.token_mixer](config, layer_idx)
+        self.channel_mixer = SGLU(
+            config.decoder_embed_dim, config.glu_dim, bias=config.bias, swiglu=config.channel_mixer == "swiglu"
+        )
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+        x = x + self.dropout(self.token_mixer(self.token_norm(x), inp))
+        return x + self.dropout(self.channel_mixer(self.channel_norm(x)))
+
+
+class TransnormerPreTrainedModel(PreTrainedModel):
+    config_class = TransnormerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransnormerDecoderLayer"]
+    _skip_keys_device_placement = "past_key_values"
+    _keys_to_ignore_on_load_unexpected = [r"decoder\.version"]
+    _supports_cache_class = True
+    _is_stateful = True  # a recurrent state cannot be rolled back (no assisted decoding)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, init_std) for linear and embedding weights, zero biases, LRPE theta to its closed form."""
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, Lrpe):
+            if not getattr(module.theta, "_is_hf_initialized", False):
+                module.theta.copy_(Lrpe.initial_theta(module.num_heads, module.head_dim))
+        elif isinstance(module, HeadRMSNorm):
+            nn.init.ones_(module.weight)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """HF save_pretrained, writing `auto_map` for AutoConfig / AutoModelForCausalLM. Inside the tnl package the
+        model sources are not copied (transformers cannot follow the `..ops` import); tnl's exporter does that."""
+        cls = type(self)
+        if not cls.__module__.startswith("tnl.model"):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", "configuration_transnormer.TransnormerConfig")
+        auto_map.setdefault("AutoModelForCausalLM", "modeling_transnormer.TransnormerForCausalLM")
+        self.config.auto_map = auto_map
+        had = "_auto_class" in cls.__dict__
+        saved = cls.__dict__.get("_auto_class")
+        cls._auto_class = None
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if had:
+                cls._auto_class = saved
+            else:
+                del cls._auto_class
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a DynamicCache: the model creates its own TransnormerCache
+        return False
+
+
+class TransnormerModel(TransnormerPreTrainedModel):
+    """Embedding (scaled by sqrt(d) unless no_scale_embedding), decoder layers and the final SRMSNorm."""
+
+    def __init__(self, config: TransnormerConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.decoder_embed_dim, self.padding_idx)
+        self.layers = nn.ModuleList(TransnormerDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.final_norm = SRMSNorm()
+        self.embed_scale = 1.0 if config.no_scale_embedding else math.sqrt(config.decoder_embed_dim)
+        self.embed_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: TransnormerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        cfg = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
+        use_cache = use_cache if use_cache is not None else cfg.use_cache
+        return_dict = return_dict if return_dict is not None else getattr(cfg, "return_dict", True)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        b, t = inputs_embeds.shape[:2]
+        if cu_seqlens is not None:
+            if b != 1:
+                raise ValueError(f"cu_seqlens needs a packed batch of one row (B = 1), got B = {b}")
+            if use_cache and past_key_values is not None:
+                raise ValueError("cu_seqlens (packed documents) cannot be combined with past_key_values")
+            use_cache = False
+            attention_mask = None
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # a cache written inside a recomputed block would be updated twice
+        if use_cache and past_key_values is None:
+            past_key_values = TransnormerCache(cfg.decoder_layers)
+        if not use_cache:
+            past_key_values = None
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        key_mask, full_key_mask = None, None
+        if attention_mask is not None:
+            am = attention_mask.to(inputs_embeds.device).bool()
+            if am.shape[1] == past + t:
+                full_key_mask = am
+            elif am.shape[1] != t:
+                raise ValueError(f"attention_mask has {am.shape[1]} columns; expected {t} or past + new = {past + t}")
+            key_mask = am[:, -t:]
+            if bool(key_mask.all()):  # nothing masked: take the fast paths
+                key_mask = None
+                full_key_mask = full_key_mask if full_key_mask is not None and not bool(full_key_mask.all()) else None
+        positions = self._positions(position_ids, attention_mask, cu_seqlens, past, t, inputs_embeds.device)
+        if cfg.token_mixer == "softmax" and cfg.position_encoding == "sinusoidal":
+            inputs_embeds = inputs_embeds + sinusoidal_embedding(positions, cfg.decoder_embed_dim).to(inputs_embeds)
+
+        inp = _MixerInputs(positions, key_mask, full_key_mask, cu_seqlens, past_key_values)
+        hidden = self.embed_dropout(inputs_embeds)
+        all_hidden = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if self.gradient_checkpointing and self.training:
+                hidden = self._gradient_checkpointing_func(layer.__call__, hidden, inp)
+            else:
+                hidden = layer(hidden, inp)
+        hidden = self.final_norm(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        if not return_dict:
+            return tuple(x for x in (hidden, past_key_values, all_hidden) if x is not None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values,
+                                       hidden_states=all_hidden)
+
+    @staticmethod
+    def _positions(
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        past: int,
+        t: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Token positions [B or 1, T]: restart per packed document; count only real tokens under a padding mask
+        (left padding); otherwise continue from the cache offset."""
+        if position_ids is not None:
+            return position_ids[:, -t:].to(device)
+        if cu_seqlens is not None:
+            ar = torch.arange(t, device=device)
+            return (ar - cu_seqlens.to(device).long()[_doc_ids(cu_seqlens.to(device), t)])[None]
+        if attention_mask is not None:
+            am = attention_mask.to(device).long()
+            pos = (am.cumsum(-1) - 1).clamp(min=0)
+            if am.shape[1] == t and past > 0:
+                pos = pos + past
+            return pos[:, -t:]
+        return torch.arange(past, past + t, device=device)[None]
+
+
+class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
+    """TransNormerLLM causal LM: `model` (TransnormerModel) and `lm_head` tied to the embedding."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"} if _TF_MAJOR >= 5 else ["lm_head.weight"]
+
+    def __init__(self, config: TransnormerConfig) -> None:
+        super().__init__(config)
+        self.model = TransnormerModel(config)
+        self.lm_head = nn.Linear(config.decoder_embed_dim, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> TransnormerModel:
+        return self.model
+
+    def set_decoder(self, decoder: TransnormerModel) -> None:
+        self.model = decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: TransnormerCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        upcast_logits: bool = False,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Causal LM forward. `labels` are shifted inside (predict token i+1 at i), -100 ignored, mean loss in fp32.
+        `cu_seqlens` (int32 [N+1], B = 1): packed documents, no state crosses documents. `logits_to_keep`: only the
+        last n positions (int) or the given indices (tensor) get logits. `upcast_logits`: return fp32 logits."""
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            return_dict=True, cu_seqlens=cu_seqlens, position_ids=position_ids,
+        )
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        if upcast_logits:
+            logits = logits.float()
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(logits.device)
+            loss = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+            )
+        if not return_dict:
+            rest = tuple(x for x in (logits, out.past_key_values, out.hidden_states) if x is not None)
+            return ((loss,) + rest) if loss is not None else rest
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: TransnormerCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool = True,
+        logits_to_keep: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Feed only the tokens the recurrent cache has not consumed; the prompt's embeddings only on the first step."""
+        past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
+        inputs: dict[str, Any] = {}
+        if past > 0:
+            inputs["input_ids"] = input_ids[:, past:]
+        elif inputs_embeds is not None:
+            inputs["inputs_embeds"] = inputs_embeds
+        else:
+            inputs["input_ids"] = input_ids
+        inputs.update(
+            past_key_values=past_key_values if past > 0 else None,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            logits_to_keep=1 if logits_to_keep is None else logits_to_keep,
+        )
+        return inputs

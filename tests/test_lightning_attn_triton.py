@@ -1,0 +1,213 @@
+"""Triton lightning attention under TRITON_INTERPRET=1 (CPU), against the float64 recurrence.
+
+Triton decides interpret-or-compile when a kernel is decorated, so the kernel module is (re)imported with
+TRITON_INTERPRET=1 set; the variable is restored afterwards and only set per test through monkeypatch.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.attn_reference import recurrence
+
+pytest.importorskip("triton")
+
+# Triton picks interpret-or-compile when `triton` itself is imported (its standard library is @jit too), so
+# the kernel tests run in a child process that starts with TRITON_INTERPRET=1.
+_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
+
+if not _CHILD:
+
+    def test_triton_kernels_interpreted():
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "TRITON_INTERPRET": "1", "TNL_AUTOTUNE": "0"}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("TNL_ATTN_SEG_LEN", raising=False)
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(b, t, h, hkv, d, e, dtype=torch.float32, state=True, n=None):
+    q = torch.randn(b, t, h, d).to(dtype)
+    k = torch.randn(b, t, hkv, d).to(dtype)
+    v = torch.randn(b, t, hkv, e).to(dtype)
+    decay = torch.rand(h) * 0.5
+    s0 = torch.randn(n or b, h, d, e) if state else None
+    return q, k, v, decay, s0
+
+
+def _check_all(q, k, v, decay, s0, scale=1.0, cu=None, tol=1e-5, grad=True):
+    leaves = [x.requires_grad_() for x in (q, k, v, s0) if x is not None]
+    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=scale, initial_state=s0, output_final_state=True,
+                                        cu_seqlens=cu)
+    assert o.dtype == q.dtype and final.dtype == torch.float32
+    o_ref, f_ref = recurrence(q.detach(), k.detach(), v.detach(), decay, scale,
+                              s0.detach() if s0 is not None else None, cu_seqlens=cu)
+    assert _rel(o, o_ref) < tol, f"o {_rel(o, o_ref)}"
+    assert _rel(final, f_ref) < tol, f"final {_rel(final, f_ref)}"
+    if not grad:
+        return
+    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    qr, kr, vr = ref_leaves[:3]
+    sr = ref_leaves[3] if s0 is not None else None
+    o_r, f_r = recurrence(qr, kr, vr, decay, scale, sr, cu_seqlens=cu)
+    grads_ref = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref_leaves)
+    for name, g, g_ref in zip("q k v s0".split(), grads, grads_ref):
+        assert g.dtype == leaves["q k v s0".split().index(name)].dtype
+        assert _rel(g, g_ref) < tol, f"d{name} {_rel(g, g_ref)}"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [  # B, T, H, Hkv, D, E
+        (2, 1, 2, 2, 16, 16),  # one token
+        (2, 37, 4, 2, 16, 32),  # odd T, grouped heads, D != E
+        (1, 50, 2, 1, 48, 24),  # odd D (48 pads to 64), E not a power of two
+        (1, 20, 2, 2, 64, 32),  # D = 2E (LRPE-like)
+    ],
+)
+def test_forward_backward_match_recurrence(shape):
+    q, k, v, decay, s0 = _inputs(*shape)
+    _check_all(q, k, v, decay, s0, scale=0.7)
+
+
+def test_no_initial_state_and_no_final_state():
+    q, k, v, decay, _ = _inputs(1, 33, 2, 2, 16, 16, state=False)
+    o, final = CT.triton_lightning_attn(q, k, v, decay)
+    assert final is None
+    o_ref, _ = recurrence(q, k, v, decay)
+    assert _rel(o, o_ref) < 1e-5
+
+
+def test_segmented_long_sequence(monkeypatch):
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")  # 3 segments: state pass + scan + main pass
+    q, k, v, decay, s0 = _inputs(2, 70, 2, 1, 16, 16)
+    _check_all(q, k, v, decay, s0, scale=0.5)
+
+
+@pytest.mark.parametrize("seg", [None, "32"])
+def test_varlen_matches_per_sequence(seg, monkeypatch):
+    if seg:
+        monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
+    cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32)  # includes an empty sequence
+    q, k, v, decay, s0 = _inputs(1, 83, 4, 2, 16, 16, n=4)
+    _check_all(q, k, v, decay, s0, cu=cu)
+
+
+def test_varlen_without_initial_state():
+    cu = torch.tensor([0, 17, 40], dtype=torch.int32)
+    q, k, v, decay, _ = _inputs(1, 40, 2, 2, 16, 16, state=False)
+    _check_all(q, k, v, decay, None, cu=cu)
+
+
+def test_non_contiguous_inputs():
+    q, k, v, decay, s0 = _inputs(1, 24, 4, 4, 16, 16)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, T, H, D] view with H-major strides
+    k = torch.randn(1, 24, 4, 32)[..., ::2]  # last-dim stride 2
+    _check_all(q, k, v, decay, s0)
+
+
+def test_low_precision_error():
+    q, k, v, decay, _ = _inputs(1, 64, 2, 2, 32, 32, state=False)
+    o_ref, _ = recurrence(q, k, v, decay)
+    for dtype in (torch.bfloat16, torch.float16):
+        o, _ = CT.triton_lightning_attn(q.to(dtype), k.to(dtype), v.to(dtype), decay)
+        assert o.dtype == dtype
+        assert _rel(o, o_ref) < 2e-2, f"{dtype}: {_rel(o, o_ref)}"
+
+
+def test_bf16_gradients():
+    q, k, v, decay, s0 = _inputs(1, 40, 2, 1, 16, 16, dtype=torch.bfloat16)
+    _check_all(q, k, v, decay, s0, tol=3e-2)
+
+
+def test_decode_continues_prefill():
+    q, k, v, decay, s0 = _inputs(2, 21, 4, 2, 16, 16)
+    o_ref, f_ref = recurrence(q, k, v, decay, 0.5, s0)
+    _, state = CT.triton_lightning_attn(q[:, :16], k[:, :16], v[:, :16], decay, scale=0.5, initial_state=s0,
+                                        output_final_state=True)
+    for t in range(16, 21):
+        o_t = CT.triton_lightning_attn_decode(q[:, t], k[:, t], v[:, t], decay, state, scale=0.5)
+        assert _rel(o_t, o_ref[:, t]) < 1e-5
+    o_t = CT.triton_lightning_attn_decode(q[:, :1], k[:, :1], v[:, :1], decay, state.clone(), scale=0.5)
+    assert o_t.shape == (2, 1, 4, 16)
+    assert _rel(state, f_ref) < 1e-5
+
+
+def test_public_entry_dispatches_to_triton():
+    from tnl.ops import lightning_attn
+
+    q, k, v, decay, s0 = _inputs(1, 20, 2, 2, 16, 16)
+    o, final = lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True, backend="triton")
+    o_ref, f_ref = recurrence(q, k, v, decay, 1.0, s0)
+    assert _rel(o, o_ref) < 1e-5 and _rel(final, f_ref) < 1e-5
+
+
+def test_bad_input_one_line_error(monkeypatch):
+    q, k, v, decay, _ = _inputs(1, 8, 2, 2, 16, 16, state=False)
+    with pytest.raises(ValueError, match="float64") as info:
+        CT.triton_lightning_attn(q.double(), k.double(), v.double(), decay)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="head dims"):
+        CT.triton_lightning_attn(torch.randn(1, 4, 1, 300), torch.randn(1, 4, 1, 300), v[:, :4, :1], decay[:1])
+    with pytest.raises(ValueError, match="state must be float32"):
+        CT.triton_lightning_attn_decode(q[:, 0], k[:, 0], v[:, 0], decay, torch.zeros(1, 2, 16, 16).half())
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="CUDA"):
+        CT.triton_lightning_attn(q, k, v, decay)
+
+
+def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
+    from tnl.ops.lightning_attn import autotune
+
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TNL_AUTOTUNE", "1")
+    calls = []
+
+    def bench(cfg):
+        calls.append(cfg)
+        if cfg == [3]:
+            raise RuntimeError("out of resources")
+        return float(cfg[0])
+
+    best = autotune.pick("dev-test", "k1", [[5], [2], [3]], bench)
+    assert best == [2] and len(calls) == 3
+    assert list((tmp_path / "autotune").glob("*.json"))
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+    assert autotune.pick("dev-test", "k1", [[5], [2]], bench) == [2] and len(calls) == 3  # from disk
+
+
+def test_torch_compile_no_graph_break():
+    q, k, v, decay, s0 = _inputs(1, 16, 2, 2, 16, 16)
+
+    def f(q, k, v, s0):
+        o, final = CT.triton_lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True)
+        return o.sum() + final.sum()
+
+    explain = torch._dynamo.explain(f)(q, k, v, s0)
+    assert explain.graph_break_count == 0
+
+
+if not _CHILD:  # in the parent process only the child-process runner above is collected
+    for _name in [n for n in globals() if n.startswith("test_") and n != "test_triton_kernels_interpreted"]:
+        del globals()[_name]

@@ -1,0 +1,83 @@
+"""Small autotuner for the lightning attention kernels, cached in memory and on disk.
+
+Best configs are stored per (kernel role, shape class, dtype, device, triton version) in a JSON file under
+`$TNL_CACHE_DIR/autotune/` (default `~/.cache/tnl/autotune/`), so a second process starts without tuning.
+`TNL_AUTOTUNE=0` turns tuning off (the first valid candidate is used).
+"""
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_LOCK = threading.Lock()
+_MEMORY: dict[str, dict] = {}
+_LOADED: set[str] = set()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TNL_CACHE_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tnl"
+    return base / "autotune"
+
+
+def _cache_file(device_tag: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_tag)
+    return cache_dir() / f"lightning_attn_{safe}.json"
+
+
+def _load(device_tag: str) -> None:
+    if device_tag in _LOADED:
+        return
+    _LOADED.add(device_tag)
+    try:
+        data = json.loads(_cache_file(device_tag).read_text())
+        for key, cfg in data.items():
+            _MEMORY.setdefault(f"{device_tag}|{key}", cfg)
+    except (OSError, ValueError):
+        pass
+
+
+def _save(device_tag: str) -> None:
+    prefix = f"{device_tag}|"
+    data = {k[len(prefix):]: v for k, v in _MEMORY.items() if k.startswith(prefix)}
+    path = _cache_file(device_tag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs re-tuning
+
+
+def enabled() -> bool:
+    return os.environ.get("TNL_AUTOTUNE", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[dict], float]) -> dict:
+    """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run)."""
+    full = f"{device_tag}|{key}"
+    with _LOCK:
+        _load(device_tag)
+        if full in _MEMORY:
+            return _MEMORY[full]
+    if not enabled():
+        return configs[0]
+    best, best_ms = None, float("inf")
+    for cfg in configs:
+        try:
+            ms = bench(cfg)
+        except Exception:  # out of shared memory / registers: skip the candidate
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        return configs[0]
+    with _LOCK:
+        _MEMORY[full] = best
+        _save(device_tag)
+    return best

@@ -1,0 +1,338 @@
+"""Triton lightning attention: forward, backward (as a torch.library custom op) and one-token decode.
+
+Forward is one pass per (E-block, head, segment) that walks its tokens chunk by chunk with the state in
+registers. Backward is three passes of the same kernel: dQ in forward order, dK and dV in reverse order.
+When batch x heads is too small to fill the GPU, sequences are cut into segments (state-only pass, a tiny
+scan over segments, then the main pass in parallel). See triton_kernels.py for the roles.
+"""
+
+import os
+from typing import Optional
+
+import torch
+import triton
+
+from . import autotune
+from . import triton_kernels as _k
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_DIM = 256
+
+# (chunk C, E-block BE, num_warps, num_stages); the first entry is the untuned default
+_MAIN_CONFIGS = [
+    (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
+    (128, 64, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2),
+]
+_STATE_CONFIGS = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
+_INTERPRET_CONFIG = (16, 32, 4, 1)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"lightning_attn(triton): {msg}")
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _device_tag(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"{device.type}-triton{triton.__version__}"
+    return f"{torch.cuda.get_device_name(device)}-triton{triton.__version__}"
+
+
+class _Plan:
+    """How sequences are cut into segments; shared by every pass of one call."""
+
+    def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device):
+        env = os.environ.get("TNL_ATTN_SEG_LEN")
+        total = t if cu_seqlens is not None else b * t
+        if env:
+            seg_len = int(env)
+        else:
+            target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or 2 * _num_sms(device)
+            work = total * h * triton.cdiv(dv, 64)
+            seg_len = max(512, triton.cdiv(triton.cdiv(work, target), 256) * 256)
+        self.seg_len = seg_len
+        self.varlen = cu_seqlens is not None
+        self.segs = self.seqinfo = None
+        if cu_seqlens is None:
+            self.n = b
+            self.nseg = triton.cdiv(t, seg_len)
+            self.g_total = b * self.nseg
+            self.segmented = self.nseg > 1
+        else:
+            bounds = cu_seqlens.tolist()
+            self.n = len(bounds) - 1
+            segs, info = [], []
+            for i, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+                ns = max(1, triton.cdiv(e - a, seg_len))
+                info.append((len(segs), ns, e - a))
+                for j in range(ns):
+                    st = a + j * seg_len
+                    segs.append((i, st, min(st + seg_len, e), int(j == 0) | (int(j == ns - 1) << 1)))
+            self.nseg = 1
+            self.g_total = len(segs)
+            self.segmented = any(ns > 1 for _, ns, _ in info)
+            self.segs = torch.tensor(segs, dtype=torch.int32).to(device)
+            self.seqinfo = torch.tensor(info, dtype=torch.int32).to(device)
+
+
+def _pow2(x: int) -> int:
+    return max(16, triton.next_power_of_2(x))
+
+
+def _candidates(configs, dk: int, dv: int, seg_len: int) -> list[tuple]:
+    if _interpret():
+        c, be, w, s = _INTERPRET_CONFIG
+        return [(c, min(be, _pow2(dv)), w, s)]
+    bd = _pow2(dk)
+    out = []
+    for c, be, w, s in configs:
+        be = min(be, _pow2(dv))
+        if seg_len % c or (bd >= 256 and c > 64) or (c, be, w, s) in out:
+            continue
+        out.append((c, be, w, s))
+    return out
+
+
+def _chunk_pass(
+    qr, kr, vr, groups, decay, init, init_strides, out, final, *,
+    skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str,
+) -> None:
+    """One generic pass: out = sout * (causal/anticausal decayed attention of (qr, kr, vr) + init term)."""
+    b, t, h, _ = out.shape
+    dk, dv = qr.shape[-1], vr.shape[-1]
+    bd = _pow2(dk)
+    gq, gk, gv = groups
+    prec = "ieee" if qr.dtype == torch.float32 else "tf32"
+    upcast = _interpret() and qr.dtype == torch.bfloat16
+    has_init = init is not None
+    init_ = init if has_init else decay
+    si = init_strides if has_init else (0, 0, 0, 0)
+    segs = plan.segs if plan.varlen else decay
+    dev = _device_tag(out.device)
+    dtype_tag = str(qr.dtype).replace("torch.", "")
+    pbuf = None
+    if plan.segmented:
+        pbuf = torch.empty(plan.g_total, h, dk, dv, device=out.device, dtype=torch.float32)
+
+    def launch(cfg, write_o: bool):
+        c, be, w, s = cfg
+        grid = (triton.cdiv(dv, be), h, plan.g_total)
+        _k._chunk_kernel[grid](
+            qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
+            (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs,
+            *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si,
+            t, h, gq, gk, gv, dk, dv, plan.seg_len, plan.nseg, skv, sout,
+            BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=has_init and write_o,
+            INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
+            FINAL_DECAY=final_decay,
+            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, num_warps=w, num_stages=s,
+        )
+
+    def tuned(configs, write_o: bool, tag: str):
+        cands = _candidates(configs, dk, dv, plan.seg_len)
+        key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
+
+        def bench(cfg):
+            return triton.testing.do_bench(lambda: launch(cfg, write_o), warmup=5, rep=20, return_mode="median")
+
+        return tuple(autotune.pick(dev, key, [list(x) for x in cands], bench))
+
+    if plan.segmented:
+        launch(tuned(_STATE_CONFIGS, False, "state"), False)
+        bde, bee = min(bd, 64), min(_pow2(dv), 64)
+        grid = (triton.cdiv(dv, bee), triton.cdiv(dk, bde), plan.n * h)
+        _k._scan_kernel[grid](
+            pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
+            t, h, dk, dv, plan.seg_len, plan.nseg,
+            BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
+            IS_VARLEN=plan.varlen, num_warps=4,
+        )
+    launch(tuned(_MAIN_CONFIGS, True, role), True)
+
+
+def _check(q, k, v, decay, initial_state):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dtype not in _DTYPES:
+            _fail(f"{name} has dtype {x.dtype}; the Triton kernel takes float16, bfloat16 or float32 "
+                  "(use backend='torch' for float64)")
+    if q.shape[-1] > _MAX_DIM or v.shape[-1] > _MAX_DIM:
+        _fail(f"head dims up to {_MAX_DIM} are supported, got D={q.shape[-1]}, E={v.shape[-1]}")
+    if not q.is_cuda and not _interpret():
+        _fail("inputs must be CUDA tensors (or set TRITON_INTERPRET=1 for CPU)")
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("tnl::lightning_attn_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+    initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b, t, h, d = q.shape
+    e = v.shape[-1]
+    group = h // k.shape[2]
+    plan = _Plan(b, t, h, e, cu_seqlens, q.device)
+    o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
+    final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
+    init = initial_state.float() if initial_state is not None else None
+    _chunk_pass(q, k, v, (1, group, group), decay, init, init.stride() if init is not None else None, o, final,
+                skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd")
+    return o, (final if final is not None else q.new_empty(0, dtype=torch.float32))
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens):
+    b, t, h, d = q.shape
+    e = v.shape[-1]
+    n = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
+    o = q.new_empty(b, t, h, e)
+    final = q.new_empty((n, h, d, e) if output_final_state else (0,), dtype=torch.float32)
+    return o, final
+
+
+@torch.library.custom_op("tnl::lightning_attn_bwd", mutates_args=())
+def _bwd_op(
+    do: torch.Tensor, dfinal: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: UP045
+    decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+    scale: float,
+    need_dq: bool, need_dkv: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
+    b, t, h, d = q.shape
+    hkv, e = k.shape[2], v.shape[-1]
+    group = h // hkv
+    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device)
+    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device)
+    init = initial_state.float() if initial_state is not None else None
+    dfin = dfinal.float() if dfinal is not None else None
+    dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
+    if need_dq:
+        # dq_t = scale * do_t S_t^T: forward order on (do, v, k), state S^T
+        st = (init.stride(0), init.stride(1), init.stride(3), init.stride(2)) if init is not None else None
+        _chunk_pass(do, v, k, (1, group, group), decay, init, st, dq, None,
+                    skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq")
+    need_dinit = initial_state is not None
+    dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
+    kv_dtype = k.dtype if group == 1 else torch.float32
+    if need_dkv or need_dinit:
+        # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
+        dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
+        _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None, dv, dinit,
+                    skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv")
+    if need_dkv:
+        # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T
+        dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
+        st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
+        _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
+                    skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk")
+        if group > 1:
+            dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
+            dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
+    else:
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    empty = q.new_empty(0, dtype=torch.float32)
+    return dq, dk, dv, (dinit if dinit is not None else empty)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv):
+    dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
+             else q.new_empty(0, dtype=torch.float32))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens = inputs
+    ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens)
+    ctx.scale = scale
+    ctx.init_dtype = initial_state.dtype if initial_state is not None else None
+
+
+def _backward(ctx, do, dfinal):
+    q, k, v, decay, initial_state, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros(*q.shape[:3], v.shape[-1], device=q.device, dtype=q.dtype)
+    if dfinal is not None and dfinal.numel() == 0:
+        dfinal = None
+    need = ctx.needs_input_grad
+    dq, dk, dv, dinit = torch.ops.tnl.lightning_attn_bwd(
+        do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2],
+    )
+    dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
+    return dq, dk, dv, None, None, dinit, None, None
+
+
+torch.library.register_autograd("tnl::lightning_attn_fwd", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def triton_lightning_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked lightning attention in Triton; same contract as `lightning_attn` (inputs already validated)."""
+    _check(q, k, v, decay, initial_state)
+    decay = decay.detach().to(torch.float32).contiguous()
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(torch.int32)
+    o, final = torch.ops.tnl.lightning_attn_fwd(q, k, v, decay, float(scale), initial_state,
+                                                bool(output_final_state), cu_seqlens)
+    return o, (final if output_final_state else None)
+
+
+def triton_lightning_attn_decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, state: torch.Tensor, scale: float = 1.0,
+) -> torch.Tensor:
+    """One decoding step, state updated in place. q: [B, H, D] (or [B, 1, H, D]); k: [B, Hkv, D]; v: [B, Hkv, E];
+    state: [B, H, D, E] float32. Returns o [B, H, E] (or [B, 1, H, E]) in q's dtype."""
+    squeeze = q.dim() == 4
+    if squeeze:
+        if q.shape[1] != 1 or k.shape[1] != 1 or v.shape[1] != 1:
+            _fail("decode takes one token per sequence (T = 1)")
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        _fail("decode expects q [B, H, D], k [B, Hkv, D], v [B, Hkv, E]")
+    b, h, d = q.shape
+    hkv, e = k.shape[1], v.shape[-1]
+    if h % hkv or k.shape[0] != b or v.shape[:2] != (b, hkv) or k.shape[2] != d:
+        _fail(f"decode shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if state.shape != (b, h, d, e) or state.dtype != torch.float32:
+        _fail(f"state must be float32 of shape [{b}, {h}, {d}, {e}], got {state.dtype} {tuple(state.shape)}")
+    _check(q, k, v, decay, None)
+    decay = decay.detach().to(torch.float32).contiguous()
+    o = torch.empty(b, h, e, device=q.device, dtype=q.dtype)
+    bd = _pow2(d)
+    be = min(_pow2(e), max(16, 8192 // bd))
+    grid = (triton.cdiv(e, be), h, b)
+    _k._decode_kernel[grid](
+        q, k, v, o, state, decay, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *state.stride(),
+        h // hkv, d, e, float(scale), BD=bd, BE=be, num_warps=4,
+    )
+    return o.unsqueeze(1) if squeeze else o
+
+
+__all__ = ["triton_lightning_attn", "triton_lightning_attn_decode"]

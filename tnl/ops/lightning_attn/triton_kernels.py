@@ -1,0 +1,228 @@
+"""Triton kernels for lightning attention (Lightning Attention-2 with per-head constant decay).
+
+One generic chunk kernel serves the forward and all three backward products. With per-head rate s
+(lambda = exp(-s)) it computes, for one (E-block, head, segment) program walking its tokens chunk by
+chunk with the D x BE state P in registers:
+
+    forward order:  O_t = sout * (skv * sum_{j<=t} lambda^(t-j) (Q_t.K_j) V_j + Q_t lambda^(t-t0+1) P)
+    reverse order:  the same with time mirrored (j >= t), used by dK and dV.
+
+Roles: out = (q, k, v); dq = (do, v, k); dk = (v, do, q) reversed; dv = (k, q, do) reversed.
+Long sequences are cut into segments: a state-only pass (WRITE_O=False) gives each segment's
+contribution, `_scan_kernel` chains them into start states, then the main pass runs in parallel.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _chunk_kernel(
+    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS,
+    sq_b, sq_t, sq_h, sq_d,
+    sk_b, sk_t, sk_h, sk_d,
+    sv_b, sv_t, sv_h, sv_d,
+    so_b, so_t, so_h, so_d,
+    si_n, si_h, si_r, si_c,
+    T, H, GQ, GK, GV, DK, DV, SEG_LEN, NSEG,
+    skv, sout,
+    BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr,
+    WRITE_O: tl.constexpr, STORE_FINAL: tl.constexpr, FINAL_DECAY: tl.constexpr,
+    IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_e = tl.program_id(0)
+    h = tl.program_id(1)
+    g = tl.program_id(2)
+    if IS_VARLEN:
+        seq = tl.load(SEGS + g * 4)
+        t_start = tl.load(SEGS + g * 4 + 1)
+        t_end = tl.load(SEGS + g * 4 + 2)
+        flags = tl.load(SEGS + g * 4 + 3)
+        b = 0
+        is_first = (flags & 1) != 0
+        is_last = (flags & 2) != 0
+    else:
+        b = g // NSEG
+        sg = g % NSEG
+        seq = b
+        t_start = sg * SEG_LEN
+        t_end = tl.minimum(t_start + SEG_LEN, T)
+        is_first = sg == 0
+        is_last = sg == NSEG - 1
+    if REVERSE:
+        begins = is_last
+        ends = is_first
+    else:
+        begins = is_first
+        ends = is_last
+
+    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    offs_c = tl.arange(0, C)
+    offs_d = tl.arange(0, BD)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    mask_d = offs_d < DK
+    mask_e = offs_e < DV
+    mask_s = mask_d[:, None] & mask_e[None, :]
+    b64 = b.to(tl.int64)
+    q_base = QR + b64 * sq_b + (h // GQ).to(tl.int64) * sq_h
+    k_base = KR + b64 * sk_b + (h // GK).to(tl.int64) * sk_h
+    v_base = VR + b64 * sv_b + (h // GV).to(tl.int64) * sv_h
+    o_base = OUT + b64 * so_b + h.to(tl.int64) * so_h
+
+    S = tl.zeros([BD, BE], dtype=tl.float32)
+    shift = T * 0
+    if begins:
+        if HAS_INIT:
+            p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
+            S = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
+            shift = T * 0 + INIT_SHIFT
+    else:
+        if SEGMENTED and WRITE_O:
+            if REVERSE:
+                slot = g + 1
+            else:
+                slot = g - 1
+            p = PBUF + (slot.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+            S = tl.load(p, mask=mask_s, other=0.0)
+
+    if WRITE_O:
+        ii = offs_c[:, None]
+        jj = offs_c[None, :]
+        if REVERSE:
+            dist = jj - ii
+        else:
+            dist = ii - jj
+        mdec = tl.where(dist >= 0, tl.exp2(-ls * tl.maximum(dist, 0).to(tl.float32)) * skv, 0.0)
+
+    n_tok = t_end - t_start
+    if not WRITE_O:
+        if ends:
+            n_tok = n_tok * 0  # state-only pass: the last segment's contribution is never read
+    nc = tl.cdiv(n_tok, C)
+    for c in range(0, nc):
+        if REVERSE:
+            cs = t_start + (nc - 1 - c) * C
+        else:
+            cs = t_start + c * C
+        n = tl.minimum(C, t_end - cs)
+        mt = offs_c < n
+        t_idx = (cs + offs_c).to(tl.int64)
+        kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
+                     mask=mt[:, None] & mask_d[None, :], other=0.0)
+        vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
+                     mask=mt[:, None] & mask_e[None, :], other=0.0)
+        if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
+            kk = kk.to(tl.float32)
+            vv = vv.to(tl.float32)
+        shf = shift.to(tl.float32)
+        if WRITE_O:
+            qq = tl.load(q_base + t_idx[:, None] * sq_t + offs_d[None, :] * sq_d,
+                         mask=mt[:, None] & mask_d[None, :], other=0.0)
+            if UPCAST:
+                qq = qq.to(tl.float32)
+            a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
+            o = tl.dot(a.to(vv.dtype), vv, input_precision=PREC)
+            if REVERSE:
+                qexp = (n - offs_c).to(tl.float32) - shf
+            else:
+                qexp = (offs_c + 1).to(tl.float32) - shf
+            qdec = tl.where(mt, tl.exp2(-ls * tl.maximum(qexp, 0.0)), 0.0)
+            o += tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
+            o = o * sout
+            tl.store(o_base + t_idx[:, None] * so_t + offs_e[None, :] * so_d, o.to(OUT.dtype.element_ty),
+                     mask=mt[:, None] & mask_e[None, :])
+        if REVERSE:
+            kexp = offs_c.to(tl.float32)
+        else:
+            kexp = (n - 1 - offs_c).to(tl.float32)
+        kdec = tl.where(mt, tl.exp2(-ls * tl.maximum(kexp, 0.0)) * skv, 0.0)
+        kd = (kk * kdec[:, None]).to(kk.dtype)
+        S = S * tl.exp2(-ls * (n.to(tl.float32) - shf)) + tl.dot(tl.trans(kd), vv, input_precision=PREC)
+        shift = shift * 0
+
+    if WRITE_O:
+        if STORE_FINAL:
+            if ends:
+                fexp = FINAL_DECAY - shift
+                fin = S * tl.exp2(-ls * fexp.to(tl.float32))
+                p = S_OUT + (seq.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+                tl.store(p, fin, mask=mask_s)
+    else:
+        p = S_OUT + (g.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+        tl.store(p, S, mask=mask_s)
+
+
+@triton.jit
+def _scan_kernel(
+    PBUF, S_INIT, DECAY, SEQINFO,
+    si_n, si_h, si_r, si_c,
+    T, H, DK, DV, SEG_LEN, NSEG,
+    BD: tl.constexpr, BE: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Chain segment contributions into start states, in place: slot k gets the state after segment k."""
+    pid_e = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    nh = tl.program_id(2)
+    n = nh // H
+    h = nh % H
+    if IS_VARLEN:
+        g0 = tl.load(SEQINFO + n * 3)
+        ns = tl.load(SEQINFO + n * 3 + 1)
+        seq_len = tl.load(SEQINFO + n * 3 + 2)
+    else:
+        g0 = n * NSEG
+        ns = NSEG
+        seq_len = T
+    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    mask_s = (offs_d < DK)[:, None] & (offs_e < DV)[None, :]
+    P = tl.zeros([BD, BE], dtype=tl.float32)
+    shift = T * 0
+    if HAS_INIT:
+        p = S_INIT + n.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
+        P = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
+        shift = T * 0 + INIT_SHIFT
+    for i in range(0, ns - 1):
+        if REVERSE:
+            k = ns - 1 - i
+        else:
+            k = i
+        ln = tl.minimum(SEG_LEN, seq_len - k * SEG_LEN)
+        p = PBUF + ((g0 + k).to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+        P = P * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0)
+        tl.store(p, P, mask=mask_s)
+        shift = shift * 0
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, OUT, S, DECAY,
+    sq_b, sq_h, sq_d, sk_b, sk_h, sk_d, sv_b, sv_h, sv_d, so_b, so_h, so_d,
+    ss_b, ss_h, ss_d, ss_e,
+    G, DK, DV, scale,
+    BD: tl.constexpr, BE: tl.constexpr,
+):
+    """One token per sequence: S <- lambda S + k^T v (in place), o = scale q S."""
+    pid_e = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    hk = h // G
+    lam = tl.exp(-tl.load(DECAY + h).to(tl.float32))
+    offs_d = tl.arange(0, BD)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    md = offs_d < DK
+    me = offs_e < DV
+    q = tl.load(Q + b * sq_b + h * sq_h + offs_d * sq_d, mask=md, other=0.0).to(tl.float32)
+    k = tl.load(K + b * sk_b + hk * sk_h + offs_d * sk_d, mask=md, other=0.0).to(tl.float32)
+    v = tl.load(V + b * sv_b + hk * sv_h + offs_e * sv_d, mask=me, other=0.0).to(tl.float32)
+    ps = S + b * ss_b + h * ss_h + offs_d[:, None] * ss_d + offs_e[None, :] * ss_e
+    m = md[:, None] & me[None, :]
+    st = tl.load(ps, mask=m, other=0.0) * lam + k[:, None] * v[None, :]
+    tl.store(ps, st, mask=m)
+    o = tl.sum(q[:, None] * st, axis=0) * scale
+    tl.store(OUT + b * so_b + h * so_h + offs_e * so_d, o.to(OUT.dtype.element_ty), mask=me)

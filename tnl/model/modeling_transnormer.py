@@ -158,11 +158,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
-def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+def sinusoidal_embedding(positions: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Absolute sinusoidal positions (Vaswani et al. 2017), halves [sin | cos]: [B or 1, T] -> [.., T, dim]."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    ang = positions.to(torch.float32)[..., None] * freq
+    half, acc = dim // 2, _acc(dtype)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=acc) / half)
+    ang = positions.to(acc)[..., None] * freq
     emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
     return F.pad(emb, (0, dim - 2 * half))
 
@@ -333,7 +333,7 @@ class TransnormerCache(Cache):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _MixerInputs:
+class MixerInputs:
     """What every token mixer gets besides x (kept in one object so checkpointed calls stay positional)."""
 
     def __init__(
@@ -356,13 +356,16 @@ class DecayMixin:
 
     decay_list: list[float]
 
-    def decay(self, device: torch.device) -> torch.Tensor:
+    def decay(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rates [H] in fp32 (fp64 when the activations are fp64)."""
+        acc = _acc(dtype)
         if torch.compiler.is_compiling():
-            return torch.tensor(self.decay_list, dtype=torch.float32, device=device)
+            return torch.tensor(self.decay_list, dtype=acc, device=device)
         cache = self.__dict__.setdefault("_decay_cache", {})
-        if device not in cache:
-            cache[device] = torch.tensor(self.decay_list, dtype=torch.float32, device=device)
-        return cache[device]
+        key = (device, acc)
+        if key not in cache:
+            cache[key] = torch.tensor(self.decay_list, dtype=acc, device=device)
+        return cache[key]
 
 
 class NormLinearAttention(nn.Module, DecayMixin):
@@ -383,7 +386,7 @@ class NormLinearAttention(nn.Module, DecayMixin):
         self.decay_list = decay_rates(config, layer_idx)
         self.backend = config.attn_backend
 
-    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
         h, dh = self.num_heads, self.head_dim
         q, k, v, u = self.qkvu_proj(x).chunk(4, dim=-1)
@@ -395,7 +398,7 @@ class NormLinearAttention(nn.Module, DecayMixin):
         if inp.key_mask is not None:  # pad tokens never enter the state
             m = inp.key_mask[:, :, None, None].to(k.dtype)
             k, v = k * m, v * m
-        decay = self.decay(x.device)
+        decay = self.decay(x.device, x.dtype)
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state = layer.state if layer is not None else None
         if state is not None and t == 1:  # decoding: one recurrent update
@@ -479,7 +482,7 @@ class SoftmaxAttention(nn.Module):
         )
         return o.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.project(x, inp.positions)
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
@@ -520,13 +523,13 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         self.decay_list = decay_rates(config, layer_idx)
         self.window = None
 
-    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
         if inp.cu_seqlens is not None:  # packed documents: run each separately (baseline, not a fast path)
             outs, offs = [], inp.cu_seqlens.tolist()
             for s, e in zip(offs[:-1], offs[1:]):
                 if e > s:
-                    sub = _MixerInputs(inp.positions[:, s:e], None, None, None, None)
+                    sub = MixerInputs(inp.positions[:, s:e], None, None, None, None)
                     outs.append(self.forward(x[:, s:e], sub))
             return torch.cat(outs, dim=1)
         h, dh, c = self.num_heads, self.head_dim, self.block
@@ -566,7 +569,7 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         # --- decayed linear attention across blocks: loop over blocks carrying the state
         acc = _acc(x.dtype)
         group = h // self.num_kv_heads
-        s = self.decay(x.device).view(1, h, 1, 1)
+        s = self.decay(x.device, acc).view(1, h, 1, 1)
         lqf = F.pad(lq, (0, 0, 0, 0, r, 0)).to(acc).transpose(1, 2)  # [B, H, n, D]
         lkf = lk.to(acc).repeat_interleave(group, 2).transpose(1, 2)
         lvf = v.to(acc).repeat_interleave(group, 2).transpose(1, 2)
@@ -617,7 +620,7 @@ class TransnormerDecoderLayer(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, inp: _MixerInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         x = x + self.dropout(self.token_mixer(self.token_norm(x), inp))
         return x + self.dropout(self.channel_mixer(self.channel_norm(x)))
 
@@ -747,9 +750,10 @@ class TransnormerModel(TransnormerPreTrainedModel):
                 full_key_mask = full_key_mask if full_key_mask is not None and not bool(full_key_mask.all()) else None
         positions = self._positions(position_ids, attention_mask, cu_seqlens, past, t, inputs_embeds.device)
         if cfg.token_mixer == "softmax" and cfg.position_encoding == "sinusoidal":
-            inputs_embeds = inputs_embeds + sinusoidal_embedding(positions, cfg.decoder_embed_dim).to(inputs_embeds)
+            pe = sinusoidal_embedding(positions, cfg.decoder_embed_dim, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds + pe.to(inputs_embeds)
 
-        inp = _MixerInputs(positions, key_mask, full_key_mask, cu_seqlens, past_key_values)
+        inp = MixerInputs(positions, key_mask, full_key_mask, cu_seqlens, past_key_values)
         hidden = self.embed_dropout(inputs_embeds)
         all_hidden = () if output_hidden_states else None
         for layer in self.layers:

@@ -1,0 +1,199 @@
+"""Benchmark tnl's Triton lightning attention against fla, lightning-attn and softmax SDPA (flash, causal).
+
+bf16, H=16, B*T=65,536 tokens, T in {1k..64k}; head dims (D,E) in {(128,128), (64,64), (256,128)}.
+Times are triton.testing.do_bench medians (ms) of the forward and of forward+backward on random inputs;
+ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
+
+    python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tnl.ops.lightning_attn.chunk_triton import triton_lightning_attn  # noqa: E402
+
+TOKENS = 65536
+H = 16
+
+
+def slopes(h: int) -> torch.Tensor:
+    return torch.tensor([2 ** (-8 * (i + 1) / h) for i in range(h)], dtype=torch.float32)
+
+
+def load_impls():
+    impls = {}
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        impls["fla"] = chunk_simple_gla
+    except Exception as exc:  # noqa: BLE001
+        print(f"fla not available ({type(exc).__name__}: {exc})")
+    try:
+        from lightning_attn.ops import lightning_attn_func
+
+        impls["lightning-attn"] = lightning_attn_func
+    except Exception as exc:  # noqa: BLE001
+        print(f"lightning-attn not available ({type(exc).__name__}: {exc})")
+    return impls
+
+
+def make_fns(name, impls, b, t, d, e):
+    """Returns (fwd_fn, leaves) or None when the method does not apply to this shape."""
+    dev, dt = "cuda", torch.bfloat16
+    decay = slopes(H).to(dev)
+    if name in ("tnl", "fla"):
+        q = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
+        k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
+        v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
+        if name == "tnl":
+            return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
+        fla = impls["fla"]
+        g_gamma = -decay
+        return (lambda: fla(q, k, v, g_gamma=g_gamma, scale=1.0)[0]), [q, k, v]
+    # the others take [B, H, T, D]
+    q = torch.randn(b, H, t, d, device=dev, dtype=dt).requires_grad_()
+    k = torch.randn(b, H, t, d, device=dev, dtype=dt).requires_grad_()
+    v = torch.randn(b, H, t, e, device=dev, dtype=dt).requires_grad_()
+    if name == "lightning-attn":
+        la = impls["lightning-attn"]
+        s = decay.view(H, 1, 1).contiguous()
+        return (lambda: la(q, k, v, s)), [q, k, v]
+    if name == "sdpa":
+        if d != e:
+            return None
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def fwd():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        return fwd, [q, k, v]
+    raise ValueError(name)
+
+
+def measure(name, impls, b, t, d, e):
+    torch.cuda.empty_cache()
+    try:
+        made = make_fns(name, impls, b, t, d, e)
+        if made is None:
+            return None
+        fwd, leaves = made
+        out = fwd()
+        grad = torch.randn_like(out)
+
+        def fwd_bwd():
+            torch.autograd.backward(fwd(), grad)
+
+        fwd_bwd()
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            f_ms = triton.testing.do_bench(fwd, warmup=50, rep=200, return_mode="median")
+        fb_ms = triton.testing.do_bench(fwd_bwd, warmup=50, rep=200, grad_to_none=leaves, return_mode="median")
+        del out
+        for x in leaves:
+            x.grad = None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        mem = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return f_ms, fb_ms, mem
+    except Exception as exc:  # noqa: BLE001
+        print(f"  {name} T={t} D={d} E={e}: {type(exc).__name__}: {str(exc)[:160]}")
+        return None
+
+
+def fmt(x, ref=None):
+    if x is None:
+        return "n/a"
+    return f"{x:.3f}" + (f" ({x / ref:.2f}x)" if ref else "")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", nargs="+", default=["128,128", "64,64", "256,128"])
+    ap.add_argument("--T", nargs="+", type=int, default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    ap.add_argument("--methods", nargs="+", default=["tnl", "fla", "lightning-attn", "sdpa"])
+    ap.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    impls = load_impls()
+    methods = [m for m in args.methods if m in ("tnl", "sdpa") or m in impls]
+    missing = [m for m in args.methods if m not in methods]
+    device = torch.cuda.get_device_name()
+    lines = []
+    header = ("| D,E | T | B | " + " | ".join(f"{m} fwd" for m in args.methods) + " | "
+              + " | ".join(f"{m} fwd+bwd" for m in args.methods) + " | tnl mem MiB | fla mem MiB |")
+    lines.append(header)
+    lines.append("|" + "---|" * (header.count("|") - 1))
+    flat = {}
+    for dims in args.dims:
+        d, e = (int(x) for x in dims.split(","))
+        for t in args.T:
+            b = max(1, TOKENS // t)
+            res = {m: measure(m, impls, b, t, d, e) for m in methods}
+            for m in missing:
+                res[m] = None
+            ref = res.get("fla")
+            rf, rfb = (ref[0], ref[1]) if ref else (None, None)
+            fw = [fmt(res[m][0] if res[m] else None, rf if m != "fla" else None) for m in args.methods]
+            fb = [fmt(res[m][1] if res[m] else None, rfb if m != "fla" else None) for m in args.methods]
+            mem = [f"{res[m][2]:.0f}" if res.get(m) else "n/a" for m in ("tnl", "fla")]
+            line = f"| {d},{e} | {t} | {b} | " + " | ".join(fw + fb + mem) + " |"
+            lines.append(line)
+            print(line, flush=True)
+            if res.get("tnl"):
+                flat.setdefault((d, e), []).append((res["tnl"][0] / (b * t), res["tnl"][1] / (b * t)))
+    notes = []
+    for (d, e), per_tok in flat.items():
+        f = [x[0] for x in per_tok]
+        fb = [x[1] for x in per_tok]
+        notes.append(f"tnl D,E={d},{e}: time per token max/min over T: fwd {max(f) / min(f):.2f}, "
+                     f"fwd+bwd {max(fb) / min(fb):.2f}")
+    table = "\n".join(lines)
+    print("\n" + table)
+    for n in notes:
+        print(n)
+    if args.write_md:
+        cmd = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
+        versions = f"torch {torch.__version__}, triton {triton.__version__}"
+        try:
+            import fla
+
+            versions += f", fla {getattr(fla, '__version__', '?')}"
+        except Exception:  # noqa: BLE001
+            pass
+        md = ROOT / "docs" / "benchmarks.md"
+        md.parent.mkdir(exist_ok=True)
+        text = md.read_text() if md.exists() else "# Benchmarks\n"
+        section = "## Lightning attention kernel"
+        if section not in text:
+            text = text.rstrip() + f"\n\n{section}\n\nTimes in ms (median of triton.testing.do_bench), bf16, H=16, " \
+                   "B*T=65,536 tokens, decay = TNL slopes, scale 1; (x) = ratio to fla in the same run; " \
+                   "memory = peak allocated during fwd+bwd above the inputs.\n"
+        block = (f"\n### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {device} ({versions})\n\n"
+                 f"Command: `{cmd}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        # insert at the end of this section (before the next "## " header, if any)
+        start = text.index(section)
+        nxt = text.find("\n## ", start + len(section))
+        text = text + block if nxt < 0 else text[:nxt] + "\n" + block + text[nxt:]
+        md.write_text(text)
+        print(f"appended to {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

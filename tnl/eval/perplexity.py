@@ -23,13 +23,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tnl.errors import UserError
+
 from .windows import rolling_windows
 
 MODES = ("window", "sliding", "stream")
 RECURRENT_MODEL_TYPES = ("transnormer",)
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """Bad evaluation input; the message is one line naming the problem and the fix."""
 
 

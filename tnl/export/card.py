@@ -36,7 +36,7 @@ def _dump_config(cfg: dict[str, Any]) -> str:
 
 def model_card(config: dict[str, Any], *, train_config: dict[str, Any] | None = None,
                eval_results: dict[str, Any] | list[dict[str, Any]] | None = None, num_params: int | None = None) -> str:
-    size = f"{num_params / 1e6:.1f}M parameters, " if num_params else ""
+    size = f"{num_params / 1e6:.2f}M parameters, " if num_params else ""
     lines = [
         "---",
         "library_name: transformers",

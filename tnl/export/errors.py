@@ -1,5 +1,7 @@
 """User-facing export/loading errors: one line naming the problem and the fix, shown without a traceback."""
 
+from tnl.errors import UserError
 
-class ExportError(ValueError):
+
+class ExportError(UserError):
     pass

@@ -88,13 +88,22 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _card_config(cfg: Any) -> dict[str, Any]:
+    """The model's own fields (PretrainedConfig's generic defaults such as id2label left out)."""
+    from transformers import PretrainedConfig
+
+    generic = set(PretrainedConfig().to_dict()) - {"bos_token_id", "eos_token_id", "pad_token_id",
+                                                   "tie_word_embeddings", "dtype", "torch_dtype"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in generic and not k.startswith("_")}
+
+
 def export_hf(
     model: torch.nn.Module,
     tokenizer: Any,
     out_dir: str | os.PathLike,
     *,
     train_config: dict | None = None,
-    eval_results: dict | None = None,
+    eval_results: dict | list[dict] | None = None,
     overwrite: bool = False,
     max_shard_size: str = "2GB",
 ) -> Path:
@@ -116,7 +125,7 @@ def export_hf(
         write_model_code(tmp)
         tokenizer.save_pretrained(tmp)
         num_params = sum(p.numel() for p in model.parameters())
-        card = model_card(cfg.to_dict(), train_config=_plain(train_config) if train_config else None,
+        card = model_card(_card_config(cfg), train_config=_plain(train_config) if train_config else None,
                           eval_results=_plain(eval_results) if eval_results else None, num_params=num_params)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if eval_results:

@@ -1,0 +1,136 @@
+"""`scripts/evaluate.py`'s work: load a model, score a split, print a table, write a JSON with fingerprints."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .perplexity import EvalError, evaluate_documents
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+TABLE_KEYS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity", "num_documents",
+              "num_tokens", "num_words", "num_bytes", "tokens_per_second")
+
+
+def fingerprint_model(model: torch.nn.Module) -> str:
+    """Hash of the weights (names, dtypes, shapes, bytes): identical weights give identical fingerprints."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def fingerprint_documents(documents: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for doc in documents:
+        h.update(doc.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvalError(f"eval.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError("eval.device=cuda but no CUDA GPU is visible; use eval.device=cpu")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "", "auto"):  # bf16 on GPU (fp32 log-softmax still), exact fp32 on CPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise EvalError(f"eval.dtype={name!r}; use auto, float32, bfloat16 or float16")
+    return DTYPES[name]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The terminal table: one metric per line."""
+    title = f"{results.get('split', '?')} | mode={results.get('mode')} max_length={results.get('max_length')}"
+    if results.get("stride"):
+        title += f" stride={results['stride']}"
+    rows = []
+    for key in TABLE_KEYS:
+        if key in results:
+            v = results[key]
+            rows.append((key, f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else str(v)))
+    width = max(len(k) for k, _ in rows)
+    vwidth = max(len(v) for _, v in rows)
+    rule = "-" * (width + vwidth + 5)
+    lines = [title, rule] + [f"  {k:<{width}}   {v:>{vwidth}}" for k, v in rows] + [rule]
+    return "\n".join(lines)
+
+
+def default_output(loaded: Any, split: str, mode: str) -> Path:
+    """`<run folder>/eval_<split>_<mode>.json` (the export folder itself for an exported model)."""
+    base = loaded.run_dir if getattr(loaded, "run_dir", None) is not None else loaded.path
+    return Path(base) / f"eval_{split}_{mode}.json"
+
+
+def write_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
+    """Evaluate `cfg.model_path` on `cfg.eval.split` of `cfg.data`; print the table, write the JSON, return it."""
+    from tnl.data import describe_source, load_documents
+    from tnl.export.loading import load_pretrained
+
+    ev = cfg.eval
+    if not cfg.get("model_path"):
+        raise EvalError("model_path is required: python scripts/evaluate.py model_path=RUN/checkpoints/step_N")
+    split = ev.get("split", "validation")
+    if split not in ("validation", "test"):
+        raise EvalError(f"eval.split must be validation or test, got {split!r}")
+    device = resolve_device(ev.get("device"))
+    dtype = resolve_dtype(ev.get("dtype"), device)
+    loaded = load_pretrained(cfg.model_path)
+    if loaded.tokenizer is None:
+        raise EvalError(f"{cfg.model_path} has no tokenizer files; evaluation needs the model's tokenizer")
+    model = loaded.model.to(device=device, dtype=dtype)
+    log(f"model: {loaded.kind} {loaded.path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        f"{str(dtype).removeprefix('torch.')} on {device})")
+    source = describe_source(cfg.data, split)
+    log(f"data: {source}")
+    documents = list(load_documents(cfg.data, split, detokenized=False)["text"])
+    results = evaluate_documents(
+        model, loaded.tokenizer, documents, mode=ev.get("mode", "window"), max_length=int(ev.get("max_length", 1024)),
+        stride=ev.get("stride"), batch_size=int(ev.get("batch_size", 1)), device=device,
+        progress=bool(ev.get("progress", True)),
+    )
+    results.update({
+        "split": split,
+        "model_path": str(Path(cfg.model_path).expanduser().absolute()),
+        "model_kind": loaded.kind,
+        "model_fingerprint": fingerprint_model(model),
+        "data_fingerprint": fingerprint_documents(documents),
+        "data_source": source,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    log(format_table(results))
+    out = write_json(results, ev.get("output") or default_output(loaded, split, results["mode"]))
+    log(f"results: {out}")
+    results["output"] = str(out)
+    return results

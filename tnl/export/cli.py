@@ -1,0 +1,58 @@
+"""`scripts/export.py`'s work: load a checkpoint, write the export, optionally push it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ExportError
+
+FORMATS = ("hf", "official")
+
+
+def _eval_results(cfg: Any, run_dir: Path | None) -> list[dict[str, Any]]:
+    paths = cfg.get("eval_results")
+    if paths:
+        files = [Path(p) for p in ([paths] if isinstance(paths, str) else list(paths))]
+    else:
+        files = sorted(run_dir.glob("eval_*.json")) if run_dir is not None else []
+    results = []
+    for f in files:
+        try:
+            results.append(json.loads(Path(f).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ExportError(f"cannot read eval results {f} ({type(err).__name__}); fix or drop it") from None
+    return results
+
+
+def run_export(cfg: Any, log=print) -> Path:
+    from .hf import export_hf
+    from .hub import push_to_hub
+    from .loading import load_pretrained
+    from .official import export_official
+
+    if not cfg.get("checkpoint"):
+        raise ExportError("checkpoint is required: scripts/export.py checkpoint=RUN/checkpoints/step_N out_dir=DIR")
+    if not cfg.get("out_dir"):
+        raise ExportError("out_dir is required: the folder to write the export to")
+    fmt = cfg.get("format", "hf")
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    loaded = load_pretrained(cfg.checkpoint)
+    log(f"loaded {loaded.kind} {loaded.path}")
+    if fmt == "hf":
+        if loaded.tokenizer is None:
+            raise ExportError(f"{cfg.checkpoint} has no tokenizer; an HF export needs one")
+        results = _eval_results(cfg, loaded.run_dir)
+        out = export_hf(loaded.model, loaded.tokenizer, cfg.out_dir, train_config=loaded.train_config,
+                        eval_results=results or None, overwrite=bool(cfg.get("overwrite", False)),
+                        max_shard_size=str(cfg.get("max_shard_size", "2GB")))
+    else:
+        out = export_official(loaded.model, loaded.tokenizer, cfg.out_dir, overwrite=bool(cfg.get("overwrite", False)),
+                              max_shard_size=str(cfg.get("max_shard_size", "2GB")), code_repo=cfg.get("code_repo"))
+    log(f"exported ({fmt}) to {out}")
+    if cfg.get("push_to_hub"):
+        url = push_to_hub(out, cfg.push_to_hub, private=bool(cfg.get("private", False)))
+        log(f"pushed to {url}")
+    return out

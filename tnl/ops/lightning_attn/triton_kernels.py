@@ -41,7 +41,7 @@ def _chunk_kernel(
         t_start = tl.load(SEGS + g * 4 + 1)
         t_end = tl.load(SEGS + g * 4 + 2)
         flags = tl.load(SEGS + g * 4 + 3)
-        b = 0
+        b = g * 0
         is_first = (flags & 1) != 0
         is_last = (flags & 2) != 0
     else:
@@ -73,12 +73,12 @@ def _chunk_kernel(
     o_base = OUT + b64 * so_b + h.to(tl.int64) * so_h
 
     S = tl.zeros([BD, BE], dtype=tl.float32)
-    shift = T * 0
+    shift = tl.full([], 0, tl.int32)
     if begins:
         if HAS_INIT:
             p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
             S = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
-            shift = T * 0 + INIT_SHIFT
+            shift = tl.full([], INIT_SHIFT, tl.int32)
     else:
         if SEGMENTED and WRITE_O:
             if REVERSE:
@@ -182,11 +182,11 @@ def _scan_kernel(
     offs_e = pid_e * BE + tl.arange(0, BE)
     mask_s = (offs_d < DK)[:, None] & (offs_e < DV)[None, :]
     P = tl.zeros([BD, BE], dtype=tl.float32)
-    shift = T * 0
+    shift = tl.full([], 0, tl.int32)
     if HAS_INIT:
         p = S_INIT + n.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
         P = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
-        shift = T * 0 + INIT_SHIFT
+        shift = tl.full([], INIT_SHIFT, tl.int32)
     for i in range(0, ns - 1):
         if REVERSE:
             k = ns - 1 - i

@@ -170,7 +170,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         sampler.load_state_dict(state["sampler"], log=log)
     loader = torch.utils.data.DataLoader(train_windows, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate,
                                          num_workers=tc.num_workers, pin_memory=accelerator.device.type == "cuda",
-                                         persistent_workers=tc.num_workers > 0)
+                                         persistent_workers=tc.num_workers > 0,
+                                         # its own generator: creating the iterator must not draw from the
+                                         # global RNG, or a resumed run's dropout masks would shift
+                                         generator=torch.Generator().manual_seed(tc.seed))
     batches = iter(loader)
     if tc.compile:
         model = torch.compile(model)

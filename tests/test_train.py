@@ -1,0 +1,117 @@
+"""End-to-end training behaviour: exact resume after SIGKILL, corrupt checkpoints, signals, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small random-word corpus as jsonl (train/validation), so tests need no downloaded data."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(60)] + ["the", "a", "of", "."]
+    folder = tmp_path_factory.mktemp("corpus")
+    for split, n in (("train", 60), ("validation", 8)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(120))}) + "\n")
+    return folder
+
+
+def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "train.py"), "model=tiny", "model.vocab_size=null", "data=text",
+        f"data.path={corpus}", "data.files.train=[train.jsonl]", "data.files.validation=[validation.jsonl]",
+        f"data.cache_dir={out.parent / 'cache'}", "tokenizer.vocab_size=300", f"output_dir={out}",
+        "train.seq_len=32", "train.batch_size=4", "train.grad_accum=2", "train.mixed_precision=no",
+        "train.log_every=1", "train.eval_every=0", "train.num_workers=0", "train.progress=false",
+        "train.final_eval=false", "train.export=false", "optim.lr=3e-3", "scheduler.warmup_steps=2",
+        "+model.dropout=0.1", *extra,
+    ]
+
+
+def _run(args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "split" not in r}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_unbroken_run_bit_for_bit(corpus, tmp_path):
+    ref = tmp_path / "ref"
+    done = _run(_args(corpus, ref, "train.max_steps=12", "train.save_every=4"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    broken = tmp_path / "broken"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(_args(corpus, broken, "train.max_steps=12", "train.save_every=4"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (broken / "checkpoints" / "step_8").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (broken / "checkpoints" / "step_8").exists()
+    resumed = _run(_args(corpus, broken, "train.max_steps=12", "train.save_every=4"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    ref_losses, got = _losses(ref), _losses(broken)
+    assert sorted(got) == list(range(1, 13))
+    assert got == ref_losses  # exact float equality on CPU
+
+
+def test_corrupt_newest_checkpoint_falls_back_and_signal_saves(corpus, tmp_path):
+    out = tmp_path / "run"
+    first = _run(_args(corpus, out, "train.max_steps=4", "train.save_every=2", "train.keep_last=3"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    newest = out / "checkpoints" / "step_4"
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    again = _run(_args(corpus, out, "train.max_steps=5", "train.save_every=0"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    text = again.stdout + again.stderr
+    assert "step_4 is unusable" in text and "resumed from" in text and "step_2" in text
+
+
+def test_sigterm_saves_a_checkpoint_before_exit(corpus, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(_args(corpus, out, "train.max_steps=100000", "train.save_every=0"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    saved = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")]
+    assert len(saved) == 1 and "checkpoint (signal SIGTERM) saved" in output
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_stpes=3", "max_stpes"),
+        ("train.batch_size=many", "batch_size"),
+        ("+model.decoder_layrs=3", "unknown model field"),
+    ],
+)
+def test_config_mistakes_fail_at_start(corpus, tmp_path, override, message):
+    res = _run(_args(corpus, tmp_path / "run", "train.max_steps=2", override))
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr

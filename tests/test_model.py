@@ -176,17 +176,33 @@ def test_packed_cu_seqlens_equal_separate_documents(mixer):
 @pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
 def test_left_padding_matches_unpadded_rows(mixer):
     model = make(mixer, hybrid_block_size=4)
-    short, long_ = torch.randint(1, V, (1, 5)), torch.randint(1, V, (1, 9))
-    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long_])
+    # hybrid blocks sit at absolute positions, so its pads must fill whole blocks to match the unpadded row
+    pads = 4 if mixer == "hybrid" else 3
+    short, long_ = torch.randint(1, V, (1, 9 - pads)), torch.randint(1, V, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, pads, dtype=torch.long), short], 1), long_])
     mask = torch.ones_like(batch)
-    mask[0, :4] = 0
+    mask[0, :pads] = 0
     out = model(batch, attention_mask=mask).logits
-    torch.testing.assert_close(out[0, 4:], model(short).logits[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[0, pads:], model(short).logits[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], model(long_).logits[0], rtol=1e-4, atol=1e-4)
     gen = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     ref0 = model.generate(short, max_new_tokens=6, do_sample=False, pad_token_id=0)
     ref1 = model.generate(long_, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert torch.equal(gen[0, 4:], ref0[0]) and torch.equal(gen[1], ref1[0])
+    assert torch.equal(gen[0, pads:], ref0[0]) and torch.equal(gen[1], ref1[0])
+
+
+@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
+def test_masked_pad_contents_never_matter(mixer):
+    """Whatever sits under attention_mask = 0 (here 3 pads, so the hybrid caches a partial block holding pads)
+    changes neither the real positions' logits nor the greedy continuation."""
+    model = make(mixer, hybrid_block_size=4)
+    real = torch.randint(1, V, (2, 6))
+    mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)], 1)
+    a = torch.cat([torch.zeros(2, 3, dtype=torch.long), real], 1)
+    b = torch.cat([torch.randint(1, V, (2, 3)), real], 1)
+    torch.testing.assert_close(model(a, attention_mask=mask).logits[:, 3:], model(b, attention_mask=mask).logits[:, 3:])
+    kw = dict(attention_mask=mask, max_new_tokens=7, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(model.generate(a, **kw)[:, 3:], model.generate(b, **kw)[:, 3:])
 
 
 @pytest.mark.parametrize("mixer", ["tnl", "softmax"])

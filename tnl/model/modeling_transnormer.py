@@ -538,20 +538,18 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         q_raw, k_raw = raw[0], raw[1]
         q, k, v = self.project(x, inp.positions, raw)
         lq, lk = F.silu(q_raw), F.silu(k_raw)
-        key_ok = inp.key_mask
-        if key_ok is not None:
-            m = key_ok[:, :, None, None].to(v.dtype)
-            lk = lk * m
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state, r = None, 0
         if layer is not None and layer.keys is not None:  # prepend the cached partial block
             r = layer.keys.shape[1]
             k, v, lk = (torch.cat([a, bb], 1) for a, bb in ((layer.keys, k), (layer.values, v), (layer.lin_keys, lk)))
-            if key_ok is not None:
-                key_ok = torch.cat([key_ok.new_ones(b, r), key_ok], dim=1)
         if layer is not None:
             state = layer.state
         n = r + t  # tokens in the context, aligned so the context starts at a block boundary
+        # validity of every context key (cached partial block included): pads stay out of both parts
+        key_ok = inp.full_key_mask[:, -n:] if inp.full_key_mask is not None else None
+        if key_ok is not None:
+            lk = lk * key_ok[:, :, None, None].to(lk.dtype)
         if key_ok is not None:
             v = v * key_ok[:, :, None, None].to(v.dtype)
         # --- softmax inside blocks: pad to whole blocks, fold blocks into the batch
@@ -740,14 +738,12 @@ class TransnormerModel(TransnormerPreTrainedModel):
         key_mask, full_key_mask = None, None
         if attention_mask is not None:
             am = attention_mask.to(inputs_embeds.device).bool()
-            if am.shape[1] == past + t:
-                full_key_mask = am
-            elif am.shape[1] != t:
+            if am.shape[1] == t and past > 0:  # mask of the new tokens only: cached ones count as real
+                am = torch.cat([am.new_ones(b, past), am], dim=1)
+            elif am.shape[1] != past + t:
                 raise ValueError(f"attention_mask has {am.shape[1]} columns; expected {t} or past + new = {past + t}")
-            key_mask = am[:, -t:]
-            if bool(key_mask.all()):  # nothing masked: take the fast paths
-                key_mask = None
-                full_key_mask = full_key_mask if full_key_mask is not None and not bool(full_key_mask.all()) else None
+            if not bool(am.all()):  # something is masked (else: take the unmasked fast paths)
+                key_mask, full_key_mask = am[:, -t:], am
         positions = self._positions(position_ids, attention_mask, cu_seqlens, past, t, inputs_embeds.device)
         if cfg.token_mixer == "softmax" and cfg.position_encoding == "sinusoidal":
             pe = sinusoidal_embedding(positions, cfg.decoder_embed_dim, inputs_embeds.dtype)

@@ -162,6 +162,20 @@ def test_tnl_cache_memory_is_constant_in_context_length():
     assert sizes[0] == sizes[1] == (4 * 16 * 8 + 4 * 8 * 8 + 4 * 16 * 8) * 4
 
 
+def test_static_cache_updates_states_in_place_with_explicit_positions():
+    model = make()
+    ids = torch.randint(1, V, (2, 12))
+    full = model(ids).logits
+    cache = model(ids[:, :8], use_cache=True).past_key_values
+    cache.make_static()
+    ptrs = [layer.state.data_ptr() for layer in cache.layers]
+    for i in range(8, 12):
+        pos = torch.full((2, 1), i)
+        out = model(ids[:, i : i + 1], past_key_values=cache, position_ids=pos, use_cache=True)
+        torch.testing.assert_close(out.logits[:, 0], full[:, i], rtol=1e-4, atol=1e-4)
+    assert [layer.state.data_ptr() for layer in cache.layers] == ptrs
+
+
 @pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
 def test_packed_cu_seqlens_equal_separate_documents(mixer):
     model = make(mixer, hybrid_block_size=3)

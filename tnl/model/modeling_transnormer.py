@@ -201,6 +201,7 @@ class TransnormerCacheLayer:
     is_initialized = True
 
     def __init__(self) -> None:
+        self.static = False  # True: decode steps update `state` in place (fixed address, for CUDA graphs)
         self.state: torch.Tensor | None = None
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -318,6 +319,12 @@ class TransnormerCache(Cache):
         if max_length < 0 or max_length < self.get_seq_length():
             raise NotImplementedError("TransnormerCache holds a recurrent state and cannot be cropped")
 
+    def make_static(self, static: bool = True) -> None:
+        """Update TNL states in place from now on (their addresses stay fixed, so a decode step can be graphed).
+        Positions then must come from `position_ids`, as the Python-side offset is not replayed."""
+        for layer in self.layers:
+            layer.static = static
+
     def memory_bytes(self) -> int:
         """Bytes held by all cached tensors (for constant-memory checks)."""
         total = 0
@@ -410,7 +417,10 @@ class NormLinearAttention(nn.Module, DecayMixin):
                 cu_seqlens=inp.cu_seqlens, backend=self.backend,
             )
         if layer is not None:
-            layer.state = new_state
+            if layer.static and state is not None:
+                state.copy_(new_state)
+            else:
+                layer.state = new_state
             layer.seen += t
         o = srms_norm(o.reshape(b, t, h * dh))  # one norm over all heads together
         return self.out_proj(u * o)

@@ -58,10 +58,17 @@ def make_tnl(vocab_size: int, seed: int = 0, **overrides):
 
 
 @torch.no_grad()
-def brute_force_loglik(model, inputs: list[int], targets: list[int]) -> float:
-    """log p(targets | inputs) where inputs[-len(targets):] predict targets: one unbatched forward per token."""
-    total = 0.0
+def brute_force_loglik(model, inputs: list[int], targets: list[int], per_token: bool = False) -> float:
+    """log p(targets | inputs) where inputs[-len(targets):] predict targets, one unbatched, unpadded sequence.
+
+    per_token=True runs one forward per target on exactly the tokens before it (slow, assumes nothing about the
+    model); otherwise one forward over `inputs`, scored position by position in fp64.
+    """
     n = len(targets)
+    if not per_token:
+        logp = torch.log_softmax(model(input_ids=torch.tensor([inputs]), use_cache=False).logits[0].double(), -1)
+        return sum(float(logp[len(inputs) - n + k, targets[k]]) for k in range(n))
+    total = 0.0
     for k in range(n):
         end = len(inputs) - n + k + 1  # the model reads inputs[:end]; its last output predicts targets[k]
         logits = model(input_ids=torch.tensor([inputs[:end]]), use_cache=False).logits[0, -1].double()

@@ -1,0 +1,345 @@
+"""HF export loads without tnl and matches tnl; official layout both ways; safe folder replacement; hub upload."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_eval_common import make_tokenizer
+
+pytest.importorskip("tnl.model")
+
+from tnl.export import ExportError, export_hf, export_official, load_pretrained, push_to_hub  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+def _model(vocab: int, **kw):
+    from tests.test_eval_common import make_tnl
+
+    return make_tnl(vocab, decoder_layers=3, linear_use_lrpe_list=[1, 0, 1], **kw)
+
+
+def run_without_tnl(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` in this venv's Python with tnl NOT importable: no site processing (so the editable install's
+    .pth finder never loads), the venv's site-packages added by hand, no PYTHONPATH, a cwd outside the repo."""
+    boot = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "hf_modules"), TRANSFORMERS_VERBOSITY="error",
+               TNL_ATTN_BACKEND="torch")
+    return subprocess.run([sys.executable, "-I", "-S", "-c", boot + code], cwd=cwd, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=600)
+
+
+CHILD = r"""
+import importlib, importlib.util, json, sys
+import torch
+assert importlib.util.find_spec("tnl") is None, "tnl must not be importable here"
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder = sys.argv[1] if len(sys.argv) > 1 else "export"
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(folder)
+pkg = type(model).__module__.rsplit(".", 1)[0]
+assert pkg.startswith("transformers_modules"), type(model).__module__
+triton_ok = importlib.util.find_spec("triton") is not None
+if triton_ok:  # the Triton files came along, with their relative imports resolved
+    importlib.import_module(pkg + ".lightning_attn_chunk_triton")
+ids = torch.tensor(json.load(open("ids.json")))
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+gen = model.generate(ids[:1], max_new_tokens=6, do_sample=False)
+torch.save({"logits": logits, "gen": gen, "text_ids": tok("The cat sat", add_special_tokens=False)["input_ids"]},
+           "out.pt")
+print("OK", type(model).__name__)
+"""
+
+
+def test_hf_export_loads_without_tnl(tmp_path, tok):
+    model = _model(len(tok))
+    out = export_hf(model, tok, tmp_path / "export", max_shard_size="40KB",
+                    train_config={"optim": {"lr": 0.001}, "train": {"max_steps": 7}},
+                    eval_results={"split": "validation", "mode": "window", "max_length": 64,
+                                  "word_perplexity": 123.456, "bits_per_byte": 1.5})
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "README.md", "tokenizer.json", "model.safetensors.index.json",
+            "modeling_transnormer.py", "configuration_transnormer.py", "lightning_attn.py"} <= files
+    assert len([f for f in files if f.endswith(".safetensors")]) > 1  # sharded above max_shard_size
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_transnormer.TransnormerForCausalLM"
+    for f in out.glob("*.py"):  # no import may leave the folder
+        assert not re.search(r"^\s*(from\s+\.\.|from\s+tnl\b|import\s+tnl\b)", f.read_text(), re.M), f.name
+    card = (out / "README.md").read_text()
+    assert "123.4560" in card and "max_steps: 7" in card
+    assert not list(tmp_path.glob(".export.tmp-*"))
+
+    ids = torch.randint(1, len(tok), (2, 11))
+    (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
+    proc = run_without_tnl(CHILD, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK TransnormerForCausalLM" in proc.stdout
+    got = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        ref_gen = model.generate(ids[:1], max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(got["logits"], ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got["gen"], ref_gen)
+    assert got["text_ids"] == tok("The cat sat", add_special_tokens=False)["input_ids"]
+
+
+def test_flattened_code_passes_transformers_checks(tmp_path):
+    """transformers' own loader helpers: every relative import resolves in the folder; triton is not required."""
+    from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+    from tnl.export.code import write_model_code
+
+    written = write_model_code(tmp_path)
+    needed = {Path(p).name for p in get_relative_import_files(str(tmp_path / "modeling_transnormer.py"))}
+    assert needed <= set(written)
+    assert {"lightning_attn.py", "lightning_attn_chunk_triton.py", "configuration_transnormer.py"} <= needed
+    if (tmp_path / "lightning_attn_autotune.py").exists():
+        assert "lightning_attn_autotune.py" in needed  # `from . import autotune` still gets copied
+    for name in written:
+        assert "triton" not in get_imports(str(tmp_path / name)), name
+
+
+def test_rewrite_ops_file_unit():
+    from tnl.export.code import rewrite_ops_file
+
+    src = ("import os\nimport triton\nfrom . import autotune\nfrom . import kern as _k\nfrom .chunk import a, b\n"
+           "def f():\n    from .chunk import c  # lazy\n    return c\n")
+    out = rewrite_ops_file(src, "x.py", {"autotune", "kern", "chunk"})
+    compile(out, "x.py", "exec")
+    assert "from .lightning_attn_chunk import a, b" in out
+    assert "    from .lightning_attn_chunk import c" in out
+    assert "from . import lightning_attn_autotune as autotune" in out
+    assert "from . import lightning_attn_kern as _k" in out
+    assert "try:" in out and "    import triton" in out
+    with pytest.raises(ExportError):
+        rewrite_ops_file("from ..other import x\n", "y.py", set())
+
+
+def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
+    model = _model(len(tok))
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(ExportError, match="overwrite"):
+        export_hf(model, tok, target)
+    assert (target / "keep.txt").read_text() == "old"
+
+    import tnl.export.hf as hf_mod
+
+    def boom(folder):
+        (Path(folder) / "partial.py").write_text("x")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(hf_mod, "write_model_code", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_hf(model, tok, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]  # the good folder survives a failed export
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    monkeypatch.undo()
+
+    export_hf(model, tok, target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    (tmp_path / "empty").mkdir()
+    export_hf(model, tok, tmp_path / "empty")  # an empty folder is not "non-empty"
+
+
+def _official_tensors(cfg: dict, rng: torch.Generator) -> dict[str, torch.Tensor]:
+    """An OpenNLPLab-layout state dict built from their documented parameter names and shapes."""
+    d, hid, glu, v = cfg["decoder_embed_dim"], cfg["hidden_dim"], cfg["glu_dim"], cfg["vocab_size"]
+    h = cfg["decoder_attention_heads"]
+    sd = {"model.embed_tokens.weight": torch.randn(v, d, generator=rng) * 0.05}
+    for i in range(cfg["decoder_layers"]):
+        p = f"model.layers.{i}."
+        sd[p + "token_mixer.qkvu_proj.weight"] = torch.randn(4 * hid, d, generator=rng) * 0.05
+        sd[p + "token_mixer.out_proj.weight"] = torch.randn(d, hid, generator=rng) * 0.05
+        if cfg["linear_use_lrpe_list"][i]:
+            sd[p + "token_mixer.lrpe.theta"] = torch.rand(h, 1, d // h, generator=rng)
+        sd[p + "channel_mixer.l1.weight"] = torch.randn(glu, d, generator=rng) * 0.05
+        sd[p + "channel_mixer.l2.weight"] = torch.randn(glu, d, generator=rng) * 0.05
+        sd[p + "channel_mixer.l3.weight"] = torch.randn(d, glu, generator=rng) * 0.05
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    sd["model.decoder.version"] = torch.tensor([3.0])  # a fairseq leftover their checkpoints may carry
+    return sd
+
+
+def test_load_official_checkpoint(tmp_path, tok):
+    cfg = {"model_type": "transnormer", "architectures": ["TransnormerForCausalLM"], "pad_token_id": 0,
+           "bos_token_id": 0, "eos_token_id": 0, "vocab_size": len(tok), "use_cache": True, "init_std": 0.02,
+           "decoder_embed_dim": 32, "decoder_layers": 2, "decoder_attention_heads": 4, "no_scale_embedding": False,
+           "add_bos_token": False, "norm_type": "simplermsnorm", "linear_use_lrpe_list": [1, 0], "hidden_dim": 32,
+           "linear_act_fun": "silu", "glu_dim": 48, "bias": False, "torch_dtype": "float32",
+           "auto_map": {"AutoModelForCausalLM": "OpenNLPLab/TransNormerLLM-385M--modeling_transnormer.X"}}
+    folder = tmp_path / "official"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    sd = _official_tensors(cfg, torch.Generator().manual_seed(0))
+    torch.save(sd, folder / "pytorch_model.bin")
+    tok.save_pretrained(folder)
+    loaded = load_pretrained(folder)
+    assert loaded.kind == "official"
+    got = loaded.model.state_dict()
+    for name, t in sd.items():
+        if "version" not in name:
+            assert torch.equal(got[name], t), name
+    assert loaded.model.config.decoder_attention_heads == 4 and loaded.model.config.token_mixer == "tnl"
+
+    # and back: tnl -> official -> tnl keeps logits; the config holds only official fields
+    out = export_official(loaded.model, tok, tmp_path / "again", max_shard_size="30KB")
+    written = json.loads((out / "config.json").read_text())
+    assert not {"token_mixer", "decay_schedule", "attn_backend"} & set(written)
+    assert set(written) - {"model_type", "architectures", "torch_dtype", "auto_map"} <= set(cfg) | {
+        "tie_word_embeddings"}
+    assert written["auto_map"]["AutoModelForCausalLM"].startswith("OpenNLPLab/")
+    again = load_pretrained(out)
+    ids = torch.randint(1, len(tok), (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, loaded.model(ids).logits)
+
+
+def test_official_refuses_tnl_only_features(tmp_path, tok):
+    model = _model(len(tok), token_mixer="softmax")
+    with pytest.raises(ExportError, match="token_mixer"):
+        export_official(model, tok, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def _fake_run(tmp_path: Path, model, tok, prefix: str = "") -> Path:
+    """A training run folder as tnl/train writes it (Accelerate drops the tied lm_head from safetensors)."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_5"
+    ckpt.mkdir(parents=True)
+    (run / "model_config.json").write_text(json.dumps(model.config.to_dict()))
+    tok.save_pretrained(run / "tokenizer")
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"model": {"decoder_layers": 3}, "train": {"max_steps": 5}}),
+                   run / ".hydra" / "config.yaml")
+    sd = {prefix + k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(sd, str(ckpt / "model.safetensors"))
+    (run / "checkpoints" / "step_2").mkdir()
+    return run
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod."])
+def test_checkpoint_loading_and_eval_match(tmp_path, tok, prefix):
+    from tnl.eval import evaluate_documents
+
+    model = _model(len(tok))
+    run = _fake_run(tmp_path, model, tok, prefix)
+    for path in (run, run / "checkpoints" / "step_5"):
+        loaded = load_pretrained(path)
+        assert loaded.kind == "checkpoint" and loaded.run_dir == run and loaded.path.name == "step_5"
+        assert loaded.train_config["train"]["max_steps"] == 5
+        ids = torch.randint(1, len(tok), (1, 13))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(ids).logits, model(ids).logits)
+    docs = [" = A = \n \n the cat sat on a mat . \n"]
+    a = evaluate_documents(model, tok, docs, max_length=8)
+    b = evaluate_documents(loaded.model, loaded.tokenizer, docs, max_length=8)
+    assert a["log_likelihood"] == pytest.approx(b["log_likelihood"], rel=1e-6)
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        load_pretrained(tmp_path / "nope")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        load_pretrained(tmp_path / "f.txt")
+    with pytest.raises(ExportError, match="not a model"):
+        load_pretrained(tmp_path)
+
+
+class _FakeApi:
+    def __init__(self, fail: Exception | None = None):
+        self.calls, self.fail = [], fail
+
+    def create_repo(self, **kw):
+        self.calls.append(("create_repo", kw))
+        if self.fail:
+            raise self.fail
+        return f"https://huggingface.co/{kw['repo_id']}"
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw))
+
+
+def test_push_to_hub_with_fake_network(tmp_path, tok, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    out = export_hf(_model(len(tok)), tok, tmp_path / "exp")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ExportError, match="HF_HUB_OFFLINE"):
+        push_to_hub(out, "me/tiny")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ExportError, match="not logged in"):
+        push_to_hub(out, "me/tiny")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
+    api = _FakeApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
+    assert push_to_hub(out, "me/tiny", private=True) == "https://huggingface.co/me/tiny"
+    assert api.calls[0] == ("create_repo", {"repo_id": "me/tiny", "private": True, "exist_ok": True,
+                                            "repo_type": "model"})
+    assert api.calls[1][0] == "upload_folder" and api.calls[1][1]["folder_path"] == str(out)
+    with pytest.raises(ExportError, match="ConnectionError.*network"):
+        push_to_hub(out, "me/tiny", api=_FakeApi(ConnectionError("Failed to connect")))
+    with pytest.raises(ExportError, match="repository id"):
+        push_to_hub(out, "tiny")
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TNL_CACHE_DIR=str(cwd / "cache"))
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_scripts_end_to_end(tmp_path, tok):
+    model = _model(len(tok))
+    run = _fake_run(tmp_path, model, tok)
+    text = tmp_path / "val.txt"
+    text.write_text(" = Title = \n \n the cat sat on a mat . the dog ran to the house . \n")
+    proc = _script("evaluate.py", f"model_path={run}", "data=text", f"data.path={tmp_path}",
+                   "data.files.validation=[val.txt]", "data.sample_by=document", "eval.max_length=8",
+                   "eval.progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "eval_validation_window.json").read_text())
+    assert {"word_perplexity", "bits_per_byte", "model_fingerprint", "data_fingerprint", "split"} <= set(res)
+    assert "word_perplexity" in proc.stdout
+
+    proc = _script("export.py", f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(round(res["word_perplexity"], 4))[:6] in (tmp_path / "hf" / "README.md").read_text()
+    again = load_pretrained(tmp_path / "hf")
+    from tnl.eval.run import fingerprint_model
+
+    assert fingerprint_model(again.model) == res["model_fingerprint"]
+
+    proc = _script("export.py", f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "not empty" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _script("evaluate.py", f"model_path={tmp_path / 'missing'}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr

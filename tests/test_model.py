@@ -289,3 +289,52 @@ def test_torch_compile_cpu_matches_eager():
     ids = torch.randint(1, V, (2, 16))
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_official_config_json_and_state_dict_load_unchanged(tmp_path):
+    """A config.json with OpenNLPLab's fields (and their auto_map) and a state dict with their names and shapes
+    (written here from their architecture) load into tnl as they are."""
+    from transformers import AutoConfig
+
+    official = {
+        "architectures": ["TransnormerForCausalLM"], "model_type": "transnormer",
+        "auto_map": {"AutoConfig": "configuration_transnormer.TransnormerConfig",
+                     "AutoModelForCausalLM": "modeling_transnormer.TransnormerForCausalLM"},
+        "decoder_embed_dim": 64, "decoder_attention_heads": 4, "decoder_layers": 2, "glu_dim": 96, "hidden_dim": 64,
+        "linear_act_fun": "swish", "linear_use_lrpe_list": [1, 0], "no_scale_embedding": False,
+        "norm_type": "simplermsnorm", "bias": False, "init_std": 0.02, "vocab_size": 100, "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "use_cache": True, "add_bos_token": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.31.0",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(official))
+    cfg = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(cfg, TransnormerConfig) and cfg.num_hidden_layers == 2 and cfg.token_mixer == "tnl"
+    d, h, heads, g, v = 64, 64, 4, 96, 100
+    emb = torch.randn(v, d)
+    sd = {"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone(),
+          "model.layers.0.token_mixer.lrpe.theta": torch.rand(heads, 1, h // heads)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        sd |= {p + "token_mixer.qkvu_proj.weight": torch.randn(4 * h, d) / 8,
+               p + "token_mixer.out_proj.weight": torch.randn(d, h) / 8,
+               p + "channel_mixer.l1.weight": torch.randn(g, d) / 8,
+               p + "channel_mixer.l2.weight": torch.randn(g, d) / 8,
+               p + "channel_mixer.l3.weight": torch.randn(d, g) / 8}
+    model = TransnormerForCausalLM(cfg).eval()
+    model.load_state_dict(sd, strict=True)
+    ids = torch.randint(1, v, (1, 7))
+    torch.testing.assert_close(model.double()(ids).logits, reference_tnl_logits(model, ids), rtol=1e-9, atol=1e-9)
+
+
+def test_tuple_outputs_hidden_states_and_inputs_embeds():
+    model = make()
+    ids = torch.randint(1, V, (2, 6))
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == 3 + 1
+    loss, logits = model(ids, labels=ids, return_dict=False)[:2]
+    torch.testing.assert_close(logits, out.logits)
+    embeds = model.get_input_embeddings()(ids) * math.sqrt(32)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, out.logits)
+    gen = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(gen[:, -4:], ref[:, -4:])

@@ -893,7 +893,9 @@ class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
         past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
         inputs: dict[str, Any] = {}
         if past > 0:
-            inputs["input_ids"] = input_ids[:, past:]
+            # a prompt given as embeddings is in the cache but not in input_ids (which holds generated tokens)
+            consumed = past - inputs_embeds.shape[1] if inputs_embeds is not None else past
+            inputs["input_ids"] = input_ids[:, consumed:]
         elif inputs_embeds is not None:
             inputs["inputs_embeds"] = inputs_embeds
         else:

@@ -173,10 +173,11 @@ def main() -> int:
     check_case("fp32 B2 T4096 H8 D=E=128 init scale", 2, 4096, 8, 8, 128, 128, f32, scale=0.09)
     check_case("fp32 T1 B3", 3, 1, 4, 4, 64, 64, f32)
     check_case("fp32 odd T=1001 D=48 E=96 grouped 8/2", 2, 1001, 8, 2, 48, 96, f32)
-    check_case("fp32 D=256 E=128 (LRPE)", 1, 2048, 4, 4, 256, 128, f32)
+    check_case("fp32 D=256 E=128 (LRPE)", 1, 1024, 4, 4, 256, 128, f32)
+    check_case("bf16 D=256 E=128 (LRPE)", 2, 2048, 4, 4, 256, 128, bf)
     check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32)
     check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True)
-    check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 128, 128, f32)
+    check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32)
     check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512)
     cu = [0, 100, 100, 1500, 1501, 4000]
     check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu)

@@ -59,12 +59,16 @@ class _Plan:
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device):
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
+        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or 2 * _num_sms(device)
         if env:
             seg_len = int(env)
+        elif cu_seqlens is None:
+            # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more
+            # than the segment pass saves)
+            nseg = max(1, target // (b * h * triton.cdiv(dv, 64)))
+            seg_len = max(512, triton.cdiv(triton.cdiv(t, nseg), 256) * 256)
         else:
-            target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or 2 * _num_sms(device)
-            work = total * h * triton.cdiv(dv, 64)
-            seg_len = max(512, triton.cdiv(triton.cdiv(work, target), 256) * 256)
+            seg_len = max(512, triton.cdiv(triton.cdiv(total * h * triton.cdiv(dv, 64), target), 256) * 256)
         self.seg_len = seg_len
         self.varlen = cu_seqlens is not None
         self.segs = self.seqinfo = None
@@ -117,7 +121,8 @@ def _chunk_pass(
     dk, dv = qr.shape[-1], vr.shape[-1]
     bd = _pow2(dk)
     gq, gk, gv = groups
-    prec = "ieee" if qr.dtype == torch.float32 else "tf32"
+    # fp32 inputs: 3xTF32 on tensor cores (about fp32 accuracy; a plain FMA dot compiles very slowly at D=256)
+    prec = ("ieee" if _interpret() else "tf32x3") if qr.dtype == torch.float32 else "tf32"
     upcast = _interpret() and qr.dtype == torch.bfloat16
     has_init = init is not None
     init_ = init if has_init else decay

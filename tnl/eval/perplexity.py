@@ -117,6 +117,7 @@ def score_windows(
     # Longest windows first: batches hold windows of similar length, so little padding.
     rows.sort(key=lambda r: r[1].end - r[1].start, reverse=True)
     loglik = [0.0] * len(token_lists)
+    xs = {d: torch.tensor([prefix_token, *token_lists[d]], dtype=torch.long) for d in {d for d, _ in rows}}
     bar = _progress(sum(w.num_scored for _, w in rows), "eval", progress)
     for b0 in range(0, len(rows), max(1, batch_size)):
         batch = rows[b0 : b0 + max(1, batch_size)]
@@ -124,9 +125,8 @@ def score_windows(
         ids = torch.full((len(batch), width), prefix_token, dtype=torch.long)
         targets = []
         for i, (d, w) in enumerate(batch):
-            x = [prefix_token, *token_lists[d][: w.end]]
-            ids[i, : w.end - w.start] = torch.tensor(x[w.start : w.end], dtype=torch.long)
-            targets.append(torch.tensor(x[w.end - w.num_scored + 1 : w.end + 1], dtype=torch.long))
+            ids[i, : w.end - w.start] = xs[d][w.start : w.end]
+            targets.append(xs[d][w.end - w.num_scored + 1 : w.end + 1])
         logits, _ = _forward_logits(model, ids.to(device))
         nll = []
         for i, (_, w) in enumerate(batch):

@@ -1,0 +1,104 @@
+"""Evaluation throughput: tokens scored per second for each (mode, batch size), after a warm-up pass."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .perplexity import evaluate_documents
+
+# Random-init model sizes for benchmarking without a checkpoint (official 385M: d=1024, 24 layers, 8 heads).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(decoder_embed_dim=64, decoder_layers=2, decoder_attention_heads=2, glu_dim=128),
+    "small": dict(decoder_embed_dim=512, decoder_layers=8, decoder_attention_heads=8, glu_dim=1408),
+    "385m": dict(decoder_embed_dim=1024, decoder_layers=24, decoder_attention_heads=8, glu_dim=2816),
+}
+
+
+def random_model(preset: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    from tnl.model import TransnormerConfig, TransnormerForCausalLM
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    torch.manual_seed(seed)
+    cfg = TransnormerConfig(vocab_size=vocab_size, pad_token_id=0, bos_token_id=0, eos_token_id=0, **PRESETS[preset])
+    return TransnormerForCausalLM(cfg).eval()
+
+
+def synthetic_documents(n: int, words: int = 2000, seed: int = 0) -> list[str]:
+    """WikiText-shaped articles of random words, for when no data is at hand."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(5000)] + [",", ".", "@-@", "(", ")"]
+    docs = []
+    for i in range(n):
+        body = " ".join(rng.choice(vocab) for _ in range(words))
+        docs.append(f" = Article {i} = \n \n {body} \n \n")
+    return docs
+
+
+def benchmark(model: torch.nn.Module, tokenizer: Any, documents: list[str], *, modes: Sequence[str],
+              batch_sizes: Sequence[int], max_length: int, device: torch.device | str | None = None,
+              warmup_docs: int = 2, log=print) -> list[dict[str, Any]]:
+    """tokens/s of `evaluate_documents` per (mode, batch size); each row also carries the metrics."""
+    rows = []
+    for mode in modes:
+        for bs in batch_sizes:
+            kw = dict(mode=mode, max_length=max_length, batch_size=bs, device=device)
+            evaluate_documents(model, tokenizer, documents[:warmup_docs], **kw)  # kernels compiled / tuned here
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            res = evaluate_documents(model, tokenizer, documents, **kw)
+            res["batch_size"] = bs
+            if torch.cuda.is_available():
+                res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log(f"mode={mode:<7} batch={bs:<4} tokens={res['num_tokens']:>9,} {res['seconds']:8.2f}s "
+                f"{res['tokens_per_second']:>12,.0f} tok/s  token_ppl={res['token_perplexity']:.2f}")
+            rows.append(res)
+    return rows
+
+
+def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
+    """`scripts/bench_eval.py`: model (checkpoint or random preset) x documents (split or synthetic) x configs."""
+    from tnl.data import DataError, load_documents
+
+    from .run import resolve_device, resolve_dtype, write_json
+
+    ev, b = cfg.eval, cfg.bench
+    device = resolve_device(ev.get("device"))
+    dtype = resolve_dtype(ev.get("dtype"), device)
+    try:
+        documents = list(load_documents(cfg.data, ev.get("split", "validation"), detokenized=False)["text"])
+        log(f"data: {len(documents)} {ev.get('split', 'validation')} documents")
+    except DataError as err:
+        log(f"data: synthetic documents ({err})")
+        documents = synthetic_documents(b.get("num_docs") or 16)
+    if b.get("num_docs"):
+        documents = documents[: int(b.num_docs)]
+    if cfg.get("model_path"):
+        from tnl.export.loading import load_pretrained
+
+        loaded = load_pretrained(cfg.model_path)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        import datasets
+
+        from tnl.data.tokenizer import train_bpe
+
+        tokenizer = train_bpe(datasets.Dataset.from_dict({"text": documents}), int(b.vocab_size))
+        model = random_model(b.preset, len(tokenizer))
+    model = model.to(device=device, dtype=dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.1f}M params, {str(dtype).removeprefix('torch.')} on {device}")
+    recurrent = getattr(getattr(model, "config", None), "model_type", None) == "transnormer"
+    modes = [m for m in b.modes if m != "stream" or recurrent]
+    rows = benchmark(model, tokenizer, documents, modes=modes, batch_sizes=[int(x) for x in b.batch_sizes],
+                     max_length=int(ev.get("max_length", 1024)), device=device, log=log)
+    for r in rows:
+        r.update(device=str(device), dtype=str(dtype).removeprefix("torch."), num_params=n_params)
+    if b.get("output"):
+        log(f"results: {write_json({'rows': rows}, b.output)}")
+    return rows

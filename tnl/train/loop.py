@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -120,6 +121,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     tc = cfg.train
+    # accelerate logs every file it saves at INFO, and warns about the tied LM head on each save
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     main = accelerator.is_main_process
     log = accelerator.print
@@ -272,10 +276,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         docs = load_documents(cfg.data, "validation", detokenized=False)["text"]
         log(f"evaluating perplexity on {len(docs)} validation documents (window {tc.seq_len})")
         scores = evaluate_documents(unwrapped, tokenizer, docs, mode="window", max_length=tc.seq_len,
-                                    device=accelerator.device)
+                                    batch_size=tc.batch_size, device=accelerator.device, progress=tc.progress)
         scores["split"] = "validation"
         (out / "eval_validation.json").write_text(json.dumps(scores, indent=1))
-        metrics.log({"step": step, "split": "validation", **{k: v for k, v in scores.items() if k != "split"}})
+        metrics.log({"step": step, "split": "validation", "loss": math.log(scores["token_perplexity"]),
+                     **{k: v for k, v in scores.items() if k != "split"}})
         result["eval"] = scores
         result["eval_file"] = str(out / "eval_validation.json")
     if main:

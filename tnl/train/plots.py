@@ -15,7 +15,7 @@ def draw_plots(output_dir: Path) -> list[Path]:
 
     rows = read_metrics(output_dir / "metrics.jsonl")
     train = [r for r in rows if "split" not in r and r.get("loss") is not None]
-    evals = [r for r in rows if r.get("split") == "validation"]
+    evals = [r for r in rows if r.get("split") == "validation" and r.get("loss") is not None]
     out = output_dir / "plots"
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))

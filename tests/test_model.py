@@ -132,9 +132,13 @@ def test_labels_loss_is_shifted_mean_over_kept_tokens():
     torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
-def test_prefill_then_decode_equals_parallel(mixer):
-    model = make(mixer, hybrid_block_size=4)
+@pytest.mark.parametrize(
+    "mixer,kw",
+    [("tnl", {}), ("softmax", {}), ("softmax", dict(sliding_window=5, num_key_value_heads=2, qk_norm=True)),
+     ("hybrid", dict(num_key_value_heads=2))],
+)
+def test_prefill_then_decode_equals_parallel(mixer, kw):
+    model = make(mixer, hybrid_block_size=4, **kw)
     ids = torch.randint(1, V, (2, 17))
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :6], use_cache=True)
@@ -338,3 +342,19 @@ def test_tuple_outputs_hidden_states_and_inputs_embeds():
     gen = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
     ref = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(gen[:, -4:], ref[:, -4:])
+
+
+def test_import_tnl_registers_auto_classes_without_importing_transformers_early():
+    """`import tnl.ops` stays free of transformers; the Auto registration runs once transformers is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tnl.ops\n"
+        "assert 'transformers' not in sys.modules\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n"
+        "c = AutoConfig.for_model('transnormer', vocab_size=11, decoder_embed_dim=8, decoder_layers=1,"
+        " decoder_attention_heads=2, glu_dim=8)\n"
+        "assert type(AutoModelForCausalLM.from_config(c)).__name__ == 'TransnormerForCausalLM'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -26,7 +26,8 @@ class TransnormerConfig(PretrainedConfig):
     tnl extensions:
       decay_schedule: "tnl" (released code: s_h * (1 - l/(L-1) + 1e-5)), "paper" (s = 8(h+1)/H * (1 - l/L)), "none".
       token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu".
-      num_key_value_heads (softmax/hybrid GQA; None = H), position_encoding ("rope" | "sinusoidal" | "none"),
+      num_key_value_heads (softmax/hybrid GQA; None = H), position_encoding of softmax/hybrid ("rope" |
+      "sinusoidal" | "none"; the TNL mixer uses LRPE per linear_use_lrpe_list instead),
       rope_theta, sliding_window (softmax; None = full causal), qk_norm (RMSNorm on q/k heads),
       hybrid_block_size (hybrid: softmax within blocks of this many tokens, decayed linear attention across).
       attn_backend: backend passed to `lightning_attn` ("auto" picks Triton on CUDA).

@@ -755,7 +755,7 @@ class TransnormerModel(TransnormerPreTrainedModel):
             if not bool(am.all()):  # something is masked (else: take the unmasked fast paths)
                 key_mask, full_key_mask = am[:, -t:], am
         positions = self._positions(position_ids, attention_mask, cu_seqlens, past, t, inputs_embeds.device)
-        if cfg.token_mixer == "softmax" and cfg.position_encoding == "sinusoidal":
+        if cfg.token_mixer != "tnl" and cfg.position_encoding == "sinusoidal":  # TNL uses LRPE instead
             pe = sinusoidal_embedding(positions, cfg.decoder_embed_dim, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds + pe.to(inputs_embeds)
 

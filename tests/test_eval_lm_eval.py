@@ -1,0 +1,53 @@
+"""Cross-check with lm-evaluation-harness itself (skipped unless the `lm_eval` package is installed).
+
+An exported folder loads in lm-eval's HF backend (`pretrained=DIR, trust_remote_code=True`), its rolling
+log-likelihoods equal ours for the same max_length, and lm-eval's own wikitext detokenizer, process_results
+and aggregations give the same word/byte perplexity and bits per byte as `evaluate_documents`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.test_eval_common import make_tokenizer, random_article
+
+lm_eval = pytest.importorskip("lm_eval")
+pytest.importorskip("tnl.model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_length", [16, 64])
+def test_exported_model_matches_lm_eval_wikitext(tmp_path, monkeypatch, max_length):
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer
+
+    from tests.test_eval_common import make_tnl
+    from tnl.eval import evaluate_documents
+    from tnl.export import export_hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    tok = make_tokenizer()
+    model = make_tnl(len(tok))
+    out = export_hf(model, tok, tmp_path / "export")
+    rng = random.Random(max_length)
+    pages = [random_article(rng, n_lines=rng.randint(1, 3)) for _ in range(3)]
+    pages[0] = pages[0].replace(" \n", " 3 @,@ 000 ( a ) \n", 1)
+
+    lm = HFLM(pretrained=str(out), trust_remote_code=True, max_length=max_length, batch_size=1, device="cpu")
+    requests = [Instance(request_type="loglikelihood_rolling", doc={"page": p},
+                         arguments=(wikitext_detokenizer({"page": p}),), idx=i) for i, p in enumerate(pages)]
+    lls = lm.loglikelihood_rolling(requests)
+    per_doc = [process_results({"page": p}, [ll]) for p, ll in zip(pages, lls)]
+
+    ours = evaluate_documents(model, tok, pages, mode="window", max_length=max_length, batch_size=2)
+    assert ours["log_likelihood"] == pytest.approx(sum(lls), rel=1e-5)
+    assert ours["word_perplexity"] == pytest.approx(weighted_perplexity([r["word_perplexity"] for r in per_doc]),
+                                                    rel=1e-5)
+    assert ours["byte_perplexity"] == pytest.approx(weighted_perplexity([r["byte_perplexity"] for r in per_doc]),
+                                                    rel=1e-5)
+    assert ours["bits_per_byte"] == pytest.approx(bits_per_byte([r["bits_per_byte"] for r in per_doc]), rel=1e-5)

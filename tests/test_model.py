@@ -358,3 +358,16 @@ def test_import_tnl_registers_auto_classes_without_importing_transformers_early(
         "assert type(AutoModelForCausalLM.from_config(c)).__name__ == 'TransnormerForCausalLM'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_bias_and_dropout_only_when_configured():
+    plain = make()
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    model = make(bias=True, dropout=0.3)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    assert linears and all(m.bias is not None and not m.bias.any() for m in linears)
+    ids = torch.randint(1, V, (2, 8))
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout active
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)

@@ -175,3 +175,20 @@ def test_tokens_not_affected_by_padding(gpt2, tok):
     batched = score_windows(gpt2, lists, 0, max_length=50, batch_size=3)
     assert torch.allclose(torch.tensor(one, dtype=torch.float64), torch.tensor(batched, dtype=torch.float64),
                           rtol=1e-5, atol=1e-4)
+
+
+def test_fingerprints(tok):
+    from tnl.eval import fingerprint_documents, fingerprint_model, format_table
+
+    a, b = make_gpt2(len(tok), seed=0), make_gpt2(len(tok), seed=0)
+    assert fingerprint_model(a) == fingerprint_model(b)
+    with torch.no_grad():
+        b.transformer.h[0].mlp.c_fc.weight[0, 0] += 1e-3
+    assert fingerprint_model(a) != fingerprint_model(b)
+    docs = _docs(2)
+    assert fingerprint_documents(docs) == fingerprint_documents(list(docs))
+    assert fingerprint_documents(docs) != fingerprint_documents(docs[::-1])
+    assert fingerprint_documents(["ab", "c"]) != fingerprint_documents(["a", "bc"])
+    res = evaluate_documents(a, tok, docs, max_length=16)
+    table = format_table({**res, "split": "validation"})
+    assert "word_perplexity" in table and "validation" in table

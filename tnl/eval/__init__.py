@@ -12,6 +12,7 @@ from .perplexity import (
     score_windows,
     tokenize_documents,
 )
+from .run import fingerprint_documents, fingerprint_model, format_table, run_evaluation
 from .windows import Window, rolling_windows, window_pairs
 
 __all__ = [
@@ -21,9 +22,13 @@ __all__ = [
     "count_bytes",
     "count_words",
     "evaluate_documents",
+    "fingerprint_documents",
+    "fingerprint_model",
+    "format_table",
     "perplexity_metrics",
     "prefix_token_id",
     "rolling_windows",
+    "run_evaluation",
     "score_stream",
     "score_windows",
     "tokenize_documents",

@@ -107,6 +107,7 @@ def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
     loaded = load_pretrained(cfg.model_path)
     if loaded.tokenizer is None:
         raise EvalError(f"{cfg.model_path} has no tokenizer files; evaluation needs the model's tokenizer")
+    model_fingerprint = fingerprint_model(loaded.model)  # of the weights as stored, whatever eval.dtype is
     model = loaded.model.to(device=device, dtype=dtype)
     log(f"model: {loaded.kind} {loaded.path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"{str(dtype).removeprefix('torch.')} on {device})")
@@ -122,7 +123,7 @@ def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
         "split": split,
         "model_path": str(Path(cfg.model_path).expanduser().absolute()),
         "model_kind": loaded.kind,
-        "model_fingerprint": fingerprint_model(model),
+        "model_fingerprint": model_fingerprint,
         "data_fingerprint": fingerprint_documents(documents),
         "data_source": source,
         "dtype": str(dtype).removeprefix("torch."),

@@ -36,12 +36,12 @@ def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
         "train.seq_len=32", "train.batch_size=4", "train.grad_accum=2", "train.mixed_precision=no",
         "train.log_every=1", "train.eval_every=0", "train.num_workers=0", "train.progress=false",
         "train.final_eval=false", "train.export=false", "optim.lr=3e-3", "scheduler.warmup_steps=2",
-        "+model.dropout=0.1", *extra,
+        "++model.dropout=0.1", *extra,
     ]
 
 
-def _run(args, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def _run(args, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
@@ -115,3 +115,21 @@ def test_config_mistakes_fail_at_start(corpus, tmp_path, override, message):
     assert res.returncode != 0
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(corpus, tmp_path):
+    # 1 process x 2 micro-batches of 4 and 2 processes x 1 micro-batch of 4 see the same 8 windows per step
+    one = _run(_args(corpus, tmp_path / "one", "train.max_steps=3", "train.save_every=3", "++model.dropout=0.0"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    args = _args(corpus, tmp_path / "two", "train.max_steps=3", "train.save_every=3", "train.grad_accum=1",
+                 "++model.dropout=0.0")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    two = _run(torchrun + args[1:], cwd=ROOT, env_extra={"ACCELERATE_USE_CPU": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["tokens_seen"] == 8 * 32  # both ranks' tokens counted
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)

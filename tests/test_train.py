@@ -41,7 +41,8 @@ def _args(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(args, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.update(env_extra or {})
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 

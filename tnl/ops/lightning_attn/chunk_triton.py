@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from . import autotune
 from . import triton_kernels as _k
@@ -98,13 +99,18 @@ def _pow2(x: int) -> int:
     return max(16, triton.next_power_of_2(x))
 
 
-def _candidates(configs, dk: int, dv: int, seg_len: int) -> list[tuple]:
+_SMALL_CONFIGS = [(32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
+
+
+def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tuple]:
     if _interpret():
         c, be, w, s = _INTERPRET_CONFIG
         return [(c, min(be, _pow2(dv)), w, s)]
     bd = _pow2(dk)
+    if fp32 or bd >= 256:  # big tiles: start from a config that fits in shared memory
+        configs = _SMALL_CONFIGS + list(configs)
     out = []
-    for c, be, w, s in configs:
+    for c, be, w, s in configs + _SMALL_CONFIGS:
         be = min(be, _pow2(dv))
         if seg_len % c or (bd >= 256 and c > 64) or (c, be, w, s) in out:
             continue
@@ -148,17 +154,25 @@ def _chunk_pass(
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, num_warps=w, num_stages=s,
         )
 
-    def tuned(configs, write_o: bool, tag: str):
-        cands = _candidates(configs, dk, dv, plan.seg_len)
+    def run(configs, write_o: bool, tag: str):
+        cands = _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32)
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
 
         def bench(cfg):
             return triton.testing.do_bench(lambda: launch(cfg, write_o), warmup=5, rep=20, return_mode="median")
 
-        return tuple(autotune.pick(dev, key, [list(x) for x in cands], bench))
+        best = tuple(autotune.pick(dev, key, [list(x) for x in cands], bench))
+        # untuned (or stale) choice that does not fit this GPU: fall back to smaller tiles
+        order = [best] + [c for c in reversed(cands) if c != best]
+        for i, cfg in enumerate(order):
+            try:
+                return launch(cfg, write_o)
+            except OutOfResources:
+                if i == len(order) - 1:
+                    raise
 
     if plan.segmented:
-        launch(tuned(_STATE_CONFIGS, False, "state"), False)
+        run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
         grid = (triton.cdiv(dv, bee), triton.cdiv(dk, bde), plan.n * h)
         _k._scan_kernel[grid](
@@ -167,7 +181,7 @@ def _chunk_pass(
             BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
             IS_VARLEN=plan.varlen, num_warps=4,
         )
-    launch(tuned(_MAIN_CONFIGS, True, role), True)
+    run(_MAIN_CONFIGS, True, role)
 
 
 def _check(q, k, v, decay, initial_state):

@@ -149,6 +149,13 @@ def test_prefill_then_decode_equals_parallel(mixer, kw):
         out = model(ids[:, i : i + 1], past_key_values=cache, use_cache=True)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    # a short prompt (shorter than the softmax window) decoded token by token
+    out = model(ids[:, :2], use_cache=True)
+    cache, steps = out.past_key_values, [out.logits]
+    for i in range(2, 9):
+        out = model(ids[:, i : i + 1], past_key_values=cache, use_cache=True)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, :9], rtol=1e-4, atol=1e-4)
     # a multi-token chunk after a cached prefix continues the positions too
     out = model(ids[:, :5], use_cache=True)
     out2 = model(ids[:, 5:], past_key_values=out.past_key_values, use_cache=True)

@@ -501,9 +501,14 @@ class SoftmaxAttention(nn.Module):
             if layer.keys is not None:
                 past = layer.keys.shape[1]
                 k, v = torch.cat([layer.keys, k], dim=1), torch.cat([layer.values, v], dim=1)
-            layer.keys, layer.values = k, v
+            # with a window the next query sees only the last window - 1 keys: the cache stays bounded
+            keep = k.shape[1] if self.window is None else self.window - 1
+            start = max(k.shape[1] - keep, 0)
+            layer.keys, layer.values = k[:, start:], v[:, start:]
             layer.seen += t
         key_ok = inp.full_key_mask if inp.full_key_mask is not None else inp.key_mask
+        if key_ok is not None:
+            key_ok = key_ok[:, max(key_ok.shape[1] - k.shape[1], 0) :]  # the columns of the keys held here
         if inp.cu_seqlens is not None:
             doc = _doc_ids(inp.cu_seqlens, t)
             q_idx = torch.arange(t, device=x.device)[None]

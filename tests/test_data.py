@@ -157,9 +157,30 @@ def test_bad_data_gets_one_line_error(problem, tmp_path):
         if problem == "short":
             docs = load_documents(data, "train")
             tok = train_bpe(docs, 280)
-            arr = build_token_array(docs, tok, data.cache_dir, "t", num_proc=1, log=lambda *_: None)
+            arr = build_token_array(lambda: docs, tok, data.cache_dir, "t", num_proc=1, log=lambda *_: None)
             PackedWindows(arr, seq_len=len(arr.tokens) + 5)
         else:
             load_documents(data, "train")
     msg = str(info.value)
     assert "\n" not in msg and ";" in msg  # one line: the problem; the fix
+
+
+def test_streaming_corpus_gives_the_same_tokens_as_in_memory(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for part in range(2):
+        rows = [{"text": " ".join(rng.choice(["lin", "ear", "atten", "tion", "state"], 30))} for _ in range(30)]
+        (folder / f"part{part}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    arrays, tokenizers = [], []
+    for streaming in (False, True):
+        data = OmegaConf.load(ROOT / "configs/data/text.yaml")
+        data.path, data.cache_dir, data.streaming = str(folder), str(tmp_path / f"cache{streaming}"), streaming
+        data.files = {"train": ["part*.jsonl"], "validation": ["part0.jsonl"]}
+        cfg = OmegaConf.create({"data": data, "tokenizer": {"kind": "bpe", "vocab_size": 280, "min_frequency": 2}})
+        tok = prepare_tokenizer(cfg, log=lambda *_: None)
+        tokenizers.append(tok.backend_tokenizer.to_str())
+        arrays.append(prepare_split(cfg.data, tok, "train", log=lambda *_: None))
+    assert tokenizers[0] == tokenizers[1]
+    assert np.array_equal(arrays[0].tokens, arrays[1].tokens)
+    assert np.array_equal(arrays[0].doc_starts, arrays[1].doc_starts) and len(arrays[0].doc_starts) == 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sources import describe_source, load_documents
+from .sources import describe_source, load_documents, source_key
 from .token_cache import TokenArray, build_token_array
 from .tokenizer import load_tokenizer
 
@@ -18,6 +18,7 @@ def prepare_split(data_cfg: Any, tokenizer, split: str, log=print) -> TokenArray
     """Tokens of one split, from the cache when present."""
     source = describe_source(data_cfg, split)
     log(f"data: {source}" + (" (detokenized)" if data_cfg.get("detokenize") else ""))
-    docs = load_documents(data_cfg, split)
-    key = f"{source}|detok={data_cfg.get('detokenize', False)}"
-    return build_token_array(docs, tokenizer, data_cfg.cache_dir, key, num_proc=data_cfg.get("num_proc", 2), log=log)
+    key = (source_key(data_cfg, split), data_cfg.kind, data_cfg.get("detokenize", False), data_cfg.get("sample_by"),
+           data_cfg.get("text_column"))
+    return build_token_array(lambda: load_documents(data_cfg, split), tokenizer, data_cfg.cache_dir, key,
+                             num_proc=data_cfg.get("num_proc", 2), log=log)

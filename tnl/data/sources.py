@@ -46,6 +46,15 @@ def describe_source(cfg: Any, split: str) -> str:
     return f"{split}: hub dataset {cfg.hub_path}" + (f" ({cfg.hub_name})" if cfg.get("hub_name") else "")
 
 
+def source_key(cfg: Any, split: str) -> list:
+    """What identifies a split's text without reading it: each local file's path, size and mtime, or the
+    hub dataset's own fingerprint (datasets caches hub downloads)."""
+    if _use_local(cfg):
+        return [(f, os.path.getsize(f), os.path.getmtime(f)) for f in _split_files(cfg, split)]
+    ds = _load_hub(cfg, split, streaming=False)
+    return [cfg.hub_path, cfg.get("hub_name"), split, ds._fingerprint]
+
+
 def _load_local(cfg: Any, split: str, streaming: bool):
     import datasets
 

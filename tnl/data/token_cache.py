@@ -12,13 +12,15 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import DataError
-from .tokenizer import content_hash, fingerprint
+from .tokenizer import fingerprint
 
 
 @dataclass
@@ -45,40 +47,42 @@ def _open(folder: Path) -> TokenArray:
     return TokenArray(tokens, np.load(folder / "doc_starts.npy"), folder)
 
 
-def build_token_array(docs, tokenizer, cache_dir: str | os.PathLike, source: str, num_proc: int = 2,
-                      log=print) -> TokenArray:
-    """Tokenize `docs` (a datasets.Dataset with column "text") into a cached flat token array."""
-    key = fingerprint("tokens-v1", source, content_hash(docs), tokenizer_hash(tokenizer))
+def build_token_array(docs_fn: Callable, tokenizer, cache_dir: str | os.PathLike, source_key: Any,
+                      num_proc: int = 2, log=print) -> TokenArray:
+    """Tokenize the documents of `docs_fn()` (a datasets.Dataset or IterableDataset with column "text") into a
+    cached flat token array. `source_key` identifies the text (files and their sizes/mtimes, or a hub dataset
+    fingerprint), so a cache hit needs no reading or tokenizing at all."""
+    key = fingerprint("tokens-v2", source_key, tokenizer_hash(tokenizer))
     folder = Path(os.path.expanduser(str(cache_dir))) / "tokens" / key
     if (folder / "meta.json").exists():
         return _open(folder)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no EOS token; choose one that defines eos_token")
+    docs = docs_fn()
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
         return {"ids": [x + [eos] for x in ids]}
 
-    nproc = max(1, min(num_proc, len(docs) // 64)) if num_proc else 1
-    encoded = docs.map(encode, batched=True, batch_size=256, num_proc=nproc if nproc > 1 else None,
-                       remove_columns=docs.column_names, desc="tokenize", load_from_cache_file=False)
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    lengths = []
+    lengths: list[int] = []
     with open(tmp / "tokens.bin", "wb") as f:
-        for i in range(0, len(encoded), 1024):
-            chunk = encoded[i : i + 1024]["ids"]
+        for chunk in _encoded_chunks(docs, encode, num_proc):
             lengths.extend(len(x) for x in chunk)
             f.write(np.fromiter((t for x in chunk for t in x), dtype=dtype).tobytes())
+    if not lengths:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"no documents in {source_key}; check data.files and data.text_column")
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     np.save(tmp / "doc_starts.npy", starts)
     num_tokens = int(sum(lengths))
-    meta = {"num_tokens": num_tokens, "num_docs": len(lengths), "dtype": np.dtype(dtype).name, "source": source,
-            "vocab_size": vocab}
+    meta = {"num_tokens": num_tokens, "num_docs": len(lengths), "dtype": np.dtype(dtype).name,
+            "source": str(source_key), "vocab_size": vocab}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.replace(tmp, folder)
@@ -86,3 +90,24 @@ def build_token_array(docs, tokenizer, cache_dir: str | os.PathLike, source: str
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"token cache: {num_tokens:,} tokens in {len(lengths):,} documents -> {folder}")
     return _open(folder)
+
+
+def _encoded_chunks(docs, encode: Callable, num_proc: int) -> Iterator[list[list[int]]]:
+    """Token id lists in chunks: `datasets.map` over processes, or one pass for a streamed corpus."""
+    import datasets
+
+    if isinstance(docs, datasets.IterableDataset):  # larger than memory: never materialised
+        batch: list[str] = []
+        for row in docs:
+            batch.append(row["text"])
+            if len(batch) == 1024:
+                yield encode({"text": batch})["ids"]
+                batch = []
+        if batch:
+            yield encode({"text": batch})["ids"]
+        return
+    nproc = max(1, min(num_proc, len(docs) // 64)) if num_proc else 1
+    encoded = docs.map(encode, batched=True, batch_size=256, num_proc=nproc if nproc > 1 else None,
+                       remove_columns=docs.column_names, desc="tokenize", load_from_cache_file=False)
+    for i in range(0, len(encoded), 1024):
+        yield encoded[i : i + 1024]["ids"]

@@ -24,10 +24,26 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def text_batches(docs, size: int = 256):
+    """Lists of document texts from a datasets.Dataset (sliced) or a streamed IterableDataset."""
+    if hasattr(docs, "__len__"):
+        for i in range(0, len(docs), size):
+            yield docs[i : i + size]["text"]
+        return
+    batch: list[str] = []
+    for row in docs:
+        batch.append(row["text"])
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def content_hash(docs) -> str:
     h = hashlib.sha256()
-    for i in range(0, len(docs), 1000):
-        for text in docs[i : i + 1000]["text"]:
+    for batch in text_batches(docs, 1000):
+        for text in batch:
             h.update(text.encode("utf-8"))
             h.update(b"\x00")
     return h.hexdigest()[:16]
@@ -49,11 +65,7 @@ def train_bpe(docs, vocab_size: int, min_frequency: int = 2):
         show_progress=False,
     )
 
-    def batches():
-        for i in range(0, len(docs), 256):
-            yield docs[i : i + 256]["text"]
-
-    tok.train_from_iterator(batches(), trainer=trainer, length=len(docs))
+    tok.train_from_iterator(text_batches(docs), trainer=trainer, length=len(docs) if hasattr(docs, "__len__") else None)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=SPECIAL, eos_token=SPECIAL, pad_token=SPECIAL, unk_token=None,
         clean_up_tokenization_spaces=False,
@@ -85,7 +97,7 @@ def load_tokenizer(cfg: Any, train_docs_fn, cache_dir: str | os.PathLike, log=pr
     if (folder / "tokenizer.json").exists():
         log(f"tokenizer: cached byte-level BPE ({cfg.vocab_size} tokens) at {folder}")
         return AutoTokenizer.from_pretrained(str(folder))
-    log(f"tokenizer: training byte-level BPE with {cfg.vocab_size} tokens on {len(docs)} documents")
+    log(f"tokenizer: training byte-level BPE with {cfg.vocab_size} tokens on the training split")
     tok = train_bpe(docs, cfg.vocab_size, cfg.get("min_frequency", 2))
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tok.save_pretrained(str(tmp))

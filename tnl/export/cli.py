@@ -17,13 +17,15 @@ def _eval_results(cfg: Any, run_dir: Path | None) -> list[dict[str, Any]]:
         files = [Path(p) for p in ([paths] if isinstance(paths, str) else list(paths))]
     else:
         files = sorted(run_dir.glob("eval_*.json")) if run_dir is not None else []
-    results = []
-    for f in files:
+    latest: dict[tuple, dict[str, Any]] = {}
+    for f in sorted(files, key=lambda p: p.stat().st_mtime if p.exists() else 0):
         try:
-            results.append(json.loads(Path(f).read_text()))
+            r = json.loads(Path(f).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ExportError(f"cannot read eval results {f} ({type(err).__name__}); fix or drop it") from None
-    return results
+        # the training loop and scripts/evaluate.py may both have scored the same setting: keep the newest
+        latest[(r.get("split"), r.get("mode"), r.get("max_length"), r.get("stride"))] = r
+    return list(latest.values())
 
 
 def run_export(cfg: Any, log=print) -> Path:

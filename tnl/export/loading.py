@@ -1,7 +1,8 @@
 """Load a model and its tokenizer from any folder tnl produces or reads.
 
 - a training checkpoint `RUN/checkpoints/step_N/` (Accelerate `save_state`: `model.safetensors`): the model is
-  rebuilt from `RUN/model_config.json` (or the `model:` mapping of `RUN/.hydra/config.yaml`), the tokenizer is
+  rebuilt from `RUN/model_config.json` (or the `model:` mapping of `RUN/.hydra/config.yaml` / `RUN/config.yaml`,
+  whichever the run saved; it also becomes the model card's training config), the tokenizer is
   `RUN/tokenizer/`; a run folder itself means its latest checkpoint;
 - an exported Hugging Face folder (config.json + weights + tokenizer files), tnl's own or any causal LM;
 - an OpenNLPLab TransNormerLLM folder (their config field names; see `official.py`).
@@ -43,7 +44,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def find_run_dir(ckpt: Path) -> Path | None:
     """The run folder above a checkpoint: the nearest ancestor with model_config.json or .hydra/config.yaml."""
     for parent in list(ckpt.parents)[:3]:
-        if (parent / "model_config.json").exists() or (parent / ".hydra" / "config.yaml").exists():
+        if (parent / "model_config.json").exists() or (parent / ".hydra" / "config.yaml").exists() or (
+            parent / "config.yaml"
+        ).exists() and (parent / "checkpoints").is_dir():
             return parent
     return None
 
@@ -102,11 +105,12 @@ def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: Pa
 
 def _model_config_from_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     train_cfg = None
-    hydra_cfg = run_dir / ".hydra" / "config.yaml"
-    if hydra_cfg.exists():
-        from omegaconf import OmegaConf
+    for saved in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
+        if saved.exists():
+            from omegaconf import OmegaConf
 
-        train_cfg = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False)
+            train_cfg = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+            break
     if (run_dir / "model_config.json").exists():
         return json.loads((run_dir / "model_config.json").read_text()), train_cfg
     if train_cfg and isinstance(train_cfg.get("model"), dict):

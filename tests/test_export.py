@@ -343,3 +343,35 @@ def test_scripts_end_to_end(tmp_path, tok):
     assert proc.returncode == 2 and "not empty" in proc.stderr and "Traceback" not in proc.stderr
     proc = _script("evaluate.py", f"model_path={tmp_path / 'missing'}", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_training_run_checkpoint(tmp_path, tok):
+    """train.py's own checkpoint (Accelerate save_state) evaluates like the loop's final eval and exports."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)] + ["the", "a", "."]
+    for split, n in (("train", 30), ("validation", 4)):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(80))}) + "\n")
+    run = tmp_path / "run"
+    data = [f"data.path={tmp_path}", "data.files.train=[train.jsonl]", "data.files.validation=[validation.jsonl]"]
+    train = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "model=tiny", "model.vocab_size=null", "data=text", *data,
+         f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.vocab_size=300", f"output_dir={run}", "train.seq_len=32",
+         "train.batch_size=4", "train.mixed_precision=no", "train.eval_every=0", "train.num_workers=0",
+         "train.progress=false", "train.max_steps=4", "train.save_every=2", "train.export=false"],
+        cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"), capture_output=True,
+        text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    loop_eval = json.loads((run / "eval_validation.json").read_text())
+    proc = _script("evaluate.py", f"model_path={run / 'checkpoints' / 'step_4'}", "data=text", *data,
+                   "eval.max_length=32", "eval.progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = json.loads((run / "eval_validation_window.json").read_text())
+    assert ours["word_perplexity"] == pytest.approx(loop_eval["word_perplexity"], rel=1e-6)
+    proc = _script("export.py", f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max_steps: 4" in (tmp_path / "hf" / "README.md").read_text()

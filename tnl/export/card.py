@@ -58,7 +58,7 @@ def model_card(config: dict[str, Any], *, train_config: dict[str, Any] | None = 
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO", trust_remote_code=True)',
-        'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO", trust_remote_code=True)  # flag: no prompt',
         'ids = tokenizer("The history of", return_tensors="pt").input_ids',
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0]))",
         "```",

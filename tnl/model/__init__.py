@@ -1,4 +1,14 @@
-"""TransNormerLLM as a Hugging Face model; importing this package registers it with the Auto classes."""
+"""TransNormerLLM as a Hugging Face model; importing this package registers it with the Auto classes.
+
+    from tnl.model import TransnormerConfig, TransnormerForCausalLM
+    model = TransnormerForCausalLM(TransnormerConfig(vocab_size=..., decoder_embed_dim=..., ...))
+    out = model(input_ids, cu_seqlens=cu)        # packed documents (B = 1); out.logits [1, T, V]
+    out = model(input_ids, labels=input_ids)     # HF loss: shifted inside, -100 ignored
+    model.generate(input_ids, attention_mask=mask, max_new_tokens=32)   # recurrent TransnormerCache
+
+Named shapes live in configs/model/*.yaml; `token_mixer` picks tnl | softmax | hybrid (the baselines).
+Files here import only torch / transformers / stdlib (plus the lightning_attn op) so an export can copy them.
+"""
 
 from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -137,7 +137,7 @@ def test_rewrite_ops_file_unit():
 
 
 def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
-    model = _model(len(tok))
+    model = _model(len(tok), attn_backend="torch")
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("old")
@@ -160,6 +160,8 @@ def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
 
     export_hf(model, tok, target, overwrite=True)
     assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+    assert json.loads((target / "config.json").read_text())["attn_backend"] == "auto"  # the export picks its kernel
+    assert model.config.attn_backend == "torch"  # the live model is left as it was
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     (tmp_path / "empty").mkdir()
     export_hf(model, tok, tmp_path / "empty")  # an empty folder is not "non-empty"

@@ -60,11 +60,18 @@ def save_model_files(model: torch.nn.Module, folder: Path, max_shard_size: str |
     """Weights (sharded safetensors + index above max_shard_size), config.json with auto_map, generation config."""
     cfg = model.config
     old_auto_map = getattr(cfg, "auto_map", None)
+    old_backend = getattr(cfg, "attn_backend", None)
     try:
         cfg.auto_map = dict(AUTO_MAP)
+        if old_backend is not None:
+            # whatever kernel training forced, the export picks its own: Triton on a GPU where it is installed,
+            # PyTorch elsewhere (the op's "auto" dispatch)
+            cfg.attn_backend = "auto"
         with _no_remote_code_save(model):
             model.save_pretrained(folder, max_shard_size=max_shard_size)
     finally:
+        if old_backend is not None:
+            cfg.attn_backend = old_backend
         if old_auto_map is None:
             with contextlib.suppress(AttributeError):
                 del cfg.auto_map

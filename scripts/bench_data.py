@@ -1,0 +1,82 @@
+"""Data pipeline speed: tokenizing WikiText-2's train split, a cache hit, and loader throughput.
+
+python scripts/bench_data.py [--data-dir DIR] [--write-md]
+Targets (issue: data): tokenizing WT-2 train (10.8 MB) < 30 s on 2 cores; cache hit < 1 s; the loader
+delivers batches faster than a GPU step consumes them (reported as batches/s at 8 x 2048 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default=os.environ.get("TNL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
+    args = parser.parse_args()
+    quiet = lambda *_: None  # noqa: E731
+    with tempfile.TemporaryDirectory() as cache:
+        data = OmegaConf.load(ROOT / "configs/data/wikitext2.yaml")
+        base = OmegaConf.load(ROOT / "configs/data/wikitext103.yaml")
+        data = OmegaConf.merge(base, {k: v for k, v in data.items() if k != "defaults"})
+        data.path, data.cache_dir = args.data_dir, cache
+        cfg = OmegaConf.create({"data": data, "tokenizer": OmegaConf.load(ROOT / "configs/tokenizer/bpe.yaml")})
+        t0 = time.perf_counter()
+        tok = prepare_tokenizer(cfg, log=quiet)
+        t_bpe = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        arr = prepare_split(cfg.data, tok, "train", log=quiet)
+        t_tokenize = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepare_split(cfg.data, tok, "train", log=quiet)
+        t_hit = time.perf_counter() - t0
+        windows = PackedWindows(arr, 2048)
+        sampler = ResumableSampler(len(windows), seed=0)
+        import torch
+
+        loader = torch.utils.data.DataLoader(windows, batch_size=8, sampler=sampler, collate_fn=collate, num_workers=1)
+        it = iter(loader)
+        next(it)
+        t0 = time.perf_counter()
+        n = 200
+        for _ in range(n):
+            next(it)
+        bps = n / (time.perf_counter() - t0)
+    size_mb = os.path.getsize(Path(args.data_dir) / "wikitext-2/wiki.train.tokens.docshuffled") / 1e6
+    rows = [
+        ("train BPE (8192) on WT-2 train", f"{t_bpe:.1f} s", "-", "-"),
+        (f"tokenize WT-2 train ({size_mb:.1f} MB, {len(arr.tokens):,} tokens)", f"{t_tokenize:.1f} s", "30 s",
+         f"{t_tokenize / 30:.2f}"),
+        ("token cache hit", f"{t_hit:.3f} s", "1 s", f"{t_hit:.3f}"),
+        ("loader, batches of 8 x 2048 tokens", f"{bps:,.0f} batches/s", "-", "-"),
+    ]
+    header = "| measurement | result | target | result / target |\n| --- | ---: | ---: | ---: |\n"
+    table = header + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
+    print(table)
+    if args.write_md:
+        stamp = datetime.date.today().isoformat()
+        device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        cmd = "python scripts/bench_data.py --write-md"
+        md = ROOT / "docs" / "benchmarks.md"
+        text = md.read_text() if md.exists() else "# Benchmarks\n"
+        text += f"\n## Data pipeline ({stamp}, {device})\n\nCommand: `{cmd}`\n\n{table}"
+        md.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -729,7 +729,8 @@ class TransnormerModel(TransnormerPreTrainedModel):
     ) -> BaseModelOutputWithPast | tuple:
         cfg = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else cfg.use_cache
+        # by default no cache while training: the final states would be computed and kept for nothing
+        use_cache = use_cache if use_cache is not None else (cfg.use_cache and not self.training)
         return_dict = return_dict if return_dict is not None else getattr(cfg, "return_dict", True)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")

@@ -378,3 +378,18 @@ def test_bias_and_dropout_only_when_configured():
     assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout active
     model.eval()
     assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_foreign_caches_are_replaced_when_empty_and_refused_otherwise():
+    from transformers import DynamicCache
+
+    model = make()
+    ids = torch.randint(1, V, (1, 5))
+    try:
+        empty = DynamicCache(config=model.config)
+    except TypeError:  # transformers 4.x
+        empty = DynamicCache()
+    out = model(ids, past_key_values=empty, use_cache=True)
+    assert isinstance(out.past_key_values, TransnormerCache) and out.past_key_values.get_seq_length() == 5
+    with pytest.raises(TypeError):
+        model(ids, past_key_values=(torch.zeros(1),), use_cache=True)

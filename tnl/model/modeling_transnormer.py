@@ -746,6 +746,12 @@ class TransnormerModel(TransnormerPreTrainedModel):
             attention_mask = None
         if self.gradient_checkpointing and self.training:
             use_cache = False  # a cache written inside a recomputed block would be updated twice
+        if past_key_values is not None and not isinstance(past_key_values, TransnormerCache):
+            # e.g. an empty DynamicCache from a generic caller: a recurrent model needs its own cache
+            if isinstance(past_key_values, Cache) and past_key_values.get_seq_length() == 0:
+                past_key_values = None
+            else:
+                raise TypeError(f"past_key_values must be a TransnormerCache (or None), got {type(past_key_values)}")
         if use_cache and past_key_values is None:
             past_key_values = TransnormerCache(cfg.decoder_layers)
         if not use_cache:

@@ -81,7 +81,7 @@ def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=Non
     gf = torch.randn(final.shape, device=dev, dtype=torch.float64)
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
-    o_r, f_r = reference(*ref_leaves[:3], decay, scale, ref_leaves[3] if init else None, cu)
+    o_r, f_r = reference(*ref_leaves[:3], decay, scale, ref_leaves[3] if init else None, cut)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref_leaves)
     tol = tol or (2e-5 if dtype == torch.float32 else 2e-2)
     errs = {"o": rel(o, o_r), "final": rel(final, f_r)}

@@ -79,7 +79,8 @@ def _resolve_backend(backend: str, q: torch.Tensor) -> str:
     if backend not in BACKENDS:
         _fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if q.device.type == "cuda" and _triton_available(q) else "torch"
+        use_triton = q.device.type == "cuda" and q.dtype != torch.float64 and _triton_available(q)
+        return "triton" if use_triton else "torch"
     return backend
 
 

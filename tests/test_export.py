@@ -320,31 +320,50 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_scripts_end_to_end(tmp_path, tok):
+def _compose(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_evaluate_and_export_configs_in_process(tmp_path, tok):
+    """configs/evaluate.yaml + run_evaluation, configs/export.yaml + run_export, on a run folder."""
+    from tnl.eval import evaluate_documents, fingerprint_model, run_evaluation
+    from tnl.export.cli import run_export
+
     model = _model(len(tok))
     run = _fake_run(tmp_path, model, tok)
-    text = tmp_path / "val.txt"
-    text.write_text(" = Title = \n \n the cat sat on a mat . the dog ran to the house . \n")
-    proc = _script("evaluate.py", f"model_path={run}", "data=text", f"data.path={tmp_path}",
-                   "data.files.validation=[val.txt]", "data.sample_by=document", "eval.max_length=8",
-                   "eval.progress=false", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((run / "eval_validation_window.json").read_text())
-    assert {"word_perplexity", "bits_per_byte", "model_fingerprint", "data_fingerprint", "split"} <= set(res)
-    assert "word_perplexity" in proc.stdout
+    text = " = Title = \n \n the cat sat on a mat . the dog ran to the house . \n"
+    (tmp_path / "val.txt").write_text(text)
+    cfg = _compose("evaluate", [f"model_path={run}", "data=text", f"data.path={tmp_path}",
+                                "data.files.validation=[val.txt]", "data.sample_by=document", "eval.max_length=8",
+                                "eval.progress=false"])
+    res = run_evaluation(cfg, log=lambda *_: None)
+    saved = json.loads((run / "eval_validation_window.json").read_text())
+    assert {"word_perplexity", "bits_per_byte", "model_fingerprint", "data_fingerprint", "split"} <= set(saved)
+    direct = evaluate_documents(model, tok, [text], max_length=8)
+    assert saved["word_perplexity"] == pytest.approx(direct["word_perplexity"], rel=1e-6)
+    assert saved["model_fingerprint"] == fingerprint_model(model) == res["model_fingerprint"]
 
-    proc = _script("export.py", f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert str(round(res["word_perplexity"], 4))[:6] in (tmp_path / "hf" / "README.md").read_text()
-    again = load_pretrained(tmp_path / "hf")
-    from tnl.eval.run import fingerprint_model
+    cfg = _compose("export", [f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}"])
+    out = run_export(cfg, log=lambda *_: None)
+    assert f"{saved['word_perplexity']:.4f}" in (out / "README.md").read_text()
+    assert fingerprint_model(load_pretrained(out).model) == saved["model_fingerprint"]
+    with pytest.raises(ExportError, match="not empty"):
+        run_export(cfg, log=lambda *_: None)
+    cfg = _compose("export", [f"checkpoint={run}", f"out_dir={tmp_path / 'off'}", "format=official"])
+    assert json.loads((run_export(cfg, log=lambda *_: None) / "config.json").read_text())["model_type"] == "transnormer"
 
-    assert fingerprint_model(again.model) == res["model_fingerprint"]
 
-    proc = _script("export.py", f"checkpoint={run}", f"out_dir={tmp_path / 'hf'}", cwd=tmp_path)
-    assert proc.returncode == 2 and "not empty" in proc.stderr and "Traceback" not in proc.stderr
+def test_scripts_report_errors_in_one_line(tmp_path):
     proc = _script("evaluate.py", f"model_path={tmp_path / 'missing'}", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    proc = _script("export.py", f"checkpoint={tmp_path}", f"out_dir={tmp_path / 'out'}", "format=zip", cwd=tmp_path)
+    assert proc.returncode == 2 and "format" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

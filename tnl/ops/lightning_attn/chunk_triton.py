@@ -7,6 +7,7 @@ scan over segments, then the main pass in parallel). See triton_kernels.py for t
 """
 
 import os
+import re
 from typing import Optional
 
 import torch
@@ -197,8 +198,12 @@ def _check(q, k, v, decay, initial_state):
 
 # ---------------------------------------------------------------------------------------------- custom ops
 
+# "tnl" inside the package; a copy of this file elsewhere (the Hugging Face export) registers its own namespace,
+# so both can live in one process.
+_NS = "tnl" if __name__ == "tnl.ops.lightning_attn.chunk_triton" else "tnl_" + re.sub(r"\W", "_", __name__)
 
-@torch.library.custom_op("tnl::lightning_attn_fwd", mutates_args=())
+
+@torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())
 def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
@@ -225,7 +230,7 @@ def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     return o, final
 
 
-@torch.library.custom_op("tnl::lightning_attn_bwd", mutates_args=())
+@torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())
 def _bwd_op(
     do: torch.Tensor, dfinal: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: UP045
     decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
@@ -289,14 +294,14 @@ def _backward(ctx, do, dfinal):
     if dfinal is not None and dfinal.numel() == 0:
         dfinal = None
     need = ctx.needs_input_grad
-    dq, dk, dv, dinit = torch.ops.tnl.lightning_attn_bwd(
+    dq, dk, dv, dinit = _bwd_op(
         do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2],
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
     return dq, dk, dv, None, None, dinit, None, None
 
 
-torch.library.register_autograd("tnl::lightning_attn_fwd", _backward, setup_context=_setup_context)
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -318,7 +323,7 @@ def triton_lightning_attn(
     decay = decay.detach().to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    o, final = torch.ops.tnl.lightning_attn_fwd(q, k, v, decay, float(scale), initial_state,
+    o, final = _fwd_op(q, k, v, decay, float(scale), initial_state,
                                                 bool(output_final_state), cu_seqlens)
     return o, (final if output_final_state else None)
 

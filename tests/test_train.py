@@ -134,3 +134,29 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     assert a.keys() == b.keys()
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
+
+
+def test_diverging_run_skips_non_finite_steps_then_aborts_naming_the_last_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    res = _run(_args(corpus, out, "train.max_steps=30", "train.save_every=1", "train.max_bad_steps=3",
+                     "optim.lr=1e30", "scheduler=constant", "scheduler.warmup_steps=0", "train.grad_clip=0"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 3 non-finite steps in a row") and "last good checkpoint is step_" in last
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_steps"] >= 2 and rows[-1]["loss"] is None  # the skipped loss is logged as null
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_resumes_with_the_same_run_id(corpus, tmp_path):
+    out = tmp_path / "run"
+    for steps in (2, 4):
+        res = _run(_args(corpus, out, f"train.max_steps={steps}", "train.save_every=2", "logger=wandb"),
+                   env_extra={"WANDB_SILENT": "true"})
+        assert res.returncode == 0, res.stderr[-2000:]
+    states = [json.loads((out / "checkpoints" / f"step_{s}" / "trainer_state.json").read_text()) for s in (2, 4)]
+    run_id = states[0]["wandb_run_id"]
+    assert run_id and states[1]["wandb_run_id"] == run_id
+    runs = sorted(p.name for p in (out / "wandb").iterdir() if p.name.startswith("offline-run-"))
+    assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)

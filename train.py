@@ -12,8 +12,14 @@ register_schema()
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
     from tnl.cli import run_or_exit
     from tnl.train import train
+
+    with open_dict(cfg):  # in a -m sweep each job gets its own folder (sweep dir / job number)
+        cfg.output_dir = HydraConfig.get().runtime.output_dir
 
     result = run_or_exit(train, cfg)
     if result is None:

@@ -393,3 +393,24 @@ def test_foreign_caches_are_replaced_when_empty_and_refused_otherwise():
     assert isinstance(out.past_key_values, TransnormerCache) and out.past_key_values.get_seq_length() == 5
     with pytest.raises(TypeError):
         model(ids, past_key_values=(torch.zeros(1),), use_cache=True)
+
+
+def test_positions_restart_per_document_and_skip_left_pads():
+    from tnl.model import TransnormerModel
+
+    cu = torch.tensor([0, 3, 4, 8], dtype=torch.int32)
+    pos = TransnormerModel._positions(None, None, cu, 0, 8, torch.device("cpu"))
+    assert pos.tolist() == [[0, 1, 2, 0, 0, 1, 2, 3]]
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert TransnormerModel._positions(None, mask, None, 0, 5, torch.device("cpu")).tolist() == [
+        [0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    # decoding: the full mask gives the next position; without a mask the cache offset does
+    assert TransnormerModel._positions(None, mask, None, 4, 1, torch.device("cpu")).tolist() == [[2], [4]]
+    assert TransnormerModel._positions(None, None, None, 7, 2, torch.device("cpu")).tolist() == [[7, 8]]
+
+
+def test_single_layer_model_runs_with_every_schedule():
+    for schedule in ("tnl", "paper", "none"):
+        model = make(decoder_layers=1, linear_use_lrpe_list=[1], decay_schedule=schedule)
+        logits = model(torch.randint(1, V, (1, 6))).logits
+        assert torch.isfinite(logits).all()

@@ -252,7 +252,7 @@ def test_checkpoint_loading_and_eval_match(tmp_path, tok, prefix):
 
     model = _model(len(tok))
     run = _fake_run(tmp_path, model, tok, prefix)
-    for path in (run, run / "checkpoints" / "step_5"):
+    for path in (run, run / "checkpoints", run / "checkpoints" / "step_5"):  # step_2 has no weights: skipped
         loaded = load_pretrained(path)
         assert loaded.kind == "checkpoint" and loaded.run_dir == run and loaded.path.name == "step_5"
         assert loaded.train_config["train"]["max_steps"] == 5

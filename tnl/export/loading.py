@@ -36,8 +36,9 @@ class LoadedModel:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The highest step_N of a run that holds weights (a save cut short by a crash has none)."""
     ckpts = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*")
-             if p.is_dir() and (m := _STEP.match(p.name))]
+             if p.is_dir() and (m := _STEP.match(p.name)) and _weight_files(p)]
     return max(ckpts)[1] if ckpts else None
 
 
@@ -175,6 +176,8 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
     if not p.is_dir():
         raise ExportError(f"model_path {p} is a file; give a checkpoint folder (.../checkpoints/step_N) or an "
                           "exported model folder")
+    if p.name == "checkpoints" and not (p / "checkpoints").is_dir() and not _weight_files(p):
+        p = p.parent  # RUN/checkpoints means the run
     if (p / "checkpoints").is_dir() and not _weight_files(p):
         latest = latest_checkpoint(p)
         if latest is None:

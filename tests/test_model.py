@@ -187,10 +187,14 @@ def test_static_cache_updates_states_in_place_with_explicit_positions():
     assert [layer.state.data_ptr() for layer in cache.layers] == ptrs
 
 
-@pytest.mark.parametrize("mixer", ["tnl", "softmax", "hybrid"])
-def test_packed_cu_seqlens_equal_separate_documents(mixer):
-    model = make(mixer, hybrid_block_size=3)
-    lens = [5, 1, 9, 4]
+@pytest.mark.parametrize(
+    "mixer,kw,lens",
+    [("tnl", {}, [5, 1, 9, 4]), ("softmax", {}, [5, 1, 9, 4]), ("softmax", {}, [4, 3, 2, 4, 1, 3, 4]),
+     ("softmax", dict(sliding_window=3, num_key_value_heads=2), [5, 1, 9, 4]), ("softmax", {}, [2, 17]),
+     ("hybrid", {}, [5, 1, 9, 4])],
+)
+def test_packed_cu_seqlens_equal_separate_documents(mixer, kw, lens):
+    model = make(mixer, hybrid_block_size=3, **kw)
     docs = [torch.randint(1, V, (1, n)) for n in lens]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     packed = model(torch.cat(docs, 1), cu_seqlens=cu).logits

@@ -493,6 +493,45 @@ class SoftmaxAttention(nn.Module):
         )
         return o.transpose(1, 2)
 
+    def packed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor
+                         ) -> torch.Tensor:
+        """Causal attention within each packed document (B = 1) without a T x T mask.
+
+        A query only sees keys of its own document (and window), all within `span` = longest document (or window)
+        positions back. Cut the row into chunks of `span` tokens: each chunk attends to itself and the chunk before,
+        folded into the batch, so cost and mask are O(T * span) instead of O(T^2).
+        """
+        t = q.shape[1]
+        dev = q.device
+        doc = _doc_ids(cu_seqlens, t)
+        span = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        if self.window is not None:
+            span = min(span, self.window)
+        span = max(span, 1)
+        if 2 * span >= t:  # documents as long as the row: one masked call
+            idx = torch.arange(t, device=dev)[None]
+            mask = _attend_mask(idx, idx, None, self.window) & (doc[:, None] == doc[None, :])[None, None]
+            return self.sdpa(q, k, v, mask)
+        c = span
+        nc = (t + c - 1) // c
+        pad = nc * c - t
+        qc = F.pad(q, (0, 0, 0, 0, 0, pad)).reshape(nc, c, q.shape[2], q.shape[3])
+        # keys of chunk i: positions [(i-1)c, (i+1)c), i.e. the previous chunk and its own
+        kp = F.pad(k, (0, 0, 0, 0, c, pad))[0]
+        vp = F.pad(v, (0, 0, 0, 0, c, pad))[0]
+        kc = kp.unfold(0, 2 * c, c).permute(0, 3, 1, 2)  # [nc, 2c, Hkv, D]
+        vc = vp.unfold(0, 2 * c, c).permute(0, 3, 1, 2)
+        qpos = torch.arange(nc * c, device=dev).view(nc, c)
+        kpos = torch.arange(-c, nc * c, device=dev).unfold(0, 2 * c, c)  # [nc, 2c]
+        doc_all = F.pad(doc, (c, pad), value=-1)  # padding belongs to no document
+        dq, dk = doc_all[qpos + c], doc_all[kpos + c]
+        ok = (kpos[:, None, :] <= qpos[:, :, None]) & (dk[:, None, :] == dq[:, :, None]) & (dq[:, :, None] >= 0)
+        if self.window is not None:
+            ok &= kpos[:, None, :] > qpos[:, :, None] - self.window
+        ok |= kpos[:, None, :] == qpos[:, :, None]  # no empty rows (padding queries)
+        o = self.sdpa(qc, kc, vc, ok[:, None])
+        return o.reshape(1, nc * c, q.shape[2], q.shape[3])[:, :t]
+
     def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.project(x, inp.positions)
@@ -511,10 +550,8 @@ class SoftmaxAttention(nn.Module):
         if key_ok is not None:
             key_ok = key_ok[:, max(key_ok.shape[1] - k.shape[1], 0) :]  # the columns of the keys held here
         if inp.cu_seqlens is not None:
-            doc = _doc_ids(inp.cu_seqlens, t)
-            q_idx = torch.arange(t, device=x.device)[None]
-            mask = _attend_mask(q_idx, q_idx, None, self.window) & (doc[:, None] == doc[None, :])[None, None]
-        elif past == 0 and key_ok is None and self.window is None:
+            return self.out_proj(self.packed_attention(q, k, v, inp.cu_seqlens).reshape(b, t, -1))
+        if past == 0 and key_ok is None and self.window is None:
             mask = None
         else:
             q_idx = torch.arange(past, past + t, device=x.device)[None]

@@ -170,7 +170,8 @@ def bf16_error_table():
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.parse_args()
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N shape cases (already checked)")
+    args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
@@ -178,20 +179,24 @@ def main() -> int:
     t0 = time.time()
     f32 = torch.float32
     bf = torch.bfloat16
-    check_case("fp32 B2 T4096 H8 D=E=128 init scale", 2, 4096, 8, 8, 128, 128, f32, scale=0.09)
-    check_case("fp32 T1 B3", 3, 1, 4, 4, 64, 64, f32)
-    check_case("fp32 odd T=1001 D=48 E=96 grouped 8/2", 2, 1001, 8, 2, 48, 96, f32)
-    check_case("fp32 D=256 E=128 (LRPE)", 1, 1024, 4, 4, 256, 128, f32)
-    check_case("bf16 D=256 E=128 (LRPE)", 2, 2048, 4, 4, 256, 128, bf)
-    check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32)
-    check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True)
-    check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32)
-    check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512)
     cu = [0, 100, 100, 1500, 1501, 4000]
-    check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu)
-    check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512)
-    check_case("bf16 B2 T2048 H8 grouped D=E=128", 2, 2048, 8, 4, 128, 128, bf)
-    check_case("fp16 B2 T1024 H4 D=64 E=128", 2, 1024, 4, 4, 64, 128, torch.float16)
+    cases = [
+        lambda: check_case("fp32 B2 T4096 H8 D=E=128 init scale", 2, 4096, 8, 8, 128, 128, f32, scale=0.09),
+        lambda: check_case("fp32 T1 B3", 3, 1, 4, 4, 64, 64, f32),
+        lambda: check_case("fp32 odd T=1001 D=48 E=96 grouped 8/2", 2, 1001, 8, 2, 48, 96, f32),
+        lambda: check_case("fp32 D=256 E=128 (LRPE)", 1, 1024, 4, 4, 256, 128, f32),
+        lambda: check_case("bf16 D=256 E=128 (LRPE)", 2, 2048, 4, 4, 256, 128, bf),
+        lambda: check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32),
+        lambda: check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True),
+        lambda: check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32),
+        lambda: check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512),
+        lambda: check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu),
+        lambda: check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512),
+        lambda: check_case("bf16 B2 T2048 H8 grouped D=E=128", 2, 2048, 8, 4, 128, 128, bf),
+        lambda: check_case("fp16 B2 T1024 H4 D=64 E=128", 2, 1024, 4, 4, 64, 128, torch.float16),
+    ]
+    for case in cases[args.skip:]:
+        case()
     check_decode()
     check_compile()
     bf16_error_table()

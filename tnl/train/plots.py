@@ -16,12 +16,17 @@ def draw_plots(output_dir: Path) -> list[Path]:
     rows = read_metrics(output_dir / "metrics.jsonl")
     train = [r for r in rows if "split" not in r and r.get("loss") is not None]
     evals = [r for r in rows if r.get("split") == "validation" and r.get("loss") is not None]
+    finals = [r for r in evals if "word_perplexity" in r]  # the document-level evaluation at the end
+    evals = [r for r in evals if "word_perplexity" not in r]
     out = output_dir / "plots"
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
     if evals:
-        ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
+        ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss (windows)")
+    if finals:
+        ax.plot([r["step"] for r in finals], [r["loss"] for r in finals], "*", ms=12,
+                label="validation, whole documents (final eval)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

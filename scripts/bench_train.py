@@ -1,0 +1,152 @@
+"""Training throughput on one GPU: tnl_385m vs fla's RetNet and HF Llama (SDPA) of about the same size.
+
+python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl retnet llama] [--write-md]
+Each step: bf16 autocast forward, fp32 loss, backward, fused AdamW; 32k tokens per step (B = tokens / T).
+Prints tokens/s, MFU (tnl.train.flops: linear attention's real FLOPs; 6N + softmax attention for Llama) and
+peak memory, with each time's ratio to fla's RetNet measured in the same run. fla and Llama are
+benchmark-only (fla: pip install --no-deps fla-core flash-linear-attention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
+
+
+def build(method: str) -> torch.nn.Module | None:
+    if method == "tnl":
+        import yaml
+
+        from tnl.model import TransnormerConfig, TransnormerForCausalLM
+
+        fields = yaml.safe_load((ROOT / "configs/model/tnl_385m.yaml").read_text())
+        return TransnormerForCausalLM(TransnormerConfig(**fields))
+    if method == "retnet":
+        try:
+            from fla.models import RetNetConfig, RetNetForCausalLM
+        except ImportError:
+            return None
+        cfg = RetNetConfig(hidden_size=D, num_hidden_layers=LAYERS, num_heads=HEADS, vocab_size=VOCAB,
+                           intermediate_size=FFN, tie_word_embeddings=True, fuse_cross_entropy=False)
+        return RetNetForCausalLM(cfg)
+    if method == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=16, intermediate_size=FFN,
+                          vocab_size=VOCAB, max_position_embeddings=65536, tie_word_embeddings=True,
+                          attn_implementation="sdpa")
+        return LlamaForCausalLM(cfg)
+    raise ValueError(f"unknown method {method}")
+
+
+def flops_per_token(method: str, model: torch.nn.Module, seq_len: int) -> float:
+    from tnl.train.flops import train_flops_per_token
+
+    if method == "tnl":
+        return train_flops_per_token(model, seq_len)
+    n = sum(p.numel() for p in model.parameters())
+    if method == "llama":
+        return 6 * n + 3 * LAYERS * 2 * seq_len * D  # causal softmax attention
+    return 6 * n + 3 * LAYERS * HEADS * (64 * 2 * (D // HEADS) + 4 * (D // HEADS) ** 2)  # chunked retention
+
+
+def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int) -> dict | None:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = build(method)
+    if model is None:
+        return None
+    model = model.cuda()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    b = max(1, tokens // seq_len)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(0, VOCAB, (b, seq_len + 1), device="cuda", generator=gen)
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / steps
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    tps = b * seq_len / dt
+    from tnl.train.flops import peak_flops
+
+    peak = peak_flops(torch.device("cuda"))
+    mfu = tps * flops_per_token(method, model, seq_len) / peak if peak else float("nan")
+    params = sum(p.numel() for p in model.parameters())
+    mem = torch.cuda.max_memory_allocated() / 2**30
+    return {"tps": tps, "mfu": mfu, "mem": mem, "params": params}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--methods", nargs="+", default=["tnl", "retnet", "llama"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--write-md", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_train needs a CUDA GPU")
+    rows = []
+    for t in args.T:
+        res = {m: measure(m, t, args.tokens, args.steps, args.warmup) for m in args.methods}
+        rows.append((t, res))
+        print(t, {m: r for m, r in res.items()}, flush=True)
+
+    def cell(r, base):
+        if r is None:
+            return "n/a"
+        if r.get("oom"):
+            return "OOM"
+        ratio = f" ({r['tps'] / base['tps']:.2f}x)" if base and not base.get("oom") else ""
+        return f"{r['tps'] / 1e3:,.1f}k{ratio}, MFU {r['mfu']:.0%}, {r['mem']:.1f} GiB"
+
+    header = "| T | B | " + " | ".join(args.methods) + " |\n|" + "---|" * (len(args.methods) + 2) + "\n"
+    body = "".join(
+        f"| {t} | {max(1, args.tokens // t)} | "
+        + " | ".join(cell(res[m], res.get("retnet")) for m in args.methods) + " |\n"
+        for t, res in rows
+    )
+    sizes = {m: next((r[m]["params"] for _, r in rows if r[m] and "params" in r[m]), None) for m in args.methods}
+    note = ", ".join(f"{m} {p / 1e6:.0f}M params" for m, p in sizes.items() if p)
+    tnl_tps = [r["tnl"]["tps"] for _, r in rows if r.get("tnl") and "tps" in r["tnl"]]
+    flat = f"tnl tokens/s max/min over T: {max(tnl_tps) / min(tnl_tps):.2f}" if tnl_tps else ""
+    table = header + body + f"\n{note}. {flat}. Ratios are to fla's RetNet in the same run.\n"
+    print(table)
+    if args.write_md:
+        md = ROOT / "docs" / "benchmarks.md"
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        cmd = "python " + " ".join(["scripts/bench_train.py", *sys.argv[1:]])
+        md.write_text(md.read_text() + f"\n## Training throughput ({stamp}, {torch.cuda.get_device_name()})\n\n"
+                      f"Command: `{cmd}`\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()

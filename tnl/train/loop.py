@@ -117,7 +117,7 @@ def validation_loss(model, windows: PackedWindows, batches: int, batch_size: int
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
 
     tc = cfg.train
@@ -127,7 +127,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     main = accelerator.is_main_process
     log = accelerator.print
-    out = Path(cfg.output_dir).resolve()
+    # rank 0 chooses the run folder (an interpolated ${now:...} could differ between ranks)
+    out = Path(broadcast_object_list([str(Path(cfg.output_dir).resolve())])[0])
     ckpt_root = out / "checkpoints"
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -184,3 +184,20 @@ def test_streaming_corpus_gives_the_same_tokens_as_in_memory(tmp_path):
     assert tokenizers[0] == tokenizers[1]
     assert np.array_equal(arrays[0].tokens, arrays[1].tokens)
     assert np.array_equal(arrays[0].doc_starts, arrays[1].doc_starts) and len(arrays[0].doc_starts) == 60
+
+
+def test_unreachable_hub_without_local_copy_says_how_to_provide_the_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = wikitext_cfg(tmp_path, tmp_path)
+    cfg.data.path = None
+    with pytest.raises(DataError, match="set TNL_DATA_DIR") as info:
+        load_documents(cfg.data, "validation")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_hf_tokenizer_is_a_one_line_error(tmp_path):
+    cfg = OmegaConf.create({"data": {"cache_dir": str(tmp_path)},
+                            "tokenizer": {"kind": "hf", "name": str(tmp_path / "no-such-tokenizer")}})
+    with pytest.raises(DataError, match="cannot be loaded") as info:
+        prepare_tokenizer(cfg, log=lambda *_: None)
+    assert "\n" not in str(info.value)

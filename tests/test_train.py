@@ -160,3 +160,36 @@ def test_wandb_offline_run_resumes_with_the_same_run_id(corpus, tmp_path):
     assert run_id and states[1]["wandb_run_id"] == run_id
     runs = sorted(p.name for p in (out / "wandb").iterdir() if p.name.startswith("offline-run-"))
     assert len(runs) == 2 and all(r.endswith(run_id) for r in runs)
+
+
+def test_tokenizer_larger_than_the_model_embedding_is_refused():
+    from omegaconf import OmegaConf
+    from transformers import PreTrainedTokenizerFast
+
+    from tnl.data.tokenizer import train_bpe
+    from tnl.train.loop import TrainError, build_model
+
+    docs = __import__("datasets").Dataset.from_dict({"text": [f"token{i} word{i % 7} " * 5 for i in range(200)]})
+    tok: PreTrainedTokenizerFast = train_bpe(docs, 400)
+    model_cfg = OmegaConf.load(ROOT / "configs/model/tiny.yaml")
+    model_cfg.vocab_size = 100
+    with pytest.raises(TrainError, match="raise model.vocab_size"):
+        build_model(OmegaConf.create({"model": model_cfg}), tok)
+    model_cfg.vocab_size = None
+    model = build_model(OmegaConf.create({"model": model_cfg}), tok)
+    assert model.config.vocab_size >= len(tok) and model.config.vocab_size % 64 == 0
+    assert model.config.eos_token_id == tok.eos_token_id
+
+
+@pytest.mark.slow
+def test_compile_and_activation_checkpointing_train_like_eager(corpus, tmp_path):
+    base = ("train.max_steps=3", "train.save_every=3", "++model.dropout=0.0")
+    runs = {"eager": (), "ckpt": ("train.activation_checkpointing=true",), "compile": ("train.compile=true",)}
+    losses = {}
+    for name, extra in runs.items():
+        res = _run(_args(corpus, tmp_path / name, *base, *extra))
+        assert res.returncode == 0, res.stderr[-2000:]
+        losses[name] = _losses(tmp_path / name)
+    for name in ("ckpt", "compile"):
+        for step, value in losses["eager"].items():
+            assert losses[name][step] == pytest.approx(value, rel=1e-4)

@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv from pyproject.toml (rebuilt when pyproject.toml is newer)
 
-train: venv ## train the quickstart TNL on WikiText-103 (CPU, ~10 min), evaluate and export
+train: venv ## train the quickstart TNL on WikiText-103 (CPU, ~7 min), evaluate and export
 	$(PY) train.py experiment=quickstart $(ARGS)
 
 test: venv ## ruff, then the whole pytest suite

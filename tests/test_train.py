@@ -182,14 +182,15 @@ def test_tokenizer_larger_than_the_model_embedding_is_refused():
 
 
 @pytest.mark.slow
-def test_compile_and_activation_checkpointing_train_like_eager(corpus, tmp_path):
+def test_compile_activation_checkpointing_and_chunked_loss_train_like_eager(corpus, tmp_path):
     base = ("train.max_steps=3", "train.save_every=3", "++model.dropout=0.0")
-    runs = {"eager": (), "ckpt": ("train.activation_checkpointing=true",), "compile": ("train.compile=true",)}
+    runs = {"eager": (), "ckpt": ("train.activation_checkpointing=true",), "compile": ("train.compile=true",),
+            "chunked_loss": ("train.loss_chunk_size=48",)}
     losses = {}
     for name, extra in runs.items():
         res = _run(_args(corpus, tmp_path / name, *base, *extra))
         assert res.returncode == 0, res.stderr[-2000:]
         losses[name] = _losses(tmp_path / name)
-    for name in ("ckpt", "compile"):
+    for name in ("ckpt", "compile", "chunked_loss"):
         for step, value in losses["eager"].items():
             assert losses[name][step] == pytest.approx(value, rel=1e-4)

@@ -91,24 +91,30 @@ class _StopFlag:
         self.signal = signum
 
 
-def _micro_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy over a micro-batch, and its token count."""
+def _micro_loss(model, batch: dict[str, torch.Tensor], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over a micro-batch, and its token count. With `chunk` > 0 the model
+    computes it in checkpointed chunks of tokens, never holding all logits at once."""
     kwargs = {"cu_seqlens": batch["cu_seqlens"]} if "cu_seqlens" in batch else {}
-    logits = model(input_ids=batch["input_ids"], **kwargs).logits
     labels = batch["labels"]
+    count = (labels != -100).sum()
+    if chunk > 0:
+        mean = model(input_ids=batch["input_ids"], labels=labels, shift_labels=False, loss_chunk_size=chunk,
+                     **kwargs).loss
+        return mean * count.clamp(min=1), count
+    logits = model(input_ids=batch["input_ids"], **kwargs).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss, (labels != -100).sum()
+    return loss, count
 
 
 @torch.no_grad()
-def validation_loss(model, windows: PackedWindows, batches: int, batch_size: int, device) -> float:
+def validation_loss(model, windows: PackedWindows, batches: int, batch_size: int, device, chunk: int = 0) -> float:
     """Mean loss over the first `batches` validation batches (fixed windows: comparable across steps)."""
     model.eval()
     total, count = 0.0, 0
     n = min(len(windows), batches * batch_size)
     for start in range(0, n, batch_size):
         batch = collate([windows[i] for i in range(start, min(n, start + batch_size))])
-        loss, tokens = _micro_loss(model, {k: v.to(device) for k, v in batch.items()})
+        loss, tokens = _micro_loss(model, {k: v.to(device) for k, v in batch.items()}, chunk)
         total += loss.item()
         count += tokens.item()
     model.train()
@@ -213,7 +219,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with accelerator.no_sync(model) if not sync else contextlib.nullcontext(), accelerator.autocast():
-                    loss, _ = _micro_loss(model, batch)
+                    loss, _ = _micro_loss(model, batch, tc.loss_chunk_size)
                     # DDP averages gradients over ranks: scale so the result is the global per-token mean
                     accelerator.backward(loss * accelerator.num_processes / global_tokens)
                 loss_sum += loss.detach()
@@ -250,7 +256,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 window_tokens, window_start = 0, time.perf_counter()
             if tc.eval_every > 0 and step % tc.eval_every == 0:
-                vloss = validation_loss(model, val_windows, tc.eval_batches, tc.batch_size, accelerator.device)
+                vloss = validation_loss(model, val_windows, tc.eval_batches, tc.batch_size, accelerator.device,
+                                        tc.loss_chunk_size)
                 metrics.log({"step": step, "split": "validation", "loss": vloss,
                              "token_perplexity": math.exp(min(vloss, 50))})
                 log(f"step {step}: validation loss {vloss:.4f}, token perplexity {math.exp(min(vloss, 50)):.2f}")

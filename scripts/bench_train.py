@@ -1,7 +1,8 @@
 """Training throughput on one GPU: tnl_385m vs fla's RetNet and HF Llama (SDPA) of about the same size.
 
 python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl retnet llama] [--write-md]
-Each step: bf16 autocast forward, fp32 loss, backward, fused AdamW; 32k tokens per step (B = tokens / T).
+Each step: bf16 autocast forward and loss (tnl: chunked cross-entropy), backward, fused AdamW;
+32k tokens per step (B = tokens / T).
 Prints tokens/s, MFU (tnl.train.flops: linear attention's real FLOPs; 6N + softmax attention for Llama) and
 peak memory, with each time's ratio to fla's RetNet measured in the same run. fla and Llama are
 benchmark-only (fla: pip install --no-deps fla-core flash-linear-attention).
@@ -37,7 +38,7 @@ def build(method: str) -> torch.nn.Module | None:
         except ImportError:
             return None
         cfg = RetNetConfig(hidden_size=D, num_hidden_layers=LAYERS, num_heads=HEADS, vocab_size=VOCAB,
-                           intermediate_size=FFN, tie_word_embeddings=True, fuse_cross_entropy=False)
+                           intermediate_size=FFN, tie_word_embeddings=True)
         return RetNetForCausalLM(cfg)
     if method == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -76,8 +77,10 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int) -> 
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            if method == "tnl":  # as the training loop does with train.loss_chunk_size (tnl_385m experiment)
+                loss = model(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=8192).loss
+            else:  # HF-style labels, shifted inside (fla's RetNet uses its fused cross-entropy)
+                loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -194,3 +194,15 @@ def test_compile_activation_checkpointing_and_chunked_loss_train_like_eager(corp
     for name in ("ckpt", "compile", "chunked_loss"):
         for step, value in losses["eager"].items():
             assert losses[name][step] == pytest.approx(value, rel=1e-4)
+
+
+def test_multirun_sweep_gives_each_job_its_own_folder(corpus, tmp_path):
+    out = tmp_path / "sweep"
+    args = _args(corpus, out, "train.max_steps=2", "train.save_every=2")
+    res = _run([args[0], args[1], "-m", *args[2:], "train.seed=1,2"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    for job in ("0", "1"):
+        assert (out / job / "checkpoints" / "step_2" / "checksums.json").exists()
+    seeds = [json.loads((out / j / "checkpoints/step_2/trainer_state.json").read_text())["sampler"]["seed"]
+             for j in ("0", "1")]
+    assert seeds == [1, 2]

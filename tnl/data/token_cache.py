@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .tokenizer import fingerprint
+from .tokenizer import fingerprint, text_batches
 
 
 @dataclass
@@ -97,13 +97,7 @@ def _encoded_chunks(docs, encode: Callable, num_proc: int) -> Iterator[list[list
     import datasets
 
     if isinstance(docs, datasets.IterableDataset):  # larger than memory: never materialised
-        batch: list[str] = []
-        for row in docs:
-            batch.append(row["text"])
-            if len(batch) == 1024:
-                yield encode({"text": batch})["ids"]
-                batch = []
-        if batch:
+        for batch in text_batches(docs, 1024):
             yield encode({"text": batch})["ids"]
         return
     nproc = max(1, min(num_proc, len(docs) // 64)) if num_proc else 1

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,6 @@ def text_batches(docs, size: int = 256):
         yield batch
 
 
-def content_hash(docs) -> str:
-    h = hashlib.sha256()
-    for batch in text_batches(docs, 1000):
-        for text in batch:
-            h.update(text.encode("utf-8"))
-            h.update(b"\x00")
-    return h.hexdigest()[:16]
-
-
 def train_bpe(docs, vocab_size: int, min_frequency: int = 2):
     """Byte-level BPE (GPT-2 style pre-tokenization) with one special token for EOS/BOS/PAD."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -72,8 +64,10 @@ def train_bpe(docs, vocab_size: int, min_frequency: int = 2):
     )
 
 
-def load_tokenizer(cfg: Any, train_docs_fn, cache_dir: str | os.PathLike, log=print):
-    """The configured tokenizer. `train_docs_fn()` gives the training documents (only called for a BPE miss)."""
+def load_tokenizer(cfg: Any, train_docs_fn: Callable, cache_dir: str | os.PathLike, data_key_fn: Callable,
+                   log=print):
+    """The configured tokenizer. A BPE is cached under `data_key_fn()` (what identifies the training text without
+    reading it) and the settings; `train_docs_fn()` gives the training documents, read only on a cache miss."""
     from transformers import AutoTokenizer
 
     if cfg.kind == "hf":
@@ -91,14 +85,13 @@ def load_tokenizer(cfg: Any, train_docs_fn, cache_dir: str | os.PathLike, log=pr
         return tok
     if cfg.kind != "bpe":
         raise DataError(f"unknown tokenizer.kind '{cfg.kind}'; use 'bpe' or 'hf'")
-    docs = train_docs_fn()
-    key = fingerprint("bpe-v1", content_hash(docs), cfg.vocab_size, cfg.get("min_frequency", 2))
+    key = fingerprint("bpe-v2", data_key_fn(), cfg.vocab_size, cfg.get("min_frequency", 2))
     folder = Path(os.path.expanduser(str(cache_dir))) / "tokenizers" / key
     if (folder / "tokenizer.json").exists():
         log(f"tokenizer: cached byte-level BPE ({cfg.vocab_size} tokens) at {folder}")
         return AutoTokenizer.from_pretrained(str(folder))
     log(f"tokenizer: training byte-level BPE with {cfg.vocab_size} tokens on the training split")
-    tok = train_bpe(docs, cfg.vocab_size, cfg.get("min_frequency", 2))
+    tok = train_bpe(train_docs_fn(), cfg.vocab_size, cfg.get("min_frequency", 2))
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tok.save_pretrained(str(tmp))
     os.makedirs(folder.parent, exist_ok=True)

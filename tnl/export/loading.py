@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import torch
 
 from .errors import ExportError
 
-_STEP = re.compile(r"^step_(\d+)$")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -37,9 +35,9 @@ class LoadedModel:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The highest step_N of a run that holds weights (a save cut short by a crash has none)."""
-    ckpts = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step_*")
-             if p.is_dir() and (m := _STEP.match(p.name)) and _weight_files(p)]
-    return max(ckpts)[1] if ckpts else None
+    from tnl.train.checkpoint import list_checkpoints
+
+    return next((p for _step, p in list_checkpoints(run_dir / "checkpoints") if _weight_files(p)), None)
 
 
 def find_run_dir(ckpt: Path) -> Path | None:

@@ -258,9 +258,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if tc.eval_every > 0 and step % tc.eval_every == 0:
                 vloss = validation_loss(model, val_windows, tc.eval_batches, tc.batch_size, accelerator.device,
                                         tc.loss_chunk_size)
-                metrics.log({"step": step, "split": "validation", "loss": vloss,
-                             "token_perplexity": math.exp(min(vloss, 50))})
-                log(f"step {step}: validation loss {vloss:.4f}, token perplexity {math.exp(min(vloss, 50)):.2f}")
+                vppl = math.exp(min(vloss, 50))
+                metrics.log({"step": step, "split": "validation", "loss": vloss, "token_perplexity": vppl})
+                log(f"step {step}: validation loss {vloss:.4f}, token perplexity {vppl:.2f}")
             if tc.save_every > 0 and step % tc.save_every == 0:
                 checkpoint("periodic")
             if stop.signal is not None:

@@ -1,6 +1,7 @@
 """Training throughput on one GPU: tnl_385m vs fla's RetNet and HF Llama (SDPA) of about the same size.
 
-python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl retnet llama] [--write-md]
+python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl tnl_compiled retnet llama]
+                              [--profile T ...] [--write-md]
 Each step: bf16 autocast forward and loss (tnl: chunked cross-entropy), backward, fused AdamW;
 32k tokens per step (B = tokens / T).
 Prints tokens/s, MFU (tnl.train.flops: linear attention's real FLOPs; 6N + softmax attention for Llama) and
@@ -25,7 +26,7 @@ D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
 
 
 def build(method: str) -> torch.nn.Module | None:
-    if method == "tnl":
+    if method in ("tnl", "tnl_compiled"):
         import yaml
 
         from tnl.model import TransnormerConfig, TransnormerForCausalLM
@@ -53,7 +54,7 @@ def build(method: str) -> torch.nn.Module | None:
 def flops_per_token(method: str, model: torch.nn.Module, seq_len: int) -> float:
     from tnl.train.flops import train_flops_per_token
 
-    if method == "tnl":
+    if method.startswith("tnl"):
         return train_flops_per_token(model, seq_len)
     n = sum(p.numel() for p in model.parameters())
     if method == "llama":
@@ -61,7 +62,7 @@ def flops_per_token(method: str, model: torch.nn.Module, seq_len: int) -> float:
     return 6 * n + 3 * LAYERS * HEADS * (64 * 2 * (D // HEADS) + 4 * (D // HEADS) ** 2)  # chunked retention
 
 
-def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int) -> dict | None:
+def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, profile: bool = False) -> dict | None:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build(method)
@@ -74,11 +75,12 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int) -> 
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, VOCAB, (b, seq_len + 1), device="cuda", generator=gen)
     x, y = ids[:, :-1], ids[:, 1:]
+    fwd = torch.compile(model) if method == "tnl_compiled" else model
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            if method == "tnl":  # as the training loop does with train.loss_chunk_size (tnl_385m experiment)
-                loss = model(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=8192).loss
+            if method.startswith("tnl"):  # as the training loop does with train.loss_chunk_size (tnl_385m experiment)
+                loss = fwd(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=8192).loss
             else:  # HF-style labels, shifted inside (fla's RetNet uses its fused cross-entropy)
                 loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -96,6 +98,12 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int) -> 
         dt = (time.perf_counter() - t0) / steps
     except torch.OutOfMemoryError:
         return {"oom": True}
+    if profile:  # where a step's GPU time goes, kernel by kernel
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        print(f"# {method} T={seq_len}: one step's CUDA kernels\n"
+              + prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
     tps = b * seq_len / dt
     from tnl.train.flops import peak_flops
 
@@ -114,12 +122,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write-md", action="store_true")
+    ap.add_argument("--profile", type=int, nargs="*", default=[], help="print a kernel profile at these T")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
     rows = []
     for t in args.T:
-        res = {m: measure(m, t, args.tokens, args.steps, args.warmup) for m in args.methods}
+        res = {m: measure(m, t, args.tokens, args.steps, args.warmup, t in args.profile) for m in args.methods}
         rows.append((t, res))
         print(t, {m: r for m, r in res.items()}, flush=True)
 
@@ -139,8 +148,12 @@ def main() -> None:
     )
     sizes = {m: next((r[m]["params"] for _, r in rows if r[m] and "params" in r[m]), None) for m in args.methods}
     note = ", ".join(f"{m} {p / 1e6:.0f}M params" for m, p in sizes.items() if p)
-    tnl_tps = [r["tnl"]["tps"] for _, r in rows if r.get("tnl") and "tps" in r["tnl"]]
-    flat = f"tnl tokens/s max/min over T: {max(tnl_tps) / min(tnl_tps):.2f}" if tnl_tps else ""
+    flats = []
+    for m in (m for m in args.methods if m.startswith("tnl")):
+        tps = [r[m]["tps"] for _, r in rows if r.get(m) and "tps" in r[m]]
+        if tps:
+            flats.append(f"{m} tokens/s max/min over T: {max(tps) / min(tps):.2f}")
+    flat = "; ".join(flats)
     table = header + body + f"\n{note}. {flat}. Ratios are to fla's RetNet in the same run.\n"
     print(table)
     if args.write_md:

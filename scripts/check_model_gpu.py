@@ -47,34 +47,60 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
+def _run(model, backend: str, kw: dict, autocast: torch.dtype | None):
+    set_backend(model, backend)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(model.device.type, dtype=autocast, enabled=autocast is not None):
+        out = model(**kw, labels=kw["input_ids"])
+    out.loss.backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach().double(), out.logits.detach().float(), grads
+
+
+def _errors(run, ref) -> tuple[float, float, dict[str, float]]:
+    (la, ga, gra), (lb, gb, grb) = run, ref
+    return abs(la - lb).item() / abs(lb).item(), rel_err(ga, gb), {n: rel_err(gra[n], grb[n]) for n in grb}
+
+
 def check_backends(cfg: TransnormerConfig, device: str, dtype: torch.dtype, pair: tuple[str, str],
                    batch: int, seq: int) -> bool:
+    """fast backend vs torch backend, both judged against the torch backend in fp32.
+
+    fp32: the two must agree closely (the kernel's fp32 path uses 3xTF32 dots). Low precision (fp32 weights,
+    autocast as in training): the fast backend's error against the fp32 reference may be at most 1.5x the torch
+    backend's own low-precision error (plus a small floor), per logits and per parameter gradient. Comparing the
+    two low-precision runs directly is not a test: at T = 2048 the LRPE angle gradient sum_n n * (...) loses most
+    of its digits in bf16 in either backend.
+    """
     torch.manual_seed(0)
-    model = TransnormerForCausalLM(cfg).to(device=device, dtype=dtype).train()
+    model = TransnormerForCausalLM(cfg).to(device=device, dtype=torch.float32).train()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     cu = torch.tensor([0, seq // 3, seq // 3 + 1, seq], dtype=torch.int32, device=device)
-    results = {}
-    for backend in pair:
-        set_backend(model, backend)
-        for packed in (False, True):
-            model.zero_grad(set_to_none=True)
-            kw = dict(input_ids=ids[:1], cu_seqlens=cu) if packed else dict(input_ids=ids)
-            out = model(**kw, labels=kw["input_ids"])
-            out.loss.backward()
-            grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
-            results[backend, packed] = (out.loss.detach().float(), out.logits.detach().float(), grads)
+    fast, slow = pair
+    low = dtype if dtype != torch.float32 else None
     ok = True
     for packed in (False, True):
-        (la, ga, gra), (lb, gb, grb) = results[pair[0], packed], results[pair[1], packed]
-        loss_err = abs(la.item() - lb.item()) / abs(lb.item())
-        logit_err = rel_err(ga, gb)
-        grad_err = max(rel_err(gra[n], grb[n]) for n in grb)
-        worst = max(grb, key=lambda n: rel_err(gra[n], grb[n]))
-        # bf16 has an 8-bit mantissa (~4e-3 relative); sums over thousands of tokens and 24 layers grow it
-        good = loss_err < 1e-2 and logit_err < 3e-2 and grad_err < 1e-1
+        kw = dict(input_ids=ids[:1], cu_seqlens=cu) if packed else dict(input_ids=ids)
+        where = f"{'packed cu_seqlens' if packed else f'B={batch}'}, T={seq}"
+        ref = _run(model, slow, kw, None)
+        loss_e, logit_e, grad_e = _errors(_run(model, fast, kw, None), ref)
+        worst = max(grad_e, key=grad_e.get)
+        good = loss_e < 1e-4 and logit_e < 1e-3 and grad_e[worst] < 1e-3
         ok &= good
-        print(f"[backends] {pair[0]} vs {pair[1]} ({'packed cu_seqlens' if packed else f'B={batch}'}, T={seq}): "
-              f"loss rel {loss_err:.2e}, logits rel {logit_err:.2e}, worst grad rel {grad_err:.2e} ({worst}) "
+        print(f"[backends] fp32 {fast} vs {slow} ({where}): loss rel {loss_e:.1e}, logits rel {logit_e:.1e}, "
+              f"worst grad rel {grad_e[worst]:.1e} ({worst}) -> {'OK' if good else 'FAIL'}")
+        if low is None:
+            continue
+        f_loss, f_logit, f_grad = _errors(_run(model, fast, kw, low), ref)
+        s_loss, s_logit, s_grad = _errors(_run(model, slow, kw, low), ref)
+        ratio = {n: (f_grad[n] + 1e-3) / (s_grad[n] + 1e-3) for n in s_grad}
+        worst = max(ratio, key=ratio.get)
+        lo = str(low).replace("torch.", "")
+        good = (f_logit + 1e-3) <= 1.5 * (s_logit + 1e-3) and ratio[worst] <= 1.5 and f_loss < 1e-2
+        ok &= good
+        print(f"[backends] {lo} autocast vs fp32 ({where}): logits rel {fast} {f_logit:.1e} / {slow} {s_logit:.1e}; "
+              f"worst grad {worst}: {fast} {f_grad[worst]:.1e} / {slow} {s_grad[worst]:.1e} "
+              f"(max over params {max(f_grad.values()):.1e} / {max(s_grad.values()):.1e}) "
               f"-> {'OK' if good else 'FAIL'}")
     del model
     return ok
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     checks = args.only or ["backends", "memory", "speed"]
     if args.smoke:
-        cfg, device, dtype, pair = load_config("tiny"), "cpu", torch.float32, ("naive", "torch")
+        cfg, device, dtype, pair = load_config("tiny"), "cpu", torch.bfloat16, ("naive", "torch")
         seq, context, steps = 64, 128, 8
     else:
         if not torch.cuda.is_available():

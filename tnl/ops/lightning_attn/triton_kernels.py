@@ -16,9 +16,12 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+# Lengths change from call to call (eval windows, stream chunks, varlen): without this, every new T % 16 or
+# segment count compiles another variant (2-5 s each on an H100). They only enter masks and loop bounds.
+_LENGTH_ARGS = ["T", "SEG_LEN", "NSEG"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _chunk_kernel(
     QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS,
     sq_b, sq_t, sq_h, sq_d,
@@ -155,7 +158,7 @@ def _chunk_kernel(
         tl.store(p, S, mask=mask_s)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _scan_kernel(
     PBUF, S_INIT, DECAY, SEQINFO,
     si_n, si_h, si_r, si_c,

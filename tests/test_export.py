@@ -232,6 +232,8 @@ def _fake_run(tmp_path: Path, model, tok, prefix: str = "") -> Path:
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
+    from tnl.train.checkpoint import write_checksums
+
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step_5"
     ckpt.mkdir(parents=True)
@@ -242,6 +244,7 @@ def _fake_run(tmp_path: Path, model, tok, prefix: str = "") -> Path:
                    run / ".hydra" / "config.yaml")
     sd = {prefix + k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(sd, str(ckpt / "model.safetensors"))
+    write_checksums(ckpt)
     (run / "checkpoints" / "step_2").mkdir()
     return run
 
@@ -263,6 +266,25 @@ def test_checkpoint_loading_and_eval_match(tmp_path, tok, prefix):
     a = evaluate_documents(model, tok, docs, max_length=8)
     b = evaluate_documents(loaded.model, loaded.tokenizer, docs, max_length=8)
     assert a["log_likelihood"] == pytest.approx(b["log_likelihood"], rel=1e-6)
+
+
+def test_corrupt_newest_checkpoint_is_skipped_and_refused(tmp_path, tok, capsys):
+    import shutil
+
+    model = _model(len(tok))
+    run = _fake_run(tmp_path, model, tok)
+    newest = run / "checkpoints" / "step_7"
+    shutil.copytree(run / "checkpoints" / "step_5", newest)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short
+    loaded = load_pretrained(run)
+    assert loaded.path.name == "step_5"
+    assert "step_7 is unusable" in capsys.readouterr().out
+    with pytest.raises(ExportError, match="step_7 is broken .*checksum"):
+        load_pretrained(newest)
+    (run / "checkpoints" / "step_5" / "checksums.json").write_text("{")
+    with pytest.raises(ExportError, match="no valid checkpoints"):
+        load_pretrained(run)
 
 
 def test_bad_paths(tmp_path):

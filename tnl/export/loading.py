@@ -33,11 +33,25 @@ class LoadedModel:
     train_config: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The highest step_N of a run that holds weights (a save cut short by a crash has none)."""
-    from tnl.train.checkpoint import list_checkpoints
+def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
+    """The newest step_N of a run whose files match their checksums (as resume picks it); broken ones are
+    reported and skipped, so a corrupt newest save never ends up evaluated or exported."""
+    from tnl.train.checkpoint import latest_valid
 
-    return next((p for _step, p in list_checkpoints(run_dir / "checkpoints") if _weight_files(p)), None)
+    return latest_valid(run_dir / "checkpoints", log=log)
+
+
+def verify_checkpoint(ckpt: Path, log=print) -> None:
+    """A checkpoint named explicitly must match its checksums (tnl writes checksums.json into each one)."""
+    from tnl.train.checkpoint import CHECKSUMS, verify
+
+    if not (ckpt / CHECKSUMS).exists():
+        log(f"WARNING: {ckpt} has no {CHECKSUMS}; its files cannot be verified")
+        return
+    problem = verify(ckpt)
+    if problem is not None:
+        raise ExportError(f"checkpoint {ckpt} is broken ({problem}); pick an earlier step_N or give the run "
+                          "folder to use its newest valid checkpoint")
 
 
 def find_run_dir(ckpt: Path) -> Path | None:
@@ -179,11 +193,12 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
     if (p / "checkpoints").is_dir() and not _weight_files(p):
         latest = latest_checkpoint(p)
         if latest is None:
-            raise ExportError(f"run folder {p} has no checkpoints/step_N yet")
+            raise ExportError(f"run folder {p} has no valid checkpoints/step_N (none yet, or all broken)")
         p = latest
     if (p / "config.json").exists() and _weight_files(p):
         loaded = load_hf(p)
     elif _weight_files(p):
+        verify_checkpoint(p)
         loaded = load_checkpoint(p)
     else:
         raise ExportError(f"{p} is not a model: no model.safetensors / pytorch_model.bin (a checkpoint) and no "

@@ -29,6 +29,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_checksums(folder: Path) -> None:
+    """checksums.json: the sha256 of every file in `folder`, which `verify` checks before a checkpoint is used."""
+    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, folder) of finished checkpoints under `root`, newest first."""
     if not root.is_dir():
@@ -77,8 +83,7 @@ def save_checkpoint(accelerator, root: Path, step: int, state: dict[str, Any], k
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE).write_text(json.dumps(state, indent=1))
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+        write_checksums(tmp)
         _fsync_dir(tmp)
         if final.exists():  # same step saved again (e.g. signal right after a periodic save)
             old = root / f".old_step_{step}"

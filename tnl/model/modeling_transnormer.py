@@ -41,11 +41,70 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _SRMSNormToLowPrecision(torch.autograd.Function):
+    """SRMSNorm of an fp32 input returned in the autocast dtype, keeping that output (not the fp32 input) for
+    backward: y = x r with r = (mean(x^2) + eps)^-1/2 gives dx = r (dy - y mean(dy y)), which needs only y and r.
+    The next Linear keeps the same y, so a block saves no fp32 copy of the residual stream (Apex's
+    "memory_efficient" RMSNorm makes the same trade: the backward reads y rounded to bf16)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        y = (x * r).to(out_dtype)
+        ctx.save_for_backward(y, r)
+        ctx.x_dtype = x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        y, r = ctx.saved_tensors
+        yf, dyf = y.to(r.dtype), dy.to(r.dtype)
+        dx = r * (dyf - yf * (dyf * yf).mean(-1, keepdim=True))
+        return dx.to(ctx.x_dtype), None, None
+
+
+class _GatedSRMSNorm(torch.autograd.Function):
+    """u * SRMSNorm(o) in one step: keeps o, u and r = (mean(o^2) + eps)^-1/2 for backward instead of an fp32 copy
+    of o and the normalised o, and rounds once (the product is formed in fp32). Exact: it saves its inputs."""
+
+    @staticmethod
+    def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float) -> torch.Tensor:
+        of = o.to(_acc(o.dtype))
+        r = torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(o, u, r)
+        return (of * r * u.to(of.dtype)).to(torch.promote_types(o.dtype, u.dtype))
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        o, u, r = ctx.saved_tensors
+        n = o.to(r.dtype) * r
+        dyf = dy.to(r.dtype)
+        du = dyf * n
+        dn = dyf * u.to(r.dtype)
+        do = r * (dn - n * (dn * n).mean(-1, keepdim=True))
+        return do.to(o.dtype), du.to(u.dtype), None
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+
+
 def srms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """SimpleRMSNorm (TNL paper eq. 9): x / sqrt(mean(x^2) + eps), no weight, computed in fp32."""
+    low = _autocast_dtype(x) if x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled() else None
+    if low is not None and low != torch.float32:  # training under autocast: see _SRMSNormToLowPrecision
+        return _SRMSNormToLowPrecision.apply(x, eps, low)
     xf = x.to(_acc(x.dtype))
     # F.rms_norm without weight is exactly x * rsqrt(mean(x^2) + eps), fused on GPU (fewer kernels when decoding)
     return F.rms_norm(xf, (xf.shape[-1],), eps=eps).to(x.dtype)
+
+
+def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7)."""
+    if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad):
+        return _GatedSRMSNorm.apply(o, u, eps)
+    return u * srms_norm(o, eps)
 
 
 class SRMSNorm(nn.Module):
@@ -183,7 +242,38 @@ class SGLU(nn.Module):
         a = self.l1(x)
         if self.swiglu:
             a = F.silu(a)
-        return self.l3(a * self.l2(x))
+        b = self.l2(x)
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or self.l3.weight.requires_grad):
+            return _ProductLinear.apply(a, b, self.l3.weight, self.l3.bias)
+        return self.l3(a * b)
+
+
+class _ProductLinear(torch.autograd.Function):
+    """linear(a * b, W, bias) that keeps a and b (which the product's backward needs anyway) and forms a * b again
+    in backward for W's gradient, instead of also keeping the product: one glu_dim-wide tensor less per token
+    and block. Under autocast it computes in the autocast dtype, as nn.Linear would."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        dtype = _autocast_dtype(a) or torch.promote_types(a.dtype, b.dtype)
+        ctx.dtype, ctx.has_bias = dtype, bias is not None
+        ctx.save_for_backward(a, b, weight)
+        with torch.autocast(a.device.type, enabled=False):
+            return F.linear((a * b).to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        a, b, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        with torch.autocast(a.device.type, enabled=False):
+            dy = dy.to(dtype)
+            dp = dy @ weight.to(dtype)
+            prod = (a * b).to(dtype)
+            dw = dy.reshape(-1, dy.shape[-1]).t() @ prod.reshape(-1, prod.shape[-1])
+            dbias = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype) if ctx.has_bias else None
+            da = (dp * b).to(a.dtype) if ctx.needs_input_grad[0] else None
+            db = (dp * a).to(b.dtype) if ctx.needs_input_grad[1] else None
+        return da, db, dw.to(weight.dtype), dbias
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -424,8 +514,8 @@ class NormLinearAttention(nn.Module, DecayMixin):
             else:
                 layer.state = new_state
             layer.seen += t
-        o = srms_norm(o.reshape(b, t, h * dh))  # one norm over all heads together
-        return self.out_proj(u * o)
+        o = gated_srms_norm(o.reshape(b, t, h * dh), u)  # one norm over all heads together, times the gate u
+        return self.out_proj(o)
 
 
 def _attend_mask(

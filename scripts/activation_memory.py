@@ -1,0 +1,121 @@
+"""Bytes of activations a training step keeps for backward, per token and per module, on any device.
+
+    python scripts/activation_memory.py                       # tnl_385m block on the CPU, bf16 autocast
+    python scripts/activation_memory.py --config tnl_1b --tokens 32768
+
+Counts what autograd saves (torch.autograd.graph.saved_tensors_hooks), each storage once, during one forward of
+a model with `--layers` blocks of the named config under bf16 autocast, at two sequence lengths: the difference
+is the per-token cost, which does not depend on the device. Prints it per module of one block and the predicted
+total for `--tokens` tokens per step at the config's full depth (plus fp32 weights, gradients and AdamW state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
+
+
+def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[str, int]:
+    """Bytes of distinct storages saved for backward, keyed by the innermost module that saved them."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    by_module: dict[str, int] = defaultdict(int)
+    stack: list[str] = ["(top)"]
+    names = {m: n for n, m in model.named_modules()}
+    def enter(module, args) -> None:
+        stack.append(names[module])
+
+    def leave(module, args, output) -> None:
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        ptr = s.data_ptr()
+        if ptr not in seen and ptr not in params:
+            seen.add(ptr)
+            by_module[stack[-1]] += s.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return dict(by_module)
+
+
+def save_like_the_kernel() -> None:
+    """Off CUDA the torch backend keeps its blockwise intermediates for backward; the Triton op keeps only its
+    inputs (q, k, v, decay, initial state) and recomputes. Recomputing the torch backend in backward
+    (torch.utils.checkpoint) makes the CPU count match what the GPU keeps."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    import tnl.model.modeling_transnormer as modeling
+
+    attn = modeling.lightning_attn
+
+    @functools.wraps(attn)
+    def recomputed(*args, **kwargs):
+        return checkpoint(attn, *args, use_reentrant=False, **kwargs)
+
+    modeling.lightning_attn = recomputed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="tnl_385m")
+    ap.add_argument("--layers", type=int, default=2, help="blocks actually built (the per-block cost is scaled)")
+    ap.add_argument("--T", type=int, nargs=2, default=[512, 1024], help="two sequence lengths to difference")
+    ap.add_argument("--tokens", type=int, default=32768, help="tokens per step for the predicted total")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    if args.device != "cuda" and not args.device.startswith("cuda:"):
+        save_like_the_kernel()
+    fields = yaml.safe_load((ROOT / "configs" / "model" / f"{args.config}.yaml").read_text())
+    depth = fields["decoder_layers"]
+    fields.update(decoder_layers=args.layers, vocab_size=4096)
+    torch.manual_seed(0)
+    model = TransnormerForCausalLM(TransnormerConfig(**fields)).to(args.device).train()
+    runs = []
+    for t in args.T:
+        ids = torch.randint(0, 4096, (1, t), device=args.device)
+        runs.append(saved_bytes(model, ids, args.device))
+        model.zero_grad(set_to_none=True)
+    dt = args.T[1] - args.T[0]
+    per_token = {k: (runs[1].get(k, 0) - runs[0].get(k, 0)) / dt for k in set(runs[0]) | set(runs[1])}
+    block = {k.split(".", 3)[-1]: v for k, v in per_token.items() if k.startswith("model.layers.1.")}
+    print(f"{args.config}: bytes saved for backward per token, one block (layer 1), bf16 autocast, fp32 weights")
+    print(f"| module | bytes/token |\n|---|---|")
+    for k, v in sorted(block.items(), key=lambda kv: -kv[1]):
+        print(f"| {k} | {v:,.0f} |")
+    per_block = sum(block.values())
+    n_params = sum(p.numel() for p in TransnormerForCausalLM(TransnormerConfig(
+        **{**fields, "decoder_layers": depth, "vocab_size": 64000})).parameters()) if args.config != "tiny" else 0
+    acts = per_block * depth * args.tokens
+    states = n_params * 16  # fp32 weights + grads + two AdamW moments
+    print(f"| **one block** | **{per_block:,.0f}** |")
+    print(f"\npredicted at {args.tokens:,} tokens per step, {depth} blocks: activations {acts / 2**30:.1f} GiB "
+          f"+ weights/grads/AdamW {states / 2**30:.1f} GiB = {(acts + states) / 2**30:.1f} GiB "
+          "(plus the embedding/loss chunk and allocator slack)")
+
+
+if __name__ == "__main__":
+    main()

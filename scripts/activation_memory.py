@@ -103,7 +103,7 @@ def main() -> None:
     per_token = {k: (runs[1].get(k, 0) - runs[0].get(k, 0)) / dt for k in set(runs[0]) | set(runs[1])}
     block = {k.split(".", 3)[-1]: v for k, v in per_token.items() if k.startswith("model.layers.1.")}
     print(f"{args.config}: bytes saved for backward per token, one block (layer 1), bf16 autocast, fp32 weights")
-    print(f"| module | bytes/token |\n|---|---|")
+    print("| module | bytes/token |\n|---|---|")
     for k, v in sorted(block.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:,.0f} |")
     per_block = sum(block.values())

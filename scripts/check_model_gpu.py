@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = args.only or ["backends", "memory", "speed"]
     if args.smoke:
         cfg, device, dtype, pair = load_config("tiny"), "cpu", torch.bfloat16, ("naive", "torch")
-        seq, context, steps = 64, 128, 8
+        seq, context, steps = 200, 128, 8  # T > one 64-token block, so the backends really differ
     else:
         if not torch.cuda.is_available():
             print("needs a CUDA device (or --smoke)")

@@ -1,0 +1,42 @@
+"""The measurement scripts that run without a GPU: they must keep working, and report what the model keeps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_check_model_gpu_smoke_passes_on_cpu():
+    out = _run("scripts/check_model_gpu.py", "--smoke")
+    assert "ALL CORRECTNESS CHECKS PASSED" in out
+    assert out.count("-> OK") == 5  # fp32 and bf16 backend checks, plain and packed, and flat memory
+
+
+def test_activation_memory_per_block_matches_the_design():
+    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu")
+    got = int(re.search(r"\*\*one block\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
+    cfg = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())
+    d, h, g = cfg["decoder_embed_dim"], cfg.get("hidden_dim", cfg["decoder_embed_dim"]), cfg["glu_dim"]
+    bf16, fp32 = 2, 4
+    # What a block (without LRPE) must keep per token under bf16 autocast, and nothing more:
+    want = (
+        2 * (d * bf16 + fp32)  # each SRMSNorm: its bf16 output (shared with the next Linear) and 1/rms
+        + 4 * h * bf16  # qkvu projection output (SiLU's backward reads q, k; v, u are views of it)
+        + 2 * h * bf16  # SiLU(q), SiLU(k): the attention kernel's inputs
+        + h * bf16 + fp32  # attention output o and its 1/rms (gated output norm)
+        + h * bf16  # gated output u * norm(o): out_proj's input
+        + 2 * g * bf16  # l1(x), l2(x); their product is formed again in backward
+    )
+    assert got == want, out

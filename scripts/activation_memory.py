@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
+from count_params import count_params, load_config  # noqa: E402  (scripts/ is on sys.path)
 
-from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
+from tnl.model import TransnormerForCausalLM  # noqa: E402
 
 
 def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[str, int]:
@@ -89,11 +89,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.device != "cuda" and not args.device.startswith("cuda:"):
         save_like_the_kernel()
-    fields = yaml.safe_load((ROOT / "configs" / "model" / f"{args.config}.yaml").read_text())
-    depth = fields["decoder_layers"]
-    fields.update(decoder_layers=args.layers, vocab_size=4096)
+    full = load_config(args.config)
+    depth = full.decoder_layers
     torch.manual_seed(0)
-    model = TransnormerForCausalLM(TransnormerConfig(**fields)).to(args.device).train()
+    model = TransnormerForCausalLM(load_config(args.config, decoder_layers=args.layers, vocab_size=4096))
+    model = model.to(args.device).train()
     runs = []
     for t in args.T:
         ids = torch.randint(0, 4096, (1, t), device=args.device)
@@ -107,8 +107,7 @@ def main() -> None:
     for k, v in sorted(block.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:,.0f} |")
     per_block = sum(block.values())
-    n_params = sum(p.numel() for p in TransnormerForCausalLM(TransnormerConfig(
-        **{**fields, "decoder_layers": depth, "vocab_size": 64000})).parameters()) if args.config != "tiny" else 0
+    n_params, _ = count_params(full)  # on the meta device: no 400M-parameter init on the CPU
     acts = per_block * depth * args.tokens
     states = n_params * 16  # fp32 weights + grads + two AdamW moments
     print(f"| **one block** | **{per_block:,.0f}** |")

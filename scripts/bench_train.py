@@ -27,12 +27,11 @@ D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
 
 def build(method: str) -> torch.nn.Module | None:
     if method in ("tnl", "tnl_compiled"):
-        import yaml
+        from count_params import load_config  # scripts/ is on sys.path
 
-        from tnl.model import TransnormerConfig, TransnormerForCausalLM
+        from tnl.model import TransnormerForCausalLM
 
-        fields = yaml.safe_load((ROOT / "configs/model/tnl_385m.yaml").read_text())
-        return TransnormerForCausalLM(TransnormerConfig(**fields))
+        return TransnormerForCausalLM(load_config("tnl_385m"))
     if method == "retnet":
         try:
             from fla.models import RetNetConfig, RetNetForCausalLM

@@ -25,15 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
+from count_params import load_config  # noqa: E402  (scripts/ is on sys.path)
 
 from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
-
-
-def load_config(name: str, **overrides) -> TransnormerConfig:
-    fields = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text()) or {}
-    fields.update(overrides)
-    return TransnormerConfig(**fields)
 
 
 def set_backend(model: TransnormerForCausalLM, backend: str) -> None:
@@ -92,7 +86,7 @@ def check_backends(cfg: TransnormerConfig, device: str, dtype: torch.dtype, pair
         if low is None:
             continue
         f_loss, f_logit, f_grad = _errors(_run(model, fast, kw, low), ref)
-        s_loss, s_logit, s_grad = _errors(_run(model, slow, kw, low), ref)
+        _, s_logit, s_grad = _errors(_run(model, slow, kw, low), ref)
         ratio = {n: (f_grad[n] + 1e-3) / (s_grad[n] + 1e-3) for n in s_grad}
         worst = max(ratio, key=ratio.get)
         lo = str(low).replace("torch.", "")

@@ -190,15 +190,17 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
                           "exported model folder")
     if p.name == "checkpoints" and not (p / "checkpoints").is_dir() and not _weight_files(p):
         p = p.parent  # RUN/checkpoints means the run
+    verified = False  # checksums already read (hashing a multi-GB checkpoint twice costs seconds)
     if (p / "checkpoints").is_dir() and not _weight_files(p):
         latest = latest_checkpoint(p)
         if latest is None:
             raise ExportError(f"run folder {p} has no valid checkpoints/step_N (none yet, or all broken)")
-        p = latest
+        p, verified = latest, True
     if (p / "config.json").exists() and _weight_files(p):
         loaded = load_hf(p)
     elif _weight_files(p):
-        verify_checkpoint(p)
+        if not verified:
+            verify_checkpoint(p)
         loaded = load_checkpoint(p)
     else:
         raise ExportError(f"{p} is not a model: no model.safetensors / pytorch_model.bin (a checkpoint) and no "

@@ -41,6 +41,11 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _srms_norm_backward(dn: torch.Tensor, n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Gradient through n = x r, r = (mean(x^2) + eps)^-1/2, from n and r alone: r (dn - n mean(dn n))."""
+    return r * (dn - n * (dn * n).mean(-1, keepdim=True))
+
+
 class _SRMSNormToLowPrecision(torch.autograd.Function):
     """SRMSNorm of an fp32 input returned in the autocast dtype, keeping that output (not the fp32 input) for
     backward: y = x r with r = (mean(x^2) + eps)^-1/2 gives dx = r (dy - y mean(dy y)), which needs only y and r.
@@ -58,9 +63,7 @@ class _SRMSNormToLowPrecision(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         y, r = ctx.saved_tensors
-        yf, dyf = y.to(r.dtype), dy.to(r.dtype)
-        dx = r * (dyf - yf * (dyf * yf).mean(-1, keepdim=True))
-        return dx.to(ctx.x_dtype), None, None
+        return _srms_norm_backward(dy.to(r.dtype), y.to(r.dtype), r).to(ctx.x_dtype), None, None
 
 
 class _GatedSRMSNorm(torch.autograd.Function):
@@ -79,10 +82,8 @@ class _GatedSRMSNorm(torch.autograd.Function):
         o, u, r = ctx.saved_tensors
         n = o.to(r.dtype) * r
         dyf = dy.to(r.dtype)
-        du = dyf * n
-        dn = dyf * u.to(r.dtype)
-        do = r * (dn - n * (dn * n).mean(-1, keepdim=True))
-        return do.to(o.dtype), du.to(u.dtype), None
+        do = _srms_norm_backward(dyf * u.to(r.dtype), n, r)
+        return do.to(o.dtype), (dyf * n).to(u.dtype), None
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:

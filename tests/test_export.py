@@ -113,7 +113,8 @@ def test_flattened_code_passes_transformers_checks(tmp_path):
     written = write_model_code(tmp_path)
     needed = {Path(p).name for p in get_relative_import_files(str(tmp_path / "modeling_transnormer.py"))}
     assert needed <= set(written)
-    assert {"lightning_attn.py", "lightning_attn_chunk_triton.py", "configuration_transnormer.py"} <= needed
+    assert {"lightning_attn.py", "lightning_attn_chunk_triton.py", "configuration_transnormer.py",
+            "cross_entropy.py", "cross_entropy_fused.py", "cross_entropy_triton_kernels.py"} <= needed
     if (tmp_path / "lightning_attn_autotune.py").exists():
         assert "lightning_attn_autotune.py" in needed  # `from . import autotune` still gets copied
     for name in written:
@@ -134,6 +135,8 @@ def test_rewrite_ops_file_unit():
     assert "try:" in out and "    import triton" in out
     with pytest.raises(ExportError):
         rewrite_ops_file("from ..other import x\n", "y.py", set())
+    out = rewrite_ops_file("from .fused import f\n", "z.py", {"fused"}, package="cross_entropy")
+    assert out == "from .cross_entropy_fused import f\n"
 
 
 def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):

@@ -5,11 +5,11 @@ file it imports relatively (`get_relative_import_files`: `from .name import ...`
 module cache, and refuses to load when a top-level import outside a try block is missing (`check_imports`). So:
 
 - tnl/model/configuration_transnormer.py, modeling_transnormer.py and any sibling they import are copied as is,
-  except that `from ..ops.lightning_attn import ...` becomes `from .lightning_attn import ...`;
-- tnl/ops/lightning_attn/__init__.py becomes `lightning_attn.py` and every other file X.py of that package
-  `lightning_attn_X.py`, with their relative imports rewritten to the new names. `from . import X` (which the
-  loader's regex does not see) gets a companion `from .lightning_attn_X import __name__ as ...` line so the file
-  is still copied along;
+  except that `from ..ops.P import ...` becomes `from .P import ...`;
+- each op package P the model imports (tnl/ops/lightning_attn, tnl/ops/cross_entropy): P/__init__.py becomes
+  `P.py` and every other file X.py of it `P_X.py`, with their relative imports rewritten to the new names.
+  `from . import X` (which the loader's regex does not see) gets a companion `from .P_X import __name__ as ...`
+  line so the file is still copied along;
 - top-level `import triton` lines go into a `try: ... except ImportError: raise` block: the same behaviour, but the
   loader's import check skips it, so a machine without Triton loads the model and the op falls back to PyTorch.
 """
@@ -22,22 +22,22 @@ from pathlib import Path
 from .errors import ExportError
 
 MODEL_FILES = ("configuration_transnormer.py", "modeling_transnormer.py")
-OPS_PACKAGE = "ops.lightning_attn"  # as imported from tnl/model: `from ..ops.lightning_attn import ...`
+OPS_PACKAGES = ("lightning_attn", "cross_entropy")  # tnl/ops/<name>, imported as `from ..ops.<name> import ...`
 OPTIONAL_TOP_LEVEL = ("triton",)
 
 
-def _source_dirs() -> tuple[Path, Path]:
+def _source_dirs() -> tuple[Path, dict[str, Path]]:
     import importlib
 
     # import_module, not `import a.b as x`: tnl.ops re-exports a function named lightning_attn
     cfg_mod = importlib.import_module("tnl.model.configuration_transnormer")
-    ops_pkg = importlib.import_module("tnl.ops.lightning_attn")
-    return Path(cfg_mod.__file__).parent, Path(ops_pkg.__file__).parent
+    ops = {name: Path(importlib.import_module(f"tnl.ops.{name}").__file__).parent for name in OPS_PACKAGES}
+    return Path(cfg_mod.__file__).parent, ops
 
 
-def flat_ops_name(stem: str) -> str:
+def flat_ops_name(stem: str, package: str = "lightning_attn") -> str:
     """Module name of an ops file inside the export folder."""
-    return "lightning_attn" if stem == "__init__" else f"lightning_attn_{stem}"
+    return package if stem == "__init__" else f"{package}_{stem}"
 
 
 def _names(node: ast.ImportFrom) -> str:
@@ -57,27 +57,27 @@ def _replace_statements(source: str, edits: dict[ast.stmt, list[str]], filename:
     return "".join(lines)
 
 
-def rewrite_ops_file(source: str, filename: str, known: set[str]) -> str:
-    """Rewrite one lightning_attn file for the flat layout (`known`: stems of the package's files)."""
+def rewrite_ops_file(source: str, filename: str, known: set[str], package: str = "lightning_attn") -> str:
+    """Rewrite one file of op package `package` for the flat layout (`known`: stems of the package's files)."""
     tree = ast.parse(source, filename=filename)
     edits: dict[ast.stmt, list[str]] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom) or node.level == 0:
             continue
         if node.level != 1:
-            raise ExportError(f"{filename}:{node.lineno}: import leaves the lightning_attn package; the export "
-                              "copies only that package, so the op must import just torch, triton and itself")
+            raise ExportError(f"{filename}:{node.lineno}: import leaves the {package} package; the export "
+                              "copies op packages alone, so an op must import just torch, triton and itself")
         if node.module is not None:
             stem = node.module.split(".")[0]
             if stem not in known or "." in node.module:
                 raise ExportError(f"{filename}:{node.lineno}: cannot resolve relative import {node.module!r}")
-            edits[node] = [f"from .{flat_ops_name(stem)} import {_names(node)}"]
+            edits[node] = [f"from .{flat_ops_name(stem, package)} import {_names(node)}"]
         else:
             out = []
             for alias in node.names:
                 if alias.name not in known:
                     raise ExportError(f"{filename}:{node.lineno}: cannot resolve relative import {alias.name!r}")
-                flat = flat_ops_name(alias.name)
+                flat = flat_ops_name(alias.name, package)
                 out.append(f"from . import {flat} as {alias.asname or alias.name}")
                 # lets transformers' loader (a regex over `from .x import`) find and copy the file
                 out.append(f"from .{flat} import __name__ as _hf_copies_{flat}  # noqa: F401")
@@ -105,14 +105,14 @@ def rewrite_model_file(source: str, filename: str, siblings: set[str]) -> str:
         module = node.module or ""
         if node.level == 1 and module.split(".")[0] in siblings:
             continue
-        if node.level == 2 and (module == OPS_PACKAGE or module.startswith(OPS_PACKAGE + ".")):
-            sub = module[len(OPS_PACKAGE) + 1 :]
-            if "." in sub:
-                raise ExportError(f"{filename}:{node.lineno}: cannot flatten import of {module!r}")
-            edits[node] = [f"from .{flat_ops_name(sub or '__init__')} import {_names(node)}"]
+        parts = module.split(".")
+        if node.level == 2 and len(parts) in (2, 3) and parts[0] == "ops" and parts[1] in OPS_PACKAGES:
+            sub = parts[2] if len(parts) == 3 else "__init__"
+            edits[node] = [f"from .{flat_ops_name(sub, parts[1])} import {_names(node)}"]
             continue
         raise ExportError(f"{filename}:{node.lineno}: relative import {'.' * node.level}{module} is neither a "
-                          "tnl/model sibling nor the lightning_attn op; the export cannot make it self-contained")
+                          f"tnl/model sibling nor one of the ops {OPS_PACKAGES}; the export cannot make it "
+                          "self-contained")
     return _replace_statements(source, edits, filename)
 
 
@@ -136,7 +136,7 @@ def _model_closure(model_dir: Path) -> list[str]:
 def write_model_code(folder: str | Path) -> list[str]:
     """Write the self-contained model code into `folder`; returns the file names written."""
     folder = Path(folder)
-    model_dir, ops_dir = _source_dirs()
+    model_dir, ops_dirs = _source_dirs()
     written = []
     stems = _model_closure(model_dir)
     for stem in stems:
@@ -144,11 +144,12 @@ def write_model_code(folder: str | Path) -> list[str]:
         out = rewrite_model_file(src, f"tnl/model/{stem}.py", set(stems))
         (folder / f"{stem}.py").write_text(out, encoding="utf-8")
         written.append(f"{stem}.py")
-    ops_files = sorted(ops_dir.glob("*.py"))
-    known = {p.stem for p in ops_files}
-    for path in ops_files:
-        out = rewrite_ops_file(path.read_text(encoding="utf-8"), f"tnl/ops/lightning_attn/{path.name}", known)
-        name = flat_ops_name(path.stem) + ".py"
-        (folder / name).write_text(out, encoding="utf-8")
-        written.append(name)
+    for package, ops_dir in ops_dirs.items():
+        ops_files = sorted(ops_dir.glob("*.py"))
+        known = {p.stem for p in ops_files}
+        for path in ops_files:
+            out = rewrite_ops_file(path.read_text(encoding="utf-8"), f"tnl/ops/{package}/{path.name}", known, package)
+            name = flat_ops_name(path.stem, package) + ".py"
+            (folder / name).write_text(out, encoding="utf-8")
+            written.append(name)
     return written

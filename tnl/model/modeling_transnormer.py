@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 import transformers
 from torch import nn
 from transformers import PreTrainedModel
@@ -26,6 +25,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..ops.cross_entropy import fused_linear_cross_entropy
 from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step
 from .configuration_transnormer import TransnormerConfig
 
@@ -944,24 +944,6 @@ class TransnormerModel(TransnormerPreTrainedModel):
         return torch.arange(past, past + t, device=device)[None]
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int) -> torch.Tensor:
-    """Mean next-token cross-entropy of `hidden @ weight.T` without materialising all logits: each chunk of
-    tokens is checkpointed, so forward and backward hold one [chunk, vocab] block at a time instead of
-    [tokens, vocab] (the largest activation of a small model with a large vocabulary)."""
-    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    count = (t != -100).sum().clamp(min=1)
-
-    def block(hc: torch.Tensor, tc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(F.linear(hc, w).float(), tc, ignore_index=-100, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[0], chunk_size):
-        hc, tc = h[start : start + chunk_size], t[start : start + chunk_size]
-        total = total + torch.utils.checkpoint.checkpoint(block, hc, tc, weight, use_reentrant=False)
-    return total / count
-
-
 class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
     """TransNormerLLM causal LM: `model` (TransnormerModel) and `lm_head` tied to the embedding."""
 
@@ -1014,7 +996,8 @@ class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
         `cu_seqlens` (int32 [N+1], B = 1): packed documents, no state crosses documents. `logits_to_keep`: only the
         last n positions (int) or the given indices (tensor) get logits. `upcast_logits`: return fp32 logits.
         `shift_labels=False`: labels are already next-token targets aligned with the inputs. `loss_chunk_size > 0`
-        (with labels): the loss is computed in checkpointed chunks of that many tokens and no logits are returned."""
+        (with labels): fused linear cross-entropy over chunks of that many tokens (loss and gradients in one pass,
+        never the full logits) and no logits are returned."""
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
@@ -1024,7 +1007,7 @@ class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
         hidden = out.last_hidden_state
         if labels is not None and loss_chunk_size > 0:
             targets = labels if not shift_labels else F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = chunked_cross_entropy(hidden, self.lm_head.weight, targets.to(hidden.device), loss_chunk_size)
+            loss = fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size=loss_chunk_size)
             if not return_dict:
                 return tuple(x for x in (loss, out.past_key_values, out.hidden_states) if x is not None)
             return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values,

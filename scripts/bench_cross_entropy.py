@@ -1,0 +1,112 @@
+"""Benchmark the fused linear cross-entropy against torch's cross-entropy on full logits.
+
+The LM head of tnl_385m in training: hidden [tokens, 1024] (bf16), tied fp32 weight [64000, 1024], bf16 autocast,
+softmax in fp32. Methods: `fused` (tnl.ops.cross_entropy, chunks of 8192 tokens), `torch` (F.linear then
+F.cross_entropy on the fp32 logits: the anchor), `checkpointed` (torch per chunk under activation checkpointing,
+tnl's previous loss). Forward+backward time (do_bench median, ms), ratio to torch in the same run, peak memory
+above the inputs.
+
+    python scripts/bench_cross_entropy.py [--tokens 8192 32768] [--write-md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+from torch.utils.checkpoint import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tnl.ops.cross_entropy import fused_linear_cross_entropy  # noqa: E402
+
+CHUNK = 8192
+
+
+def torch_ce(h, w, t):
+    return F.cross_entropy(F.linear(h, w).float(), t)
+
+
+def checkpointed_ce(h, w, t):
+    def block(hc, tc, w_):
+        return F.cross_entropy(F.linear(hc, w_).float(), tc, reduction="sum")
+
+    total = sum(checkpoint(block, h[s : s + CHUNK], t[s : s + CHUNK], w, use_reentrant=False)
+                for s in range(0, h.shape[0], CHUNK))
+    return total / t.numel()
+
+
+METHODS = {"torch": torch_ce, "checkpointed": checkpointed_ce,
+           "fused": lambda h, w, t: fused_linear_cross_entropy(h, w, t, chunk_size=CHUNK)}
+
+
+def measure(fn, n: int, d: int, v: int):
+    torch.cuda.empty_cache()
+    h = torch.randn(n, d, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    w = (torch.randn(v, d, device="cuda") * 0.02).requires_grad_()
+    t = torch.randint(0, v, (n,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn(h, w, t)
+        loss.backward()
+        return loss
+
+    try:
+        loss = step().item()
+        ms = triton.testing.do_bench(step, warmup=25, rep=100, grad_to_none=[h, w], return_mode="median")
+        h.grad = w.grad = None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return ms, (torch.cuda.max_memory_allocated() - base) / 2**30, loss
+    except torch.OutOfMemoryError:
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768])
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=64000)
+    ap.add_argument("--write-md", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    lines = ["| tokens | " + " | ".join(f"{m} fwd+bwd ms (peak GiB)" for m in METHODS) + " |",
+             "|---" * (len(METHODS) + 1) + "|"]
+    for n in args.tokens:
+        res = {m: measure(fn, n, args.d, args.vocab) for m, fn in METHODS.items()}
+        ref = res["torch"][0] if res["torch"] else None
+        cells = []
+        for m, r in res.items():
+            if r is None:
+                cells.append("OOM")
+                continue
+            ratio = f" ({r[0] / ref:.2f}x)" if ref and m != "torch" else ""
+            cells.append(f"{r[0]:.2f}{ratio} ({r[1]:.2f})")
+        losses = {m: f"{r[2]:.5f}" for m, r in res.items() if r}
+        print(f"tokens {n}: losses {losses}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write_md:
+        cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        md = (f"\n### Fused linear cross-entropy, {now}, {torch.cuda.get_device_name()}\n\nCommand: `{cmd}` "
+              f"(d = {args.d}, vocab = {args.vocab}, bf16 autocast, fp32 weight; ratios to `torch`)\n\n{table}\n")
+        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
+            f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

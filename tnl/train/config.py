@@ -73,7 +73,7 @@ class TrainConfig:
     keep_last: int = 3
     compile: bool = False
     activation_checkpointing: bool = False
-    loss_chunk_size: int = 0  # > 0: cross-entropy in checkpointed chunks of this many tokens (saves the logits)
+    loss_chunk_size: int = 0  # > 0: fused linear cross-entropy over chunks of this many tokens
     attn_backend: str = "auto"
     num_workers: int = 1
     max_bad_steps: int = 10  # consecutive non-finite losses before the run aborts

@@ -93,7 +93,7 @@ class _StopFlag:
 
 def _micro_loss(model, batch: dict[str, torch.Tensor], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over a micro-batch, and its token count. With `chunk` > 0 the model
-    computes it in checkpointed chunks of tokens, never holding all logits at once."""
+    computes it with the fused linear cross-entropy, one chunk of logits at a time."""
     kwargs = {"cu_seqlens": batch["cu_seqlens"]} if "cu_seqlens" in batch else {}
     labels = batch["labels"]
     count = (labels != -100).sum()

@@ -74,3 +74,15 @@ def test_bad_input_is_one_line_error(bad, match):
     with pytest.raises(ValueError, match=match) as err:
         fused_linear_cross_entropy(*bad(h, w, t))
     assert "\n" not in str(err.value)
+
+
+def test_torch_rows_out_of_range_target_is_nan():
+    """The row routine as used on a GPU (where no host check runs): NaN loss and no gradient for a bad target."""
+    from tnl.ops.cross_entropy.fused import _rows
+
+    x = torch.randn(3, 50, dtype=torch.float64)
+    t = torch.tensor([3, 50, -100])
+    loss, g = torch.empty(3, dtype=torch.float64), x.clone()
+    _rows(g, t, loss, -100, True)
+    assert loss[0].isfinite() and loss[1].isnan() and loss[2] == 0
+    assert (g[1:] == 0).all() and g[0].sum().abs() < 1e-12

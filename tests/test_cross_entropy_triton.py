@@ -48,6 +48,14 @@ else:
         tol = 1e-6 if dtype == torch.float32 else 8e-3
         torch.testing.assert_close(g.double(), ref_g, rtol=tol, atol=tol)
 
+    def test_rows_kernel_out_of_range_target_is_nan_not_a_bad_read():
+        x = torch.randn(3, 50)
+        t = torch.tensor([3, 50, -7])
+        loss, g = torch.empty(3), x.clone()
+        fused._rows(g, t, loss, -100, True)
+        assert loss[0].isfinite() and loss[1:].isnan().all()
+        assert (g[1:] == 0).all() and g[0].sum().abs() < 1e-5
+
     def test_fused_loss_through_kernel():
         torch.manual_seed(1)
         h = torch.randn(2, 9, 8, requires_grad=True)

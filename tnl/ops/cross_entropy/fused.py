@@ -46,8 +46,10 @@ def _rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, ignor
     x = logits.to(acc)
     lse = x.logsumexp(-1)
     ignored = targets == ignore_index
-    safe = targets.masked_fill(ignored, 0).long()[:, None]
-    loss.copy_((lse - x.gather(1, safe).squeeze(1)).masked_fill(ignored, 0.0))
+    invalid = ~ignored & ((targets < 0) | (targets >= x.shape[1]))
+    safe = targets.masked_fill(ignored | invalid, 0).long()[:, None]
+    loss.copy_((lse - x.gather(1, safe).squeeze(1)).masked_fill(ignored, 0.0).masked_fill(invalid, float("nan")))
+    ignored = ignored | invalid
     if grad:
         g = (x - lse[:, None]).exp_()
         g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=acc))
@@ -129,12 +131,15 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                          f"without the last dim, {tuple(hidden.shape[:-1])}")
     if chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
-    targets = targets.to(device=hidden.device, dtype=torch.int64)
-    if not torch.compiler.is_compiling():
+    # Out-of-range targets: a one-line error when they are on the CPU (free to check); on a GPU the check would
+    # stall the host every step, so there the loss comes out NaN instead (the training loop reports non-finite
+    # losses; its data is in range by construction: vocab_size >= the tokenizer's).
+    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= weight.shape[0]))
         if bool(bad.any()):
             raise ValueError(f"fused_linear_cross_entropy: target {targets[bad][0].item()} is outside the vocabulary "
                              f"[0, {weight.shape[0]}); fix the labels or the vocab_size")
+    targets = targets.to(device=hidden.device, dtype=torch.int64)
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     total, _, _ = _linear_cross_entropy(hidden, weight, targets, _compute_dtype(hidden, weight),
                                         chunk_size, ignore_index, need_grad)

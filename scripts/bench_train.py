@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
+MEMORY_BUDGET = 1.0  # --memory-budget: train.compile_memory_budget for tnl_compiled
 
 
 def build(method: str) -> torch.nn.Module | None:
@@ -74,6 +75,8 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, pro
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, VOCAB, (b, seq_len + 1), device="cuda", generator=gen)
     x, y = ids[:, :-1], ids[:, 1:]
+    if method == "tnl_compiled":
+        torch._functorch.config.activation_memory_budget = MEMORY_BUDGET
     fwd = torch.compile(model) if method == "tnl_compiled" else model
 
     def step():
@@ -122,7 +125,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="print a kernel profile at these T")
+    ap.add_argument("--memory-budget", type=float, default=1.0,
+                    help="tnl_compiled: torch.compile's activation memory budget (train.compile_memory_budget)")
     args = ap.parse_args()
+    global MEMORY_BUDGET
+    MEMORY_BUDGET = args.memory_budget
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
     rows = []

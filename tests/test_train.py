@@ -109,6 +109,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(corpus, tmp_path):
         ("train.max_stpes=3", "max_stpes"),
         ("train.batch_size=many", "batch_size"),
         ("+model.decoder_layrs=3", "unknown model field"),
+        ("train.compile_memory_budget=1.5", "compile_memory_budget=1.5 must be in (0, 1]"),
     ],
 )
 def test_config_mistakes_fail_at_start(corpus, tmp_path, override, message):

@@ -72,6 +72,8 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 3
     compile: bool = False
+    # with compile: fraction of the saved activations the partitioner may keep (< 1 recomputes cheap ops)
+    compile_memory_budget: float = 1.0
     activation_checkpointing: bool = False
     loss_chunk_size: int = 0  # > 0: fused linear cross-entropy over chunks of this many tokens
     attn_backend: str = "auto"

@@ -186,7 +186,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                          # global RNG, or a resumed run's dropout masks would shift
                                          generator=torch.Generator().manual_seed(tc.seed))
     batches = iter(loader)
+    if not 0.0 < tc.compile_memory_budget <= 1.0:
+        raise TrainError(f"train.compile_memory_budget={tc.compile_memory_budget} must be in (0, 1]; 1 keeps all "
+                         "activations the compiled graph wants, lower values recompute more")
     if tc.compile:
+        # torch.compile's min-cut partitioner: keep at most this fraction of the activations, recompute the rest
+        torch._functorch.config.activation_memory_budget = tc.compile_memory_budget
         model = torch.compile(model)
 
     metrics = MetricsWriter(out, main, state["step"] if folder else None, cfg.logger, state.get("wandb_run_id"),

@@ -212,6 +212,45 @@ def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     assert autotune.pick("dev-test", "k1", [[5], [2]], bench) == [2] and len(calls) == 3  # from disk
 
 
+def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch):
+    from tnl.ops.lightning_attn import autotune
+
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TNL_AUTOTUNE", "1")
+    monkeypatch.setitem(autotune.TUNED, "GPU X", {"k2": (2, 2, 2, 2)})
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+    calls = []
+
+    def bench(cfg):
+        calls.append(cfg)
+        return float(sum(cfg))
+
+    cands = [[1, 1, 1, 1], [2, 2, 2, 2]]
+    assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [2, 2, 2, 2] and not calls
+    # a shipped choice that is not valid for this call (not among its candidates) is not used
+    assert autotune.pick("GPU X-triton9", "k2", [[1, 1, 1, 1]], bench) == [1, 1, 1, 1] and len(calls) == 1
+    monkeypatch.setenv("TNL_AUTOTUNE", "retune")  # (a fresh cache: the user's own results come first)
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path / "fresh"))
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+    assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [1, 1, 1, 1] and len(calls) == 3
+
+
+def test_shipped_configs_are_kernel_candidates():
+    from tnl.ops.lightning_attn.tuned_configs import TUNED
+
+    allowed = {tuple(c) for c in CT._MAIN_CONFIGS + CT._STATE_CONFIGS + CT._SMALL_CONFIGS}
+    for gpu, table in TUNED.items():
+        assert table, gpu
+        for key, cfg in table.items():
+            role, dims, dtype, rev, init, seg = key.split("|")
+            assert role in ("fwd", "dq", "dk", "dv", "state") and dtype in ("bfloat16", "float16", "float32")
+            assert [int(x) for x in dims.split("x")] and rev[:3] == "rev" and init[:4] == "init" and seg[:3] == "seg"
+            assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
+
+
 def test_torch_compile_no_graph_break():
     q, k, v, decay, s0 = _inputs(1, 16, 2, 2, 16, 16)
 

@@ -2,7 +2,8 @@
 
 Best configs are stored per (kernel role, shape class, dtype, device, triton version) in a JSON file under
 `$TNL_CACHE_DIR/autotune/` (default `~/.cache/tnl/autotune/`), so a second process starts without tuning.
-`TNL_AUTOTUNE=0` turns tuning off (the first valid candidate is used).
+Without a cached entry, a GPU listed in `tuned_configs.py` gets the shipped choice (no tuning on a first run);
+`TNL_AUTOTUNE=retune` ignores that table, `TNL_AUTOTUNE=0` turns tuning off (the first valid candidate is used).
 """
 
 import json
@@ -11,6 +12,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .tuned_configs import TUNED
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict] = {}
@@ -58,6 +61,17 @@ def enabled() -> bool:
     return os.environ.get("TNL_AUTOTUNE", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
+def shipped(device_tag: str, key: str, configs: Sequence) -> list | None:
+    """The shipped choice for this GPU model and key, if any and if it is one of this call's valid `configs`."""
+    if os.environ.get("TNL_AUTOTUNE") == "retune":
+        return None
+    gpu = device_tag.rsplit("-triton", 1)[0]
+    cfg = TUNED.get(gpu, {}).get(key)
+    if cfg is None or list(cfg) not in [list(c) for c in configs]:
+        return None
+    return list(cfg)
+
+
 def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[dict], float]) -> dict:
     """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run)."""
     full = f"{device_tag}|{key}"
@@ -67,6 +81,9 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
             return _MEMORY[full]
     if not enabled():
         return configs[0]
+    known = shipped(device_tag, key, configs)
+    if known is not None:
+        return known
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:

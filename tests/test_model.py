@@ -441,6 +441,25 @@ def test_gated_srms_norm_equals_formula_with_gradients_float64():
     assert torch.autograd.gradcheck(lambda a, b: gated_srms_norm(a, b), (o[:1, :2], u[:1, :2]))
 
 
+def test_gated_srms_norm_inference_and_training_paths_round_once_alike():
+    """bf16: the no-grad path (eval, generation) and the training Function both form u * norm(o) in fp32 and round
+    once, so each is within half a bf16 step of the float64 value and they agree with each other."""
+    from tnl.model.modeling_transnormer import gated_srms_norm
+
+    g = torch.Generator().manual_seed(1)
+    o = (torch.randn(4, 33, 256, generator=g) * 3).bfloat16()
+    u = torch.randn(4, 33, 256, generator=g).bfloat16()
+    with torch.no_grad():
+        inf = gated_srms_norm(o, u)
+    train = gated_srms_norm(o.clone().requires_grad_(), u.clone().requires_grad_()).detach()
+    ref = _plain_gated_norm(o.double(), u.double())
+    half_ulp = ref.abs() * 2.0**-8 + 1e-30
+    for y in (inf, train):
+        assert y.dtype == torch.bfloat16
+        assert ((y.double() - ref).abs() <= half_ulp * 1.001).all()
+    assert (inf != train).float().mean() < 1e-3
+
+
 def test_srms_norm_under_autocast_saves_low_precision_output_and_matches_fp32_gradients():
     from tnl.model.modeling_transnormer import _SRMSNormToLowPrecision, srms_norm
 

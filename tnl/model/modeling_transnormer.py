@@ -105,7 +105,9 @@ def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = 1e-6) -> torc
     """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7)."""
     if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad):
         return _GatedSRMSNorm.apply(o, u, eps)
-    return u * srms_norm(o, eps)
+    # inference: the same arithmetic as the training Function (product in fp32, one rounding)
+    of = o.to(_acc(o.dtype))
+    return (F.rms_norm(of, (of.shape[-1],), eps=eps) * u.to(of.dtype)).to(torch.promote_types(o.dtype, u.dtype))
 
 
 class SRMSNorm(nn.Module):

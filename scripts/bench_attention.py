@@ -5,12 +5,14 @@ Times are triton.testing.do_bench medians (ms) of the forward and of forward+bac
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
     python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
+        [--methods tnl tnl_fused fla lightning-attn sdpa]   (tnl_fused: TNL_ATTN_BWD=fused backward)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -53,11 +55,11 @@ def make_fns(name, impls, b, t, d, e):
     """Returns (fwd_fn, leaves) or None when the method does not apply to this shape."""
     dev, dt = "cuda", torch.bfloat16
     decay = slopes(H).to(dev)
-    if name in ("tnl", "fla"):
+    if name in ("tnl", "tnl_fused", "fla"):
         q = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
-        if name == "tnl":
+        if name in ("tnl", "tnl_fused"):
             return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
         fla = impls["fla"]
         g_gamma = -decay
@@ -84,6 +86,8 @@ def make_fns(name, impls, b, t, d, e):
 
 
 def measure(name, impls, b, t, d, e):
+    # tnl_fused: tnl with the fused dK/dV backward pass (TNL_ATTN_BWD=fused, read at backward time)
+    os.environ["TNL_ATTN_BWD"] = "fused" if name == "tnl_fused" else "split"
     torch.cuda.empty_cache()
     try:
         made = make_fns(name, impls, b, t, d, e)
@@ -131,7 +135,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
     impls = load_impls()
-    methods = [m for m in args.methods if m in ("tnl", "sdpa") or m in impls]
+    methods = [m for m in args.methods if m in ("tnl", "tnl_fused", "sdpa") or m in impls]
     missing = [m for m in args.methods if m not in methods]
     device = torch.cuda.get_device_name()
     lines = []

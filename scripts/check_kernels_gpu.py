@@ -172,7 +172,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip", type=int, default=0, help="skip the first N shape cases (already checked)")
     ap.add_argument("--error-table-only", action="store_true", help="only the bf16 error table (tnl and fla)")
+    ap.add_argument("--bwd", choices=["split", "fused"], default="split",
+                    help="backward form for dK/dV (TNL_ATTN_BWD): three split passes or the fused dK/dV pass")
     args = ap.parse_args()
+    os.environ["TNL_ATTN_BWD"] = args.bwd
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1

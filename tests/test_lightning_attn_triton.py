@@ -89,6 +89,36 @@ def test_forward_backward_match_recurrence(shape):
     _check_all(q, k, v, decay, s0, scale=0.7)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [  # B, T, H, Hkv, D, E, seg_len, varlen
+        (2, 37, 4, 2, 16, 32, None, False),  # odd T, grouped heads, D != E
+        (1, 50, 2, 1, 48, 24, None, False),  # padded D and E
+        (2, 70, 2, 1, 16, 16, "32", False),  # segmented: shared state pass + scan
+        (1, 83, 4, 2, 16, 16, "32", True),  # varlen with an empty sequence, segmented
+        (1, 1, 2, 2, 16, 16, None, False),  # one token
+    ],
+)
+def test_fused_dkdv_backward_matches_recurrence(case, monkeypatch):
+    """TNL_ATTN_BWD=fused: dK and dV from one reverse pass, same contract as the split passes."""
+    b, t, h, hkv, d, e, seg, varlen = case
+    monkeypatch.setenv("TNL_ATTN_BWD", "fused")
+    if seg:
+        monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
+    assert CT._fused_dkdv_enabled(d, e)
+    cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32) if varlen else None
+    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e, n=4 if varlen else None)
+    _check_all(q, k, v, decay, s0, scale=0.7, cu=cu)
+    q, k, v, decay, _ = _inputs(b, t, h, hkv, d, e, state=False)
+    _check_all(q, k, v, decay, None, cu=cu)  # without initial state (no d initial_state output)
+
+
+def test_fused_dkdv_bf16(monkeypatch):
+    monkeypatch.setenv("TNL_ATTN_BWD", "fused")
+    q, k, v, decay, s0 = _inputs(1, 40, 2, 1, 16, 16, dtype=torch.bfloat16)
+    _check_all(q, k, v, decay, s0, tol=3e-2)
+
+
 def test_gradient_through_final_state_only():
     q, k, v, decay, s0 = _inputs(1, 30, 2, 2, 16, 16)
     leaves = [x.requires_grad_() for x in (q, k, v, s0)]

@@ -123,9 +123,10 @@ def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tup
 
 def _chunk_pass(
     qr, kr, vr, groups, decay, init, init_strides, out, final, *,
-    skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str,
-) -> None:
-    """One generic pass: out = sout * (causal/anticausal decayed attention of (qr, kr, vr) + init term)."""
+    skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str, state_only: bool = False,
+) -> torch.Tensor | None:
+    """One generic pass: out = sout * (causal/anticausal decayed attention of (qr, kr, vr) + init term).
+    Segmented plans first build each segment's start state (returned); `state_only` stops there."""
     b, t, h, _ = out.shape
     dk, dv = qr.shape[-1], vr.shape[-1]
     bd = _pow2(dk)
@@ -184,7 +185,66 @@ def _chunk_pass(
             BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
             IS_VARLEN=plan.varlen, num_warps=4,
         )
-    run(_MAIN_CONFIGS, True, role)
+    if not state_only:
+        run(_MAIN_CONFIGS, True, role)
+    return pbuf
+
+
+# (chunk C, num_warps, num_stages) for the fused dK/dV pass; its E-block is all of E
+_DKDV_CONFIGS = [(64, 8, 2), (32, 8, 2), (64, 4, 2), (32, 4, 2), (64, 8, 1), (32, 4, 1)]
+_DKDV_MAX_TILE = 128 * 128  # the D x E state stays in registers
+
+
+def _fused_dkdv_enabled(dk: int, dv: int) -> bool:
+    return os.environ.get("TNL_ATTN_BWD", "split") == "fused" and _pow2(dk) * _pow2(dv) <= _DKDV_MAX_TILE
+
+
+def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale: float, plan: _Plan) -> None:
+    """dK and dV of every q-head in one reverse pass (`_dkdv_kernel`); segment start states from the dv role's
+    state pass, which builds the same R."""
+    b, t, h, d = q.shape
+    e = v.shape[-1]
+    bd, be = _pow2(d), _pow2(e)
+    pbuf = None
+    if plan.segmented:
+        pbuf = _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
+                           dv_out, None, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan, role="dv",
+                           state_only=True)
+    prec = ("ieee" if _interpret() else "tf32x3") if q.dtype == torch.float32 else "tf32"
+    upcast = _interpret() and q.dtype == torch.bfloat16
+    has_init = dfin is not None
+    si = dfin.stride() if has_init else (0, 0, 0, 0)
+    segs = plan.segs if plan.varlen else decay
+
+    def launch(cfg):
+        c, w, st = cfg
+        _k._dkdv_kernel[(h, plan.g_total)](
+            q, k, v, do, dk_out, dv_out, dfin if has_init else decay, pbuf if pbuf is not None else decay,
+            dinit if dinit is not None else decay, decay, segs,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_out.stride(), *dv_out.stride(), *si,
+            t, h, group, d, e, plan.seg_len, plan.nseg, scale,
+            BD=bd, BE=be, C=c, HAS_INIT=has_init, STORE_FINAL=dinit is not None,
+            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, num_warps=w, num_stages=st,
+        )
+
+    if _interpret():
+        cands = [(16, 4, 1)]
+    else:
+        cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
+        cands = cands[:2] if q.dtype == torch.float32 else cands
+    key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
+
+    def bench(cfg):
+        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+
+    best = tuple(autotune.pick(_device_tag(q.device), key, [list(x) for x in cands], bench))
+    order = [best] + [c for c in reversed(cands) if c != best]
+    for i, cfg in enumerate(order):
+        try:
+            return launch(cfg)
+        except OutOfResources:
+            if i == len(order) - 1:
+                raise
 
 
 def _check(q, k, v, decay, initial_state):
@@ -255,6 +315,17 @@ def _bwd_op(
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
     kv_dtype = k.dtype if group == 1 else torch.float32
+    if need_dkv and _fused_dkdv_enabled(d, e):
+        # one reverse pass for both (TNL_ATTN_BWD=fused)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device)  # one E-block per (head, segment)
+        dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
+        dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
+        _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f)
+        if group > 1:
+            dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
+            dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
+        empty = q.new_empty(0, dtype=torch.float32)
+        return dq, dk, dv, (dinit if dinit is not None else empty)
     if need_dkv or need_dinit:
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)

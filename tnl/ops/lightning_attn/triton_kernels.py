@@ -202,6 +202,120 @@ def _scan_kernel(
         shift = shift * 0
 
 
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
+def _dkdv_kernel(
+    Q, K, V, DO, DKO, DVO, S_INIT, PBUF, S_OUT, DECAY, SEGS,
+    sq_b, sq_t, sq_h, sq_d,
+    sk_b, sk_t, sk_h, sk_d,
+    sv_b, sv_t, sv_h, sv_d,
+    sg_b, sg_t, sg_h, sg_d,
+    sdk_b, sdk_t, sdk_h, sdk_d,
+    sdv_b, sdv_t, sdv_h, sdv_d,
+    si_n, si_h, si_r, si_c,
+    T, H, G, DK, DV, SEG_LEN, NSEG, scale,
+    BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+    IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dK and dV in one reverse pass (the `dv` and `dk` roles of `_chunk_kernel` share their state).
+
+    With R_t = scale sum_{j>=t} lambda^(j-t) q_j^T do_j + lambda^(T-t) dfinal ([D, E], whole in registers):
+        dv_t = scale sum_{j>=t in chunk} lambda^(j-t) (k_t.q_j) do_j + lambda^(..) k_t R
+        dk_t = scale sum_{j>=t in chunk} lambda^(j-t) (v_t.do_j) q_j + lambda^(..) v_t R^T
+    so q, k, v, do are read once and R is built once, where the split form reads each of q, do twice and builds
+    R and R^T separately. One program per (head, segment); needs BD x BE small enough for registers.
+    """
+    h = tl.program_id(0)
+    g = tl.program_id(1)
+    if IS_VARLEN:
+        seq = tl.load(SEGS + g * 4)
+        t_start = tl.load(SEGS + g * 4 + 1)
+        t_end = tl.load(SEGS + g * 4 + 2)
+        flags = tl.load(SEGS + g * 4 + 3)
+        b = g * 0
+        is_first = (flags & 1) != 0
+        is_last = (flags & 2) != 0
+    else:
+        b = g // NSEG
+        sg = g % NSEG
+        seq = b
+        t_start = sg * SEG_LEN
+        t_end = tl.minimum(t_start + SEG_LEN, T)
+        is_first = sg == 0
+        is_last = sg == NSEG - 1
+
+    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    offs_c = tl.arange(0, C)
+    offs_d = tl.arange(0, BD)
+    offs_e = tl.arange(0, BE)
+    mask_d = offs_d < DK
+    mask_e = offs_e < DV
+    mask_s = mask_d[:, None] & mask_e[None, :]
+    b64 = b.to(tl.int64)
+    hk = (h // G).to(tl.int64)
+    q_base = Q + b64 * sq_b + h.to(tl.int64) * sq_h
+    k_base = K + b64 * sk_b + hk * sk_h
+    v_base = V + b64 * sv_b + hk * sv_h
+    g_base = DO + b64 * sg_b + h.to(tl.int64) * sg_h
+    dk_base = DKO + b64 * sdk_b + h.to(tl.int64) * sdk_h
+    dv_base = DVO + b64 * sdv_b + h.to(tl.int64) * sdv_h
+
+    R = tl.zeros([BD, BE], dtype=tl.float32)
+    shift = tl.full([], 0, tl.int32)
+    if is_last:  # reverse order: the pass begins at the sequence's last segment
+        if HAS_INIT:
+            p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
+            R = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
+            shift = tl.full([], 1, tl.int32)  # dfinal enters at token T without decay
+    else:
+        if SEGMENTED:
+            p = PBUF + ((g + 1).to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+            R = tl.load(p, mask=mask_s, other=0.0)
+
+    ii = offs_c[:, None]
+    jj = offs_c[None, :]
+    dist = jj - ii
+    mdec = tl.where(dist >= 0, tl.exp2(-ls * tl.maximum(dist, 0).to(tl.float32)) * scale, 0.0)
+
+    nc = tl.cdiv(t_end - t_start, C)
+    for c in range(0, nc):
+        cs = t_start + (nc - 1 - c) * C
+        n = tl.minimum(C, t_end - cs)
+        mt = offs_c < n
+        t_idx = (cs + offs_c).to(tl.int64)
+        md2 = mt[:, None] & mask_d[None, :]
+        me2 = mt[:, None] & mask_e[None, :]
+        qq = tl.load(q_base + t_idx[:, None] * sq_t + offs_d[None, :] * sq_d, mask=md2, other=0.0)
+        kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d, mask=md2, other=0.0)
+        vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d, mask=me2, other=0.0)
+        gg = tl.load(g_base + t_idx[:, None] * sg_t + offs_e[None, :] * sg_d, mask=me2, other=0.0)
+        if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
+            qq = qq.to(tl.float32)
+            kk = kk.to(tl.float32)
+            vv = vv.to(tl.float32)
+            gg = gg.to(tl.float32)
+        shf = shift.to(tl.float32)
+        rdec = tl.where(mt, tl.exp2(-ls * tl.maximum((n - offs_c).to(tl.float32) - shf, 0.0)), 0.0)
+        a = tl.dot(kk, tl.trans(qq), input_precision=PREC) * mdec
+        dv = tl.dot(a.to(gg.dtype), gg, input_precision=PREC)
+        dv += tl.dot(kk, R.to(kk.dtype), input_precision=PREC) * rdec[:, None]
+        tl.store(dv_base + t_idx[:, None] * sdv_t + offs_e[None, :] * sdv_d, dv.to(DVO.dtype.element_ty), mask=me2)
+        a = tl.dot(vv, tl.trans(gg), input_precision=PREC) * mdec
+        dk = tl.dot(a.to(qq.dtype), qq, input_precision=PREC)
+        dk += tl.dot(vv, tl.trans(R).to(vv.dtype), input_precision=PREC) * rdec[:, None]
+        tl.store(dk_base + t_idx[:, None] * sdk_t + offs_d[None, :] * sdk_d, dk.to(DKO.dtype.element_ty), mask=md2)
+        qdec = tl.where(mt, tl.exp2(-ls * offs_c.to(tl.float32)) * scale, 0.0)
+        qd = (qq * qdec[:, None]).to(qq.dtype)
+        R = R * tl.exp2(-ls * (n.to(tl.float32) - shf)) + tl.dot(tl.trans(qd), gg, input_precision=PREC)
+        shift = shift * 0
+
+    if STORE_FINAL:
+        if is_first:  # d initial_state = lambda R_0
+            fin = R * tl.exp2(-ls * (1 - shift).to(tl.float32))
+            p = S_OUT + (seq.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+            tl.store(p, fin, mask=mask_s)
+
+
 @triton.jit
 def _decode_kernel(
     Q, K, V, OUT, S, DECAY,

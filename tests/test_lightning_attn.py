@@ -45,6 +45,18 @@ def test_gradients_match_recurrence(backend):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_qk_activation_silu_is_silu_then_attention(backend):
+    q, k, v, decay, s0 = _inputs(2, 37, 4, 2, 6, 10, dtype=torch.float64)
+    o, final = lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True,
+                              backend=backend, qk_activation="silu")
+    o_ref, f_ref = recurrence(torch.nn.functional.silu(q), torch.nn.functional.silu(k), v, decay, 0.7, s0)
+    torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(final, f_ref, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="qk_activation"):
+        lightning_attn(q, k, v, decay, backend=backend, qk_activation="gelu")
+
+
 def test_low_precision_forward_is_close():
     q, k, v, decay, s0 = _inputs(1, 100, 2, 2, 16, 16, state=False)
     o_ref, _ = recurrence(q, k, v, decay)

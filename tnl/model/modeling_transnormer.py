@@ -482,6 +482,9 @@ class NormLinearAttention(nn.Module, DecayMixin):
         self.qkvu_proj = nn.Linear(config.decoder_embed_dim, 4 * config.hidden_dim, bias=config.bias)
         self.out_proj = nn.Linear(config.hidden_dim, config.decoder_embed_dim, bias=config.bias)
         self.act = get_activation(config.linear_act_fun)
+        # SiLU can run inside the attention op (the Triton kernels apply it as they load q and k, so SiLU(q),
+        # SiLU(k) are never written or kept for backward); not with LRPE, which comes between SiLU and attention
+        self.act_in_attention = config.linear_act_fun in ("silu", "swish")
         self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
         if self.use_lrpe:
             self.lrpe = Lrpe(self.num_heads, self.head_dim)
@@ -492,24 +495,26 @@ class NormLinearAttention(nn.Module, DecayMixin):
         b, t, _ = x.shape
         h, dh = self.num_heads, self.head_dim
         q, k, v, u = self.qkvu_proj(x).chunk(4, dim=-1)
-        q = self.act(q).view(b, t, h, dh)
-        k = self.act(k).view(b, t, h, dh)
-        v = v.view(b, t, h, dh)
+        layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
+        state = layer.state if layer is not None else None
+        decoding = state is not None and t == 1
+        fold = self.act_in_attention and not self.use_lrpe and inp.key_mask is None and not decoding
+        if not fold:
+            q, k = self.act(q), self.act(k)
+        q, k, v = q.view(b, t, h, dh), k.view(b, t, h, dh), v.view(b, t, h, dh)
         if self.use_lrpe:
             q, k = self.lrpe(q, inp.positions), self.lrpe(k, inp.positions)
         if inp.key_mask is not None:  # pad tokens never enter the state
             m = inp.key_mask[:, :, None, None].to(k.dtype)
             k, v = k * m, v * m
         decay = self.decay(x.device, x.dtype)
-        layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
-        state = layer.state if layer is not None else None
-        if state is not None and t == 1:  # decoding: one recurrent update
+        if decoding:  # one recurrent update
             o, new_state = recurrent_lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], decay, state)
             o = o[:, None]
         else:
             o, new_state = lightning_attn(
                 q, k, v, decay, initial_state=state, output_final_state=layer is not None,
-                cu_seqlens=inp.cu_seqlens, backend=self.backend,
+                cu_seqlens=inp.cu_seqlens, backend=self.backend, qk_activation="silu" if fold else None,
             )
         if layer is not None:
             if layer.static and state is not None:

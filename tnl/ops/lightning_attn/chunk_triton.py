@@ -124,9 +124,11 @@ def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tup
 def _chunk_pass(
     qr, kr, vr, groups, decay, init, init_strides, out, final, *,
     skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str, state_only: bool = False,
+    act: tuple[bool, bool, bool] = (False, False, False), dact: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor | None:
     """One generic pass: out = sout * (causal/anticausal decayed attention of (qr, kr, vr) + init term).
-    Segmented plans first build each segment's start state (returned); `state_only` stops there."""
+    Segmented plans first build each segment's start state (returned); `state_only` stops there.
+    `act`: SiLU applied to (qr, kr, vr) as loaded; `dact` = (raw input, head group): out *= SiLU'(raw)."""
     b, t, h, _ = out.shape
     dk, dv = qr.shape[-1], vr.shape[-1]
     bd = _pow2(dk)
@@ -144,23 +146,29 @@ def _chunk_pass(
     if plan.segmented:
         pbuf = torch.empty(plan.g_total, h, dk, dv, device=out.device, dtype=torch.float32)
 
+    xraw, gx = dact if dact is not None else (decay, 1)
+    sx = xraw.stride() if dact is not None else (0, 0, 0, 0)
+
     def launch(cfg, write_o: bool):
         c, be, w, s = cfg
         grid = (triton.cdiv(dv, be), h, plan.g_total)
         _k._chunk_kernel[grid](
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
-            (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs,
-            *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si,
-            t, h, gq, gk, gv, dk, dv, plan.seg_len, plan.nseg, skv, sout,
+            (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs, xraw,
+            *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
+            t, h, gq, gk, gv, gx, dk, dv, plan.seg_len, plan.nseg, skv, sout,
             BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=has_init and write_o,
             INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
             FINAL_DECAY=final_decay,
-            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, num_warps=w, num_stages=s,
+            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
+            ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, num_warps=w, num_stages=s,
         )
 
     def run(configs, write_o: bool, tag: str):
         cands = _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32)
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
+        if any(act) or dact is not None:
+            key += "|silu"
 
         def bench(cfg):
             return triton.testing.do_bench(lambda: launch(cfg, write_o), warmup=5, rep=20, return_mode="median")
@@ -199,7 +207,8 @@ def _fused_dkdv_enabled(dk: int, dv: int) -> bool:
     return os.environ.get("TNL_ATTN_BWD", "split") == "fused" and _pow2(dk) * _pow2(dv) <= _DKDV_MAX_TILE
 
 
-def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale: float, plan: _Plan) -> None:
+def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale: float, plan: _Plan,
+               qk_silu: bool = False) -> None:
     """dK and dV of every q-head in one reverse pass (`_dkdv_kernel`); segment start states from the dv role's
     state pass, which builds the same R."""
     b, t, h, d = q.shape
@@ -209,7 +218,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
     if plan.segmented:
         pbuf = _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
                            dv_out, None, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan, role="dv",
-                           state_only=True)
+                           state_only=True, act=(qk_silu, qk_silu, False))
     prec = ("ieee" if _interpret() else "tf32x3") if q.dtype == torch.float32 else "tf32"
     upcast = _interpret() and q.dtype == torch.bfloat16
     has_init = dfin is not None
@@ -224,7 +233,8 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_out.stride(), *dv_out.stride(), *si,
             t, h, group, d, e, plan.seg_len, plan.nseg, scale,
             BD=bd, BE=be, C=c, HAS_INIT=has_init, STORE_FINAL=dinit is not None,
-            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, num_warps=w, num_stages=st,
+            IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast, ACT=qk_silu,
+            num_warps=w, num_stages=st,
         )
 
     if _interpret():
@@ -233,6 +243,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
         cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
         cands = cands[:2] if q.dtype == torch.float32 else cands
     key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
+    key += "|silu" if qk_silu else ""
 
     def bench(cfg):
         return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
@@ -269,6 +280,7 @@ _NS = "tnl" if __name__ == "tnl.ops.lightning_attn.chunk_triton" else "tnl_" + r
 def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+    qk_silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, t, h, d = q.shape
     e = v.shape[-1]
@@ -278,12 +290,12 @@ def _fwd_op(
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
     _chunk_pass(q, k, v, (1, group, group), decay, init, init.stride() if init is not None else None, o, final,
-                skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd")
+                skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd", act=(qk_silu, qk_silu, False))
     return o, (final if final is not None else q.new_empty(0, dtype=torch.float32))
 
 
 @_fwd_op.register_fake
-def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens):
+def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
     b, t, h, d = q.shape
     e = v.shape[-1]
     n = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
@@ -297,7 +309,7 @@ def _bwd_op(
     do: torch.Tensor, dfinal: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: UP045
     decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
-    need_dq: bool, need_dkv: bool,
+    need_dq: bool, need_dkv: bool, qk_silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
@@ -311,7 +323,8 @@ def _bwd_op(
         # dq_t = scale * do_t S_t^T: forward order on (do, v, k), state S^T
         st = (init.stride(0), init.stride(1), init.stride(3), init.stride(2)) if init is not None else None
         _chunk_pass(do, v, k, (1, group, group), decay, init, st, dq, None,
-                    skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq")
+                    skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq",
+                    act=(False, False, qk_silu), dact=(q, 1) if qk_silu else None)
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
     kv_dtype = k.dtype if group == 1 else torch.float32
@@ -320,7 +333,7 @@ def _bwd_op(
         plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device)  # one E-block per (head, segment)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
-        _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f)
+        _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)
         if group > 1:
             dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
             dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
@@ -330,13 +343,15 @@ def _bwd_op(
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None, dv, dinit,
-                    skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv")
+                    skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
+                    act=(qk_silu, qk_silu, False))
     if need_dkv:
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
         _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
-                    skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk")
+                    skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
+                    act=(False, False, qk_silu), dact=(k, group) if qk_silu else None)
         if group > 1:
             dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
             dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
@@ -347,16 +362,17 @@ def _bwd_op(
 
 
 @_bwd_op.register_fake
-def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv):
+def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu):
     dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
              else q.new_empty(0, dtype=torch.float32))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens = inputs
+    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu = inputs
     ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens)
     ctx.scale = scale
+    ctx.qk_silu = qk_silu
     ctx.init_dtype = initial_state.dtype if initial_state is not None else None
 
 
@@ -368,10 +384,10 @@ def _backward(ctx, do, dfinal):
         dfinal = None
     need = ctx.needs_input_grad
     dq, dk, dv, dinit = _bwd_op(
-        do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2],
+        do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2], ctx.qk_silu,
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
-    return dq, dk, dv, None, None, dinit, None, None
+    return dq, dk, dv, None, None, dinit, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -390,14 +406,18 @@ def triton_lightning_attn(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    qk_activation: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked lightning attention in Triton; same contract as `lightning_attn` (inputs already validated)."""
+    """Chunked lightning attention in Triton; same contract as `lightning_attn` (inputs already validated).
+    `qk_activation="silu"`: q and k are raw and SiLU is applied inside the kernels (gradients are w.r.t. raw)."""
     _check(q, k, v, decay, initial_state)
+    if qk_activation not in (None, "silu"):
+        _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
     decay = decay.detach().to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    o, final = _fwd_op(q, k, v, decay, float(scale), initial_state,
-                                                bool(output_final_state), cu_seqlens)
+    o, final = _fwd_op(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
+                       qk_activation == "silu")
     return o, (final if output_final_state else None)
 
 

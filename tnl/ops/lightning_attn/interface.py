@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .chunk import chunk_lightning_attn
 from .naive import naive_lightning_attn
@@ -115,15 +116,20 @@ def lightning_attn(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     backend: str = "auto",
+    qk_activation: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention with per-head exponential decay (Lightning Attention-2).
 
     Per head: S_t = exp(-decay) * S_{t-1} + k_t^T v_t and o_t = scale * q_t S_t, with S_0 = initial_state.
     q, k: [B, T, H, D] (k may have Hkv heads, H % Hkv == 0); v: [B, T, Hkv, E]; decay: [H].
     cu_seqlens: int32 offsets [N+1] of N sequences packed in B = 1; each has its own initial/final state.
+    qk_activation: None, or "silu" to apply SiLU to q and k first (the TNL feature map); the Triton backend
+    does it inside its kernels, so SiLU(q), SiLU(k) are never written or kept for backward.
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
     _validate(q, k, v, decay, initial_state, cu_seqlens)
+    if qk_activation not in (None, "silu"):
+        _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
     name = _resolve_backend(backend, q)
     if name == "triton":
         if not _triton_available(q):
@@ -133,8 +139,10 @@ def lightning_attn(
 
         return triton_lightning_attn(
             q, k, v, decay, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, qk_activation=qk_activation,
         )
+    if qk_activation == "silu":
+        q, k = F.silu(q), F.silu(k)
     fn = naive_lightning_attn if name == "naive" else chunk_lightning_attn
     if cu_seqlens is not None:
         return _per_sequence(fn, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens)

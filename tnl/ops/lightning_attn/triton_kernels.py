@@ -21,21 +21,41 @@ LOG2E = 1.4426950408889634
 _LENGTH_ARGS = ["T", "SEG_LEN", "NSEG"]
 
 
+@triton.jit
+def _silu(x):
+    """SiLU computed in fp32, returned in x's dtype (the operand of the next dot)."""
+    xf = x.to(tl.float32)
+    return (xf * tl.sigmoid(xf)).to(x.dtype)
+
+
+@triton.jit
+def _silu_grad(x):
+    """d SiLU / dx = s (1 + x (1 - s)), s = sigmoid(x), in fp32."""
+    xf = x.to(tl.float32)
+    sg = tl.sigmoid(xf)
+    return sg * (1.0 + xf * (1.0 - sg))
+
+
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _chunk_kernel(
-    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS,
+    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
     so_b, so_t, so_h, so_d,
     si_n, si_h, si_r, si_c,
-    T, H, GQ, GK, GV, DK, DV, SEG_LEN, NSEG,
+    sx_b, sx_t, sx_h, sx_d,
+    T, H, GQ, GK, GV, GX, DK, DV, SEG_LEN, NSEG,
     skv, sout,
     BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
     REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr,
     WRITE_O: tl.constexpr, STORE_FINAL: tl.constexpr, FINAL_DECAY: tl.constexpr,
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
+    DACT: tl.constexpr = False,
 ):
+    # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
+    # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -120,12 +140,18 @@ def _chunk_kernel(
         if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
             kk = kk.to(tl.float32)
             vv = vv.to(tl.float32)
+        if ACT_K:
+            kk = _silu(kk)
+        if ACT_V:
+            vv = _silu(vv)
         shf = shift.to(tl.float32)
         if WRITE_O:
             qq = tl.load(q_base + t_idx[:, None] * sq_t + offs_d[None, :] * sq_d,
                          mask=mt[:, None] & mask_d[None, :], other=0.0)
             if UPCAST:
                 qq = qq.to(tl.float32)
+            if ACT_Q:
+                qq = _silu(qq)
             a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
             o = tl.dot(a.to(vv.dtype), vv, input_precision=PREC)
             if REVERSE:
@@ -135,6 +161,11 @@ def _chunk_kernel(
             qdec = tl.where(mt, tl.exp2(-ls * tl.maximum(qexp, 0.0)), 0.0)
             o += tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
             o = o * sout
+            if DACT:
+                x_base = XRAW + b64 * sx_b + (h // GX).to(tl.int64) * sx_h
+                xr = tl.load(x_base + t_idx[:, None] * sx_t + offs_e[None, :] * sx_d,
+                             mask=mt[:, None] & mask_e[None, :], other=0.0)
+                o = o * _silu_grad(xr)
             tl.store(o_base + t_idx[:, None] * so_t + offs_e[None, :] * so_d, o.to(OUT.dtype.element_ty),
                      mask=mt[:, None] & mask_e[None, :])
         if REVERSE:
@@ -216,6 +247,7 @@ def _dkdv_kernel(
     BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
     HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    ACT: tl.constexpr = False,
 ):
     """dK and dV in one reverse pass (the `dv` and `dk` roles of `_chunk_kernel` share their state).
 
@@ -294,6 +326,10 @@ def _dkdv_kernel(
             kk = kk.to(tl.float32)
             vv = vv.to(tl.float32)
             gg = gg.to(tl.float32)
+        if ACT:  # q, k arrive raw: SiLU here, and dk is w.r.t. the raw k
+            kraw = kk
+            qq = _silu(qq)
+            kk = _silu(kk)
         shf = shift.to(tl.float32)
         rdec = tl.where(mt, tl.exp2(-ls * tl.maximum((n - offs_c).to(tl.float32) - shf, 0.0)), 0.0)
         a = tl.dot(kk, tl.trans(qq), input_precision=PREC) * mdec
@@ -303,6 +339,8 @@ def _dkdv_kernel(
         a = tl.dot(vv, tl.trans(gg), input_precision=PREC) * mdec
         dk = tl.dot(a.to(qq.dtype), qq, input_precision=PREC)
         dk += tl.dot(vv, tl.trans(R).to(vv.dtype), input_precision=PREC) * rdec[:, None]
+        if ACT:
+            dk = dk * _silu_grad(kraw)
         tl.store(dk_base + t_idx[:, None] * sdk_t + offs_d[None, :] * sdk_d, dk.to(DKO.dtype.element_ty), mask=md2)
         qdec = tl.where(mt, tl.exp2(-ls * offs_c.to(tl.float32)) * scale, 0.0)
         qd = (qq * qdec[:, None]).to(qq.dtype)

@@ -199,7 +199,7 @@ def _chunk_pass(
 
 
 # (chunk C, num_warps, num_stages) for the fused dK/dV pass; its E-block is all of E
-_DKDV_CONFIGS = [(64, 8, 2), (32, 8, 2), (64, 4, 2), (32, 4, 2), (64, 8, 1), (32, 4, 1)]
+_DKDV_CONFIGS = [(32, 8, 2), (16, 8, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2)]  # C=16: no spills at D=E=128 (sm_90)
 _DKDV_MAX_TILE = 128 * 128  # the D x E state stays in registers
 
 

@@ -1,0 +1,93 @@
+"""Compile the lightning-attention Triton kernels ahead of time for a GPU target and print their resource use
+(registers, stack frame, shared memory) per block configuration: no GPU needed, only Triton's bundled ptxas.
+
+    python scripts/kernel_resources.py [--arch 90] [--dims 128,128 64,64 256,128]
+
+A stack frame above a few bytes at 255 registers means spills to local memory; compare configurations here
+before spending device time on them. The numbers come from the installed Triton, which may differ from the
+GPU machine's version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+import triton.backends.nvidia
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
+from tnl.ops.lightning_attn import triton_kernels as K  # noqa: E402
+
+_POINTERS = {"S_INIT": "*fp32", "PBUF": "*fp32", "S_OUT": "*fp32", "DECAY": "*fp32", "SEGS": "*i32"}
+_TENSORS = {"QR", "KR", "VR", "OUT", "XRAW", "Q", "K", "V", "DO", "DKO", "DVO"}  # in the input dtype
+_FLOATS = {"skv", "sout", "scale"}
+
+
+def _signature(fn, constexprs: dict, dtype: str) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in _POINTERS:
+            sig[name] = _POINTERS[name]
+        elif name in _TENSORS:
+            sig[name] = f"*{dtype}"
+        else:
+            sig[name] = "fp32" if name in _FLOATS else "i32"
+    return sig
+
+
+def resources(fn, constexprs: dict, warps: int, stages: int, arch: int, dtype: str = "bf16") -> str:
+    src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype), constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps,
+                                                                              "num_stages": stages})
+    tool = Path(triton.backends.nvidia.__file__).parent / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        Path(cubin).write_bytes(kernel.asm["cubin"])
+        out = subprocess.run([str(tool), "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    fields = dict(f.split(":") for f in next(line for line in out.splitlines() if "REG:" in line).split())
+    return f"regs {fields['REG']:>3}  stack {fields['STACK']:>5}  smem {kernel.metadata.shared:>6}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
+    ap.add_argument("--dims", nargs="+", default=["128,128", "64,64", "256,128"])
+    args = ap.parse_args()
+    print(f"triton {triton.__version__}, sm_{args.arch}, bf16")
+    print(f"{'kernel':<22} {'D,E':>8} {'C,BE,warps,stages':>18}  resources")
+    for dims in args.dims:
+        d, e = (int(x) for x in dims.split(","))
+        bd = CT._pow2(d)
+        for role, reverse, act, dact in (("fwd", False, True, False), ("dq", False, False, True),
+                                         ("dv", True, True, False)):
+            for c, be, w, s in CT._MAIN_CONFIGS:
+                be = min(be, CT._pow2(e))
+                ce = dict(BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
+                          STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32",
+                          UPCAST=False, ACT_Q=act and not reverse, ACT_K=act, ACT_V=False, DACT=dact)
+                res = resources(K._chunk_kernel, ce, w, s, args.arch)
+                print(f"{'chunk ' + role + (' +silu' if act or dact else ''):<22} {dims:>8} "
+                      f"{f'{c},{be},{w},{s}':>18}  {res}", flush=True)
+        if CT._pow2(d) * CT._pow2(e) <= CT._DKDV_MAX_TILE:
+            for c, w, s in CT._DKDV_CONFIGS:
+                ce = dict(BD=bd, BE=CT._pow2(e), C=c, HAS_INIT=False, STORE_FINAL=False, IS_VARLEN=False,
+                          SEGMENTED=False, PREC="tf32", UPCAST=False, ACT=True)
+                res = resources(K._dkdv_kernel, ce, w, s, args.arch)
+                print(f"{'dkdv +silu':<22} {dims:>8} {f'{c},{CT._pow2(e)},{w},{s}':>18}  {res}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -519,3 +519,29 @@ def test_sglu_product_recomputed_in_backward_equals_plain_linear(bias):
                       torch.autograd.grad(ref, params, dy.to(torch.bfloat16))):
         assert p_.dtype == q_.dtype
         torch.testing.assert_close(p_, q_, rtol=2e-2, atol=1e-3)
+
+
+def test_silu_inside_attention_gives_the_same_model(monkeypatch):
+    """SiLU applied by the attention op (default) or by the token mixer (TNL_ATTN_FOLD_ACT=0): same logits and
+    gradients, with LRPE on layer 0 (never folded), packed documents and a padded batch (not folded)."""
+    torch.manual_seed(0)
+    folded = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "0")
+    plain = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    plain.load_state_dict(folded.state_dict())
+    assert folded.model.layers[1].token_mixer.act_in_attention
+    assert not plain.model.layers[1].token_mixer.act_in_attention
+    ids = torch.randint(0, folded.config.vocab_size, (2, 19))
+    mask = torch.ones(2, 19, dtype=torch.long)
+    mask[1, :4] = 0
+    cu = torch.tensor([0, 7, 19], dtype=torch.int32)
+    for kw in (dict(input_ids=ids), dict(input_ids=ids[:1], cu_seqlens=cu), dict(input_ids=ids, attention_mask=mask)):
+        outs = []
+        for model in (folded, plain):
+            model.zero_grad()
+            out = model(**kw, labels=kw["input_ids"])
+            out.loss.backward()
+            outs.append((out.logits, [p.grad.clone() for p in model.parameters()]))
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
+        for a, b in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -13,6 +13,7 @@ the attention op through the single line below (the exporter rewrites it to a fl
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -483,8 +484,10 @@ class NormLinearAttention(nn.Module, DecayMixin):
         self.out_proj = nn.Linear(config.hidden_dim, config.decoder_embed_dim, bias=config.bias)
         self.act = get_activation(config.linear_act_fun)
         # SiLU can run inside the attention op (the Triton kernels apply it as they load q and k, so SiLU(q),
-        # SiLU(k) are never written or kept for backward); not with LRPE, which comes between SiLU and attention
-        self.act_in_attention = config.linear_act_fun in ("silu", "swish")
+        # SiLU(k) are never written or kept for backward); not with LRPE, which comes between SiLU and attention.
+        # TNL_ATTN_FOLD_ACT=0 applies it outside instead (for A/B timing).
+        self.act_in_attention = (config.linear_act_fun in ("silu", "swish")
+                                 and os.environ.get("TNL_ATTN_FOLD_ACT", "1") != "0")
         self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
         if self.use_lrpe:
             self.lrpe = Lrpe(self.num_heads, self.head_dim)

@@ -167,8 +167,6 @@ def _chunk_pass(
     def run(configs, write_o: bool, tag: str):
         cands = _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32)
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-        if any(act) or dact is not None:
-            key += "|silu"
 
         def bench(cfg):
             return triton.testing.do_bench(lambda: launch(cfg, write_o), warmup=5, rep=20, return_mode="median")
@@ -243,7 +241,6 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
         cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
         cands = cands[:2] if q.dtype == torch.float32 else cands
     key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
-    key += "|silu" if qk_silu else ""
 
     def bench(cfg):
         return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")

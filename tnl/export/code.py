@@ -6,7 +6,7 @@ module cache, and refuses to load when a top-level import outside a try block is
 
 - tnl/model/configuration_transnormer.py, modeling_transnormer.py and any sibling they import are copied as is,
   except that `from ..ops.P import ...` becomes `from .P import ...`;
-- each op package P the model imports (tnl/ops/lightning_attn, tnl/ops/cross_entropy): P/__init__.py becomes
+- each op package P the model imports (tnl/ops/lightning_attn, cross_entropy, srms_norm): P/__init__.py becomes
   `P.py` and every other file X.py of it `P_X.py`, with their relative imports rewritten to the new names.
   `from . import X` (which the loader's regex does not see) gets a companion `from .P_X import __name__ as ...`
   line so the file is still copied along;
@@ -22,7 +22,8 @@ from pathlib import Path
 from .errors import ExportError
 
 MODEL_FILES = ("configuration_transnormer.py", "modeling_transnormer.py")
-OPS_PACKAGES = ("lightning_attn", "cross_entropy")  # tnl/ops/<name>, imported as `from ..ops.<name> import ...`
+# tnl/ops/<name> packages, imported by the model as `from ..ops.<name> import ...`
+OPS_PACKAGES = ("lightning_attn", "cross_entropy", "srms_norm")
 OPTIONAL_TOP_LEVEL = ("triton",)
 
 

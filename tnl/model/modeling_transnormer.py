@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..ops.cross_entropy import fused_linear_cross_entropy
 from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step
+from ..ops.srms_norm import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 from .configuration_transnormer import TransnormerConfig
 
 _TF_MAJOR = int(transformers.__version__.split(".")[0])
@@ -42,11 +43,6 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _srms_norm_backward(dn: torch.Tensor, n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Gradient through n = x r, r = (mean(x^2) + eps)^-1/2, from n and r alone: r (dn - n mean(dn n))."""
-    return r * (dn - n * (dn * n).mean(-1, keepdim=True))
-
-
 class _SRMSNormToLowPrecision(torch.autograd.Function):
     """SRMSNorm of an fp32 input returned in the autocast dtype, keeping that output (not the fp32 input) for
     backward: y = x r with r = (mean(x^2) + eps)^-1/2 gives dx = r (dy - y mean(dy y)), which needs only y and r.
@@ -55,8 +51,7 @@ class _SRMSNormToLowPrecision(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        y = (x * r).to(out_dtype)
+        y, r = norm_forward(x, eps, out_dtype)
         ctx.save_for_backward(y, r)
         ctx.x_dtype = x.dtype
         return y
@@ -64,7 +59,7 @@ class _SRMSNormToLowPrecision(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         y, r = ctx.saved_tensors
-        return _srms_norm_backward(dy.to(r.dtype), y.to(r.dtype), r).to(ctx.x_dtype), None, None
+        return norm_backward(dy, y, r, ctx.x_dtype), None, None
 
 
 class _GatedSRMSNorm(torch.autograd.Function):
@@ -73,18 +68,15 @@ class _GatedSRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float) -> torch.Tensor:
-        of = o.to(_acc(o.dtype))
-        r = torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + eps)
+        y, r = gated_norm_forward(o, u, eps)
         ctx.save_for_backward(o, u, r)
-        return (of * r * u.to(of.dtype)).to(torch.promote_types(o.dtype, u.dtype))
+        return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         o, u, r = ctx.saved_tensors
-        n = o.to(r.dtype) * r
-        dyf = dy.to(r.dtype)
-        do = _srms_norm_backward(dyf * u.to(r.dtype), n, r)
-        return do.to(o.dtype), (dyf * n).to(u.dtype), None
+        do, du = gated_norm_backward(dy, o, u, r)
+        return do, du, None
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -106,9 +98,7 @@ def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = 1e-6) -> torc
     """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7)."""
     if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad):
         return _GatedSRMSNorm.apply(o, u, eps)
-    # inference: the same arithmetic as the training Function (product in fp32, one rounding)
-    of = o.to(_acc(o.dtype))
-    return (F.rms_norm(of, (of.shape[-1],), eps=eps) * u.to(of.dtype)).to(torch.promote_types(o.dtype, u.dtype))
+    return gated_norm_forward(o, u, eps)[0]  # inference: the training Function's arithmetic (one rounding)
 
 
 class SRMSNorm(nn.Module):

@@ -1,0 +1,63 @@
+"""SimpleRMSNorm row kernels under TRITON_INTERPRET=1 (CPU), against float64 formulas and autograd."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
+
+if not _CHILD:
+
+    def test_srms_norm_kernels_interpreted():
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+else:
+    from tnl.ops.srms_norm import fused as N
+
+    def _ref_norm(x):
+        x = x.double().requires_grad_()
+        return x, x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    @pytest.mark.parametrize("d", [24, 1000])
+    @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+    def test_norm_forward_backward(d, out_dtype):
+        torch.manual_seed(d)
+        x = torch.randn(3, 5, d) * 3
+        assert N._use_triton(x)
+        y, r = N.norm_forward(x, 1e-6, out_dtype)
+        xd, yd = _ref_norm(x)
+        tol = 1e-6 if out_dtype == torch.float32 else 8e-3
+        assert y.dtype == out_dtype and r.shape == (3, 5, 1)
+        torch.testing.assert_close(y.double(), yd, rtol=tol, atol=tol)
+        dy = torch.randn(3, 5, d).to(out_dtype)
+        dx = N.norm_backward(dy, y, r, torch.float32)
+        (ref,) = torch.autograd.grad(yd, xd, dy.double())
+        # the backward reads y as stored (rounded to out_dtype), as the model's Function does
+        torch.testing.assert_close(dx.double(), ref, rtol=10 * tol, atol=10 * tol)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    def test_gated_forward_backward_with_strided_gate(dtype):
+        torch.manual_seed(0)
+        o = (torch.randn(2, 7, 96) * 2).to(dtype)
+        u = torch.randn(2, 7, 4 * 96)[..., 96:192].to(dtype)  # a view of a wider projection, like the model's u
+        y, r = N.gated_norm_forward(o, u, 1e-6)
+        od, ud = o.double().requires_grad_(), u.double().requires_grad_()
+        yd = ud * od / torch.sqrt(od.pow(2).mean(-1, keepdim=True) + 1e-6)
+        tol = 1e-6 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(y.double(), yd, rtol=tol, atol=tol)
+        dy = torch.randn(2, 7, 96).to(dtype)
+        do, du = N.gated_norm_backward(dy, o, u, r)
+        ref_o, ref_u = torch.autograd.grad(yd, (od, ud), dy.double())
+        assert do.dtype == dtype and du.dtype == dtype
+        torch.testing.assert_close(do.double(), ref_o, rtol=tol, atol=tol)
+        torch.testing.assert_close(du.double(), ref_u, rtol=tol, atol=tol)

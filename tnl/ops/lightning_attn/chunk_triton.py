@@ -121,6 +121,30 @@ def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tup
     return out[:3] if fp32 else out
 
 
+def _precision(dtype: torch.dtype) -> tuple[str, bool]:
+    """(dot precision, upcast): fp32 inputs use 3xTF32 on tensor cores (about fp32 accuracy; a plain FMA dot
+    compiles very slowly at D=256); the CPU interpreter cannot do bf16 arithmetic, so bf16 is upcast there."""
+    prec = ("ieee" if _interpret() else "tf32x3") if dtype == torch.float32 else "tf32"
+    return prec, _interpret() and dtype == torch.bfloat16
+
+
+def _launch_tuned(device: torch.device, key: str, cands: list[tuple], launch) -> None:
+    """Run `launch(cfg)` with the autotuned choice among `cands`; a choice that does not fit this GPU (untuned
+    or stale) falls back to the others, smallest tiles first."""
+
+    def bench(cfg):
+        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+
+    best = tuple(autotune.pick(_device_tag(device), key, [list(x) for x in cands], bench))
+    order = [best] + [c for c in reversed(cands) if c != best]
+    for i, cfg in enumerate(order):
+        try:
+            return launch(cfg)
+        except OutOfResources:
+            if i == len(order) - 1:
+                raise
+
+
 def _chunk_pass(
     qr, kr, vr, groups, decay, init, init_strides, out, final, *,
     skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str, state_only: bool = False,
@@ -133,14 +157,11 @@ def _chunk_pass(
     dk, dv = qr.shape[-1], vr.shape[-1]
     bd = _pow2(dk)
     gq, gk, gv = groups
-    # fp32 inputs: 3xTF32 on tensor cores (about fp32 accuracy; a plain FMA dot compiles very slowly at D=256)
-    prec = ("ieee" if _interpret() else "tf32x3") if qr.dtype == torch.float32 else "tf32"
-    upcast = _interpret() and qr.dtype == torch.bfloat16
+    prec, upcast = _precision(qr.dtype)
     has_init = init is not None
     init_ = init if has_init else decay
     si = init_strides if has_init else (0, 0, 0, 0)
     segs = plan.segs if plan.varlen else decay
-    dev = _device_tag(out.device)
     dtype_tag = str(qr.dtype).replace("torch.", "")
     pbuf = None
     if plan.segmented:
@@ -167,19 +188,7 @@ def _chunk_pass(
     def run(configs, write_o: bool, tag: str):
         cands = _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32)
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-
-        def bench(cfg):
-            return triton.testing.do_bench(lambda: launch(cfg, write_o), warmup=5, rep=20, return_mode="median")
-
-        best = tuple(autotune.pick(dev, key, [list(x) for x in cands], bench))
-        # untuned (or stale) choice that does not fit this GPU: fall back to smaller tiles
-        order = [best] + [c for c in reversed(cands) if c != best]
-        for i, cfg in enumerate(order):
-            try:
-                return launch(cfg, write_o)
-            except OutOfResources:
-                if i == len(order) - 1:
-                    raise
+        _launch_tuned(out.device, key, cands, lambda cfg: launch(cfg, write_o))
 
     if plan.segmented:
         run(_STATE_CONFIGS, False, "state")
@@ -217,8 +226,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
         pbuf = _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
                            dv_out, None, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan, role="dv",
                            state_only=True, act=(qk_silu, qk_silu, False))
-    prec = ("ieee" if _interpret() else "tf32x3") if q.dtype == torch.float32 else "tf32"
-    upcast = _interpret() and q.dtype == torch.bfloat16
+    prec, upcast = _precision(q.dtype)
     has_init = dfin is not None
     si = dfin.stride() if has_init else (0, 0, 0, 0)
     segs = plan.segs if plan.varlen else decay
@@ -241,18 +249,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
         cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
         cands = cands[:2] if q.dtype == torch.float32 else cands
     key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
-
-    def bench(cfg):
-        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
-
-    best = tuple(autotune.pick(_device_tag(q.device), key, [list(x) for x in cands], bench))
-    order = [best] + [c for c in reversed(cands) if c != best]
-    for i, cfg in enumerate(order):
-        try:
-            return launch(cfg)
-        except OutOfResources:
-            if i == len(order) - 1:
-                raise
+    _launch_tuned(q.device, key, cands, launch)
 
 
 def _check(q, k, v, decay, initial_state):
@@ -325,35 +322,31 @@ def _bwd_op(
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
     kv_dtype = k.dtype if group == 1 else torch.float32
-    if need_dkv and _fused_dkdv_enabled(d, e):
+    fused = need_dkv and _fused_dkdv_enabled(d, e)
+    if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
         plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device)  # one E-block per (head, segment)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)
-        if group > 1:
-            dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
-            dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
-        empty = q.new_empty(0, dtype=torch.float32)
-        return dq, dk, dv, (dinit if dinit is not None else empty)
-    if need_dkv or need_dinit:
+    elif need_dkv or need_dinit:
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None, dv, dinit,
                     skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
                     act=(qk_silu, qk_silu, False))
-    if need_dkv:
+    if need_dkv and not fused:
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
         _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
                     skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
                     act=(False, False, qk_silu), dact=(k, group) if qk_silu else None)
-        if group > 1:
-            dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
-            dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
-    else:
+    if not need_dkv:
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    elif group > 1:
+        dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
+        dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
     empty = q.new_empty(0, dtype=torch.float32)
     return dq, dk, dv, (dinit if dinit is not None else empty)
 

@@ -15,7 +15,7 @@ contribution, `_scan_kernel` chains them into start states, then the main pass r
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 # Lengths change from call to call (eval windows, stream chunks, varlen): without this, every new T % 16 or
 # segment count compiles another variant (2-5 s each on an H100). They only enter masks and loop bounds.
 _LENGTH_ARGS = ["T", "SEG_LEN", "NSEG"]
@@ -34,6 +34,29 @@ def _silu_grad(x):
     xf = x.to(tl.float32)
     sg = tl.sigmoid(xf)
     return sg * (1.0 + xf * (1.0 - sg))
+
+
+@triton.jit
+def _segment(g, SEGS, T, SEG_LEN, NSEG, IS_VARLEN: tl.constexpr):
+    """Program g's segment: (batch row, sequence, first token, end token, first of its sequence, last of it).
+    Varlen: row g of the host-built table (sequence, start, end, flags); else NSEG equal segments per row."""
+    if IS_VARLEN:
+        seq = tl.load(SEGS + g * 4)
+        t_start = tl.load(SEGS + g * 4 + 1)
+        t_end = tl.load(SEGS + g * 4 + 2)
+        flags = tl.load(SEGS + g * 4 + 3)
+        b = g * 0
+        is_first = (flags & 1) != 0
+        is_last = (flags & 2) != 0
+    else:
+        b = g // NSEG
+        sg = g % NSEG
+        seq = b
+        t_start = sg * SEG_LEN
+        t_end = tl.minimum(t_start + SEG_LEN, T)
+        is_first = sg == 0
+        is_last = sg == NSEG - 1
+    return b, seq, t_start, t_end, is_first, is_last
 
 
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
@@ -59,22 +82,7 @@ def _chunk_kernel(
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
-    if IS_VARLEN:
-        seq = tl.load(SEGS + g * 4)
-        t_start = tl.load(SEGS + g * 4 + 1)
-        t_end = tl.load(SEGS + g * 4 + 2)
-        flags = tl.load(SEGS + g * 4 + 3)
-        b = g * 0
-        is_first = (flags & 1) != 0
-        is_last = (flags & 2) != 0
-    else:
-        b = g // NSEG
-        sg = g % NSEG
-        seq = b
-        t_start = sg * SEG_LEN
-        t_end = tl.minimum(t_start + SEG_LEN, T)
-        is_first = sg == 0
-        is_last = sg == NSEG - 1
+    b, seq, t_start, t_end, is_first, is_last = _segment(g, SEGS, T, SEG_LEN, NSEG, IS_VARLEN)
     if REVERSE:
         begins = is_last
         ends = is_first
@@ -82,7 +90,7 @@ def _chunk_kernel(
         begins = is_first
         ends = is_last
 
-    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    ls = tl.load(DECAY + h).to(tl.float32) * LOG2E
     offs_c = tl.arange(0, C)
     offs_d = tl.arange(0, BD)
     offs_e = pid_e * BE + tl.arange(0, BE)
@@ -211,7 +219,7 @@ def _scan_kernel(
         g0 = n * NSEG
         ns = NSEG
         seq_len = T
-    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    ls = tl.load(DECAY + h).to(tl.float32) * LOG2E
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_e = pid_e * BE + tl.arange(0, BE)
     mask_s = (offs_d < DK)[:, None] & (offs_e < DV)[None, :]
@@ -259,24 +267,9 @@ def _dkdv_kernel(
     """
     h = tl.program_id(0)
     g = tl.program_id(1)
-    if IS_VARLEN:
-        seq = tl.load(SEGS + g * 4)
-        t_start = tl.load(SEGS + g * 4 + 1)
-        t_end = tl.load(SEGS + g * 4 + 2)
-        flags = tl.load(SEGS + g * 4 + 3)
-        b = g * 0
-        is_first = (flags & 1) != 0
-        is_last = (flags & 2) != 0
-    else:
-        b = g // NSEG
-        sg = g % NSEG
-        seq = b
-        t_start = sg * SEG_LEN
-        t_end = tl.minimum(t_start + SEG_LEN, T)
-        is_first = sg == 0
-        is_last = sg == NSEG - 1
+    b, seq, t_start, t_end, is_first, is_last = _segment(g, SEGS, T, SEG_LEN, NSEG, IS_VARLEN)
 
-    ls = tl.load(DECAY + h).to(tl.float32) * 1.4426950408889634
+    ls = tl.load(DECAY + h).to(tl.float32) * LOG2E
     offs_c = tl.arange(0, C)
     offs_d = tl.arange(0, BD)
     offs_e = tl.arange(0, BE)

@@ -1,33 +1,21 @@
 """Triton lightning attention under TRITON_INTERPRET=1 (CPU), against the float64 recurrence.
 
-Triton decides interpret-or-compile when a kernel is decorated, so the kernel module is (re)imported with
-TRITON_INTERPRET=1 set; the variable is restored afterwards and only set per test through monkeypatch.
+Triton decides interpret-or-compile when it is imported, so these tests run in a child process started with
+TRITON_INTERPRET=1 (tests/interpret.py); inside it each test also sets the variable through monkeypatch.
 """
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.attn_reference import recurrence
+from tests.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
 
-# Triton picks interpret-or-compile when `triton` itself is imported (its standard library is @jit too), so
-# the kernel tests run in a child process that starts with TRITON_INTERPRET=1.
-_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
-
-if not _CHILD:
+if not IN_CHILD:  # the kernel tests below run in a child process under the interpreter (tests/interpret.py)
 
     def test_triton_kernels_interpreted():
-        root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "TRITON_INTERPRET": "1", "TNL_AUTOTUNE": "0"}
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        run_interpreted(__file__, timeout=900, TNL_AUTOTUNE="0")
 
 
 from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
@@ -325,6 +313,6 @@ def test_torch_compile_no_graph_break():
     assert explain.graph_break_count == 0
 
 
-if not _CHILD:  # in the parent process only the child-process runner above is collected
+if not IN_CHILD:  # in the parent process only the child-process runner above is collected
     for _name in [n for n in globals() if n.startswith("test_") and n != "test_triton_kernels_interpreted"]:
         del globals()[_name]

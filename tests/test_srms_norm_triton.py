@@ -1,25 +1,16 @@
 """SimpleRMSNorm row kernels under TRITON_INTERPRET=1 (CPU), against float64 formulas and autograd."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.interpret import IN_CHILD, run_interpreted
+
 pytest.importorskip("triton")
 
-_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
-
-if not _CHILD:
+if not IN_CHILD:  # the kernel tests run in a child process under the interpreter (tests/interpret.py)
 
     def test_srms_norm_kernels_interpreted():
-        root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+        run_interpreted(__file__)
 
 else:
     from tnl.ops.srms_norm import fused as N

@@ -302,6 +302,23 @@ def test_shipped_configs_are_kernel_candidates():
             assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
 
 
+def test_launch_choice_made_once_per_shape_class(monkeypatch):
+    """The per-launch path must not re-derive candidates or consult the tuner on every call (it dominated the
+    time of small forward+backward calls on an H100); a new shape class still gets its own choice."""
+    calls = []
+    real = CT._candidates
+    monkeypatch.setattr(CT, "_candidates", lambda *a: calls.append(a) or real(*a))
+    CT._CHOSEN.clear()
+    q, k, v, decay, _ = _inputs(1, 40, 2, 2, 16, 16, state=False)
+    o1 = CT.triton_lightning_attn(q, k, v, decay)[0]
+    first = len(calls)
+    assert first == 1  # one forward pass, unsegmented
+    o2 = CT.triton_lightning_attn(q, k, v, decay)[0]
+    assert len(calls) == first and torch.equal(o1, o2)
+    CT.triton_lightning_attn(*_inputs(1, 40, 2, 2, 32, 16, state=False)[:4])  # new D: a new choice
+    assert len(calls) == first + 1
+
+
 def test_torch_compile_no_graph_break():
     q, k, v, decay, s0 = _inputs(1, 16, 2, 2, 16, 16)
 

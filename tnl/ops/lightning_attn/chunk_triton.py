@@ -49,10 +49,15 @@ def _num_sms(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
+_DEVICE_TAGS: dict[tuple[str, int | None], str] = {}
+
+
 def _device_tag(device: torch.device) -> str:
-    if device.type != "cuda":
-        return f"{device.type}-triton{triton.__version__}"
-    return f"{torch.cuda.get_device_name(device)}-triton{triton.__version__}"
+    tag = _DEVICE_TAGS.get((device.type, device.index))
+    if tag is None:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        tag = _DEVICE_TAGS[(device.type, device.index)] = f"{name}-triton{triton.__version__}"
+    return tag
 
 
 class _Plan:
@@ -67,16 +72,16 @@ class _Plan:
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more
             # than the segment pass saves)
-            nseg = max(1, target // (b * h * triton.cdiv(dv, 64)))
-            seg_len = max(512, triton.cdiv(triton.cdiv(t, nseg), 256) * 256)
+            nseg = max(1, target // (b * h * _cdiv(dv, 64)))
+            seg_len = max(512, _cdiv(_cdiv(t, nseg), 256) * 256)
         else:
-            seg_len = max(512, triton.cdiv(triton.cdiv(total * h * triton.cdiv(dv, 64), target), 256) * 256)
+            seg_len = max(512, _cdiv(_cdiv(total * h * _cdiv(dv, 64), target), 256) * 256)
         self.seg_len = seg_len
         self.varlen = cu_seqlens is not None
         self.segs = self.seqinfo = None
         if cu_seqlens is None:
             self.n = b
-            self.nseg = triton.cdiv(t, seg_len)
+            self.nseg = _cdiv(t, seg_len)
             self.g_total = b * self.nseg
             self.segmented = self.nseg > 1
         else:
@@ -84,7 +89,7 @@ class _Plan:
             self.n = len(bounds) - 1
             segs, info = [], []
             for i, (a, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-                ns = max(1, triton.cdiv(e - a, seg_len))
+                ns = max(1, _cdiv(e - a, seg_len))
                 info.append((len(segs), ns, e - a))
                 for j in range(ns):
                     st = a + j * seg_len
@@ -96,8 +101,14 @@ class _Plan:
             self.seqinfo = torch.tensor(info, dtype=torch.int32).to(device)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pow2(x: int) -> int:
-    return max(16, triton.next_power_of_2(x))
+    """Next power of two, at least 16 (tl.arange sizes). Plain Python: triton's helpers cost microseconds per
+    call, and every launch computes several of these."""
+    return max(16, 1 << (x - 1).bit_length())
 
 
 _SMALL_CONFIGS = [(32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
@@ -128,9 +139,19 @@ def _precision(dtype: torch.dtype) -> tuple[str, bool]:
     return prec, _interpret() and dtype == torch.bfloat16
 
 
-def _launch_tuned(device: torch.device, key: str, cands: list[tuple], launch) -> None:
-    """Run `launch(cfg)` with the autotuned choice among `cands`; a choice that does not fit this GPU (untuned
-    or stale) falls back to the others, smallest tiles first."""
+# (device, tuning key, segment length, TNL_AUTOTUNE) -> the config that launched. Launch cost matters: at
+# D=64 the kernels of a forward+backward run for less time than choosing their configs did (measured on an H100).
+_CHOSEN: dict[tuple, tuple] = {}
+
+
+def _launch_tuned(device: torch.device, key: str, seg_len: int, candidates, launch) -> None:
+    """Run `launch(cfg)` with the autotuned choice among `candidates()`; a choice that does not fit this GPU
+    (untuned or stale) falls back to the others, smallest tiles first. The choice is remembered per process."""
+    memo = (device.type, device.index, key, seg_len, os.environ.get("TNL_AUTOTUNE"))
+    cfg = _CHOSEN.get(memo)
+    if cfg is not None:
+        return launch(cfg)
+    cands = candidates()
 
     def bench(cfg):
         return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
@@ -139,10 +160,13 @@ def _launch_tuned(device: torch.device, key: str, cands: list[tuple], launch) ->
     order = [best] + [c for c in reversed(cands) if c != best]
     for i, cfg in enumerate(order):
         try:
-            return launch(cfg)
+            launch(cfg)
         except OutOfResources:
             if i == len(order) - 1:
                 raise
+            continue
+        _CHOSEN[memo] = cfg
+        return
 
 
 def _chunk_pass(
@@ -172,7 +196,7 @@ def _chunk_pass(
 
     def launch(cfg, write_o: bool):
         c, be, w, s = cfg
-        grid = (triton.cdiv(dv, be), h, plan.g_total)
+        grid = (_cdiv(dv, be), h, plan.g_total)
         _k._chunk_kernel[grid](
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
             (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs, xraw,
@@ -186,14 +210,15 @@ def _chunk_pass(
         )
 
     def run(configs, write_o: bool, tag: str):
-        cands = _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32)
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-        _launch_tuned(out.device, key, cands, lambda cfg: launch(cfg, write_o))
+        _launch_tuned(out.device, key, plan.seg_len,
+                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32),
+                      lambda cfg: launch(cfg, write_o))
 
     if plan.segmented:
         run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
-        grid = (triton.cdiv(dv, bee), triton.cdiv(dk, bde), plan.n * h)
+        grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
         _k._scan_kernel[grid](
             pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
             t, h, dk, dv, plan.seg_len, plan.nseg,
@@ -243,13 +268,14 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
             num_warps=w, num_stages=st,
         )
 
-    if _interpret():
-        cands = [(16, 4, 1)]
-    else:
+    def candidates():
+        if _interpret():
+            return [(16, 4, 1)]
         cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
-        cands = cands[:2] if q.dtype == torch.float32 else cands
+        return cands[:2] if q.dtype == torch.float32 else cands
+
     key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
-    _launch_tuned(q.device, key, cands, launch)
+    _launch_tuned(q.device, key, plan.seg_len, candidates, launch)
 
 
 def _check(q, k, v, decay, initial_state):
@@ -434,7 +460,7 @@ def triton_lightning_attn_decode(
     o = torch.empty(b, h, e, device=q.device, dtype=q.dtype)
     bd = _pow2(d)
     be = min(_pow2(e), max(16, 8192 // bd))
-    grid = (triton.cdiv(e, be), h, b)
+    grid = (_cdiv(e, be), h, b)
     _k._decode_kernel[grid](
         q, k, v, o, state, decay, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *state.stride(),
         h // hkv, d, e, float(scale), BD=bd, BE=be, num_warps=4,

@@ -296,8 +296,7 @@ def _check(q, k, v, decay, initial_state):
 _NS = "tnl" if __name__ == "tnl.ops.lightning_attn.chunk_triton" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
-@torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())
-def _fwd_op(
+def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     qk_silu: bool,
@@ -314,6 +313,9 @@ def _fwd_op(
     return o, (final if final is not None else q.new_empty(0, dtype=torch.float32))
 
 
+_fwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd_op.register_fake
 def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
     b, t, h, d = q.shape
@@ -324,8 +326,7 @@ def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     return o, final
 
 
-@torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     do: torch.Tensor, dfinal: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: UP045
     decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
@@ -377,6 +378,9 @@ def _bwd_op(
     return dq, dk, dv, (dinit if dinit is not None else empty)
 
 
+_bwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())(_bwd_impl)
+
+
 @_bwd_op.register_fake
 def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu):
     dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
@@ -392,21 +396,40 @@ def _setup_context(ctx, inputs, output):
     ctx.init_dtype = initial_state.dtype if initial_state is not None else None
 
 
-def _backward(ctx, do, dfinal):
+def _backward_with(bwd, ctx, do, dfinal):
     q, k, v, decay, initial_state, cu_seqlens = ctx.saved_tensors
     if do is None:
         do = torch.zeros(*q.shape[:3], v.shape[-1], device=q.device, dtype=q.dtype)
     if dfinal is not None and dfinal.numel() == 0:
         dfinal = None
     need = ctx.needs_input_grad
-    dq, dk, dv, dinit = _bwd_op(
+    dq, dk, dv, dinit = bwd(
         do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2], ctx.qk_silu,
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
     return dq, dk, dv, None, None, dinit, None, None, None
 
 
+def _backward(ctx, do, dfinal):
+    return _backward_with(_bwd_op, ctx, do, dfinal)
+
+
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLightningAttn(torch.autograd.Function):
+    """The same forward and backward as the custom ops, for eager mode: torch.library's autograd wrapper costs
+    a few hundred microseconds of CPU per call (measured on an H100), more than the kernels take at D=64."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
+        out = _fwd_impl(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
+        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        return _backward_with(_bwd_impl, ctx, do, dfinal)
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -432,8 +455,10 @@ def triton_lightning_attn(
     decay = decay.detach().to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    o, final = _fwd_op(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
-                       qk_activation == "silu")
+    # torch.compile traces the custom op; eager calls skip its dispatch and autograd wrappers
+    fn = _fwd_op if torch.compiler.is_compiling() else _EagerLightningAttn.apply
+    o, final = fn(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
+                  qk_activation == "silu")
     return o, (final if output_final_state else None)
 
 

@@ -521,6 +521,28 @@ def test_sglu_product_recomputed_in_backward_equals_plain_linear(bias):
         torch.testing.assert_close(p_, q_, rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("env,compiling,folded", [
+    ("auto", False, True), ("auto", True, False), ("1", True, True), ("0", False, False),
+])
+def test_silu_fold_follows_mode(env, compiling, folded, monkeypatch):
+    """TNL_ATTN_FOLD_ACT=auto folds SiLU into attention in eager mode only (Inductor fuses it under compile)."""
+    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", env)
+    model = make(linear_use_lrpe_list=[0, 0, 0])
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    calls = []
+    for layer in model.model.layers:
+        act = layer.token_mixer.act
+        layer.token_mixer.act = lambda x, act=act: calls.append(1) or act(x)
+    model(input_ids=torch.randint(0, model.config.vocab_size, (1, 9)))
+    assert (len(calls) == 0) == folded
+
+
+def test_fold_env_rejects_unknown_value(monkeypatch):
+    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "yes")
+    with pytest.raises(ValueError, match="TNL_ATTN_FOLD_ACT must be auto, 0 or 1"):
+        make()
+
+
 def test_silu_inside_attention_gives_the_same_model(monkeypatch):
     """SiLU applied by the attention op (default) or by the token mixer (TNL_ATTN_FOLD_ACT=0): same logits and
     gradients, with LRPE on layer 0 (never folded), packed documents and a padded batch (not folded)."""

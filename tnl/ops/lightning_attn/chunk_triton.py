@@ -1,4 +1,5 @@
-"""Triton lightning attention: forward, backward (as a torch.library custom op) and one-token decode.
+"""Triton lightning attention: forward, backward (torch.library custom ops under torch.compile, a plain
+autograd.Function in eager mode: same implementations) and one-token decode.
 
 Forward is one pass per (E-block, head, segment) that walks its tokens chunk by chunk with the state in
 registers. Backward is three passes of the same kernel: dQ in forward order, dK and dV in reverse order.

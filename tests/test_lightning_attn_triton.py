@@ -319,6 +319,26 @@ def test_launch_choice_made_once_per_shape_class(monkeypatch):
     assert len(calls) == first + 1
 
 
+def test_compiled_custom_ops_match_eager_function():
+    """Eager calls go through a plain autograd.Function, compiled ones through the custom ops and their registered
+    autograd: both paths must give the same outputs and gradients (initial state, final state, SiLU fold)."""
+    q, k, v, decay, s0 = _inputs(1, 24, 2, 1, 16, 16)
+
+    def f(q, k, v, s0):
+        o, final = CT.triton_lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True,
+                                            qk_activation="silu")
+        return o, final
+
+    results = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, s0)]
+        o, final = fn(*leaves)
+        grads = torch.autograd.grad((o * torch.cos(o)).sum() + final.square().sum(), leaves)
+        results.append([o, final, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_torch_compile_no_graph_break():
     q, k, v, decay, s0 = _inputs(1, 16, 2, 2, 16, 16)
 

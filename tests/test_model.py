@@ -486,6 +486,42 @@ def test_srms_norm_under_autocast_saves_low_precision_output_and_matches_fp32_gr
 
 
 @pytest.mark.parametrize("bias", [False, True])
+def test_gated_norm_output_recomputed_in_backward_equals_plain_linear(bias):
+    """out_proj(u * SRMSNorm(o)) with the gated output formed again in backward: the float64 formula's values and
+    gradients, and under bf16 autocast nn.Linear's, without keeping the gated output for backward."""
+    from tnl.model.modeling_transnormer import _GatedNormLinear, gated_srms_norm
+
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(24, 12, bias=bias).double()
+    o = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 7, 12, dtype=torch.float64)
+    y = _GatedNormLinear.apply(o, u, 1e-6, lin.weight, lin.bias)
+    ref = lin(u * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6))  # paper eq. 7, then the projection
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    params = [o, u, *lin.parameters()]
+    for a, b in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(ref, params, dy)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    lin = lin.float()
+    ob, ub = (x.detach().to(torch.bfloat16).requires_grad_() for x in (o, u))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = _GatedNormLinear.apply(ob, ub, 1e-6, lin.weight, lin.bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = lin(gated_srms_norm(ob, ub))
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    acts = {t.untyped_storage().data_ptr() for t in saved if t.shape == (2, 7, 24)}
+    assert acts == {ob.untyped_storage().data_ptr(), ub.untyped_storage().data_ptr()}  # not the gated output
+    params = [ob, ub, *lin.parameters()]
+    for p_, q_ in zip(torch.autograd.grad(y, params, dy.to(torch.bfloat16)),
+                      torch.autograd.grad(ref, params, dy.to(torch.bfloat16))):
+        assert p_.dtype == q_.dtype
+        torch.testing.assert_close(p_, q_, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("bias", [False, True])
 def test_sglu_product_recomputed_in_backward_equals_plain_linear(bias):
     from tnl.model.modeling_transnormer import SGLU
 

@@ -34,8 +34,8 @@ def test_activation_memory_per_block_matches_the_design():
     want = (
         2 * (d * bf16 + fp32)  # each SRMSNorm: its bf16 output (shared with the next Linear) and 1/rms
         + 4 * h * bf16  # qkvu projection output: raw q, k, v (the attention op applies SiLU itself) and u
-        + h * bf16 + fp32  # attention output o and its 1/rms (gated output norm)
-        + h * bf16  # gated output u * norm(o): out_proj's input
+        + h * bf16 + fp32  # attention output o and its 1/rms (gated output norm); out_proj's input u * norm(o) is
+        # formed again in backward
         + 2 * g * bf16  # l1(x), l2(x); their product is formed again in backward
     )
     assert got == want, out

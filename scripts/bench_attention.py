@@ -6,6 +6,7 @@ ratios are to fla measured in the same run; memory is the peak allocated during 
 
     python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
         [--methods tnl tnl_fused fla lightning-attn sdpa]   (tnl_fused: TNL_ATTN_BWD=fused backward)
+        [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -85,7 +87,23 @@ def make_fns(name, impls, b, t, d, e):
     raise ValueError(name)
 
 
-def measure(name, impls, b, t, d, e):
+def host_ms(fn, leaves, n: int = 20) -> float:
+    """Host (CPU) milliseconds per call of `fn`: n calls back to back, timed before the closing sync. Close to the
+    do_bench time means the call is bound by Python and launch overhead, not by its kernels (at D=64 it was)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+        for x in leaves:
+            x.grad = None
+    elapsed = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return elapsed / n * 1e3
+
+
+def measure(name, impls, b, t, d, e, host: bool = False):
     # tnl_fused: tnl with the fused dK/dV backward pass (TNL_ATTN_BWD=fused, read at backward time)
     os.environ["TNL_ATTN_BWD"] = "fused" if name == "tnl_fused" else "split"
     torch.cuda.empty_cache()
@@ -114,7 +132,7 @@ def measure(name, impls, b, t, d, e):
         fwd_bwd()
         torch.cuda.synchronize()
         mem = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return f_ms, fb_ms, mem
+        return f_ms, fb_ms, mem, (host_ms(fwd_bwd, leaves) if host else None)
     except Exception as exc:  # noqa: BLE001
         print(f"  {name} T={t} D={d} E={e}: {type(exc).__name__}: {str(exc)[:160]}")
         return None
@@ -132,6 +150,7 @@ def main() -> int:
     ap.add_argument("--T", nargs="+", type=int, default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
     ap.add_argument("--methods", nargs="+", default=["tnl", "fla", "lightning-attn", "sdpa"])
     ap.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
+    ap.add_argument("--host", action="store_true", help="also report host CPU ms per fwd+bwd call")
     args = ap.parse_args()
     torch.manual_seed(0)
     impls = load_impls()
@@ -140,7 +159,8 @@ def main() -> int:
     device = torch.cuda.get_device_name()
     lines = []
     header = ("| D,E | T | B | " + " | ".join(f"{m} fwd" for m in args.methods) + " | "
-              + " | ".join(f"{m} fwd+bwd" for m in args.methods) + " | tnl mem MiB | fla mem MiB |")
+              + " | ".join(f"{m} fwd+bwd" for m in args.methods)
+              + "".join(f" | {m} host ms" for m in args.methods if args.host) + " | tnl mem MiB | fla mem MiB |")
     lines.append(header)
     lines.append("|" + "---|" * (header.count("|") - 1))
     flat = {}
@@ -148,7 +168,7 @@ def main() -> int:
         d, e = (int(x) for x in dims.split(","))
         for t in args.T:
             b = max(1, TOKENS // t)
-            res = {m: measure(m, impls, b, t, d, e) for m in methods}
+            res = {m: measure(m, impls, b, t, d, e, args.host) for m in methods}
             for m in missing:
                 res[m] = None
             ref = res.get("fla")
@@ -156,7 +176,8 @@ def main() -> int:
             fw = [fmt(res[m][0] if res[m] else None, rf if m != "fla" else None) for m in args.methods]
             fb = [fmt(res[m][1] if res[m] else None, rfb if m != "fla" else None) for m in args.methods]
             mem = [f"{res[m][2]:.0f}" if res.get(m) else "n/a" for m in ("tnl", "fla")]
-            line = f"| {d},{e} | {t} | {b} | " + " | ".join(fw + fb + mem) + " |"
+            hosts = [fmt(res[m][3] if res[m] else None) for m in args.methods] if args.host else []
+            line = f"| {d},{e} | {t} | {b} | " + " | ".join(fw + fb + hosts + mem) + " |"
             lines.append(line)
             print(line, flush=True)
             if res.get("tnl"):

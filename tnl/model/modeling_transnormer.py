@@ -97,16 +97,22 @@ class _GatedNormLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         o, u, r, weight = ctx.saved_tensors
-        dtype = ctx.dtype
         y, _ = gated_norm_forward(o, u, ctx.eps)  # the same rounding as in forward
-        with torch.autocast(o.device.type, enabled=False):
-            dout = dout.to(dtype)
-            d2 = dout.reshape(-1, dout.shape[-1])
-            dw = d2.t() @ y.to(dtype).reshape(-1, y.shape[-1])
-            dbias = d2.sum(0).to(weight.dtype) if ctx.has_bias else None
-            dy = dout @ weight.to(dtype)
+        dy, dw, dbias = _linear_backward(dout, y, weight, ctx.dtype, ctx.has_bias)
         do, du = gated_norm_backward(dy, o, u, r)
-        return do, du, None, dw.to(weight.dtype), dbias
+        return do, du, None, dw, dbias
+
+
+def _linear_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype,
+                     has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(dx, dW, dbias) of linear(x, W, bias) computed in `dtype` (the autocast dtype of the forward), for the
+    Functions above that form a Linear's input again in backward instead of keeping it."""
+    with torch.autocast(x.device.type, enabled=False):
+        dout = dout.to(dtype)
+        d2 = dout.reshape(-1, dout.shape[-1])
+        dw = d2.t() @ x.to(dtype).reshape(-1, x.shape[-1])
+        dbias = d2.sum(0).to(weight.dtype) if has_bias else None
+        return dout @ weight.to(dtype), dw.to(weight.dtype), dbias
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -291,16 +297,11 @@ class _ProductLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         a, b, weight = ctx.saved_tensors
-        dtype = ctx.dtype
         with torch.autocast(a.device.type, enabled=False):
-            dy = dy.to(dtype)
-            dp = dy @ weight.to(dtype)
-            prod = (a * b).to(dtype)
-            dw = dy.reshape(-1, dy.shape[-1]).t() @ prod.reshape(-1, prod.shape[-1])
-            dbias = dy.reshape(-1, dy.shape[-1]).sum(0).to(weight.dtype) if ctx.has_bias else None
+            dp, dw, dbias = _linear_backward(dy, (a * b).to(ctx.dtype), weight, ctx.dtype, ctx.has_bias)
             da = (dp * b).to(a.dtype) if ctx.needs_input_grad[0] else None
             db = (dp * a).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return da, db, dw.to(weight.dtype), dbias
+        return da, db, dw, dbias
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ When batch x heads is too small to fill the GPU, sequences are cut into segments
 scan over segments, then the main pass in parallel). See triton_kernels.py for the roles.
 """
 
+import functools
 import os
 import re
 from typing import Optional
@@ -38,27 +39,25 @@ def _fail(msg: str) -> None:
     raise ValueError(f"lightning_attn(triton): {msg}")
 
 
-_SM_COUNT: dict[int, int] = {}
+@functools.cache
+def _cuda_properties(index: int):
+    """Properties of CUDA device `index`, read once: both per-call lookups below sit on the launch path."""
+    return torch.cuda.get_device_properties(index)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
-_DEVICE_TAGS: dict[tuple[str, int | None], str] = {}
+    return _cuda_properties(_cuda_index(device)).multi_processor_count
 
 
 def _device_tag(device: torch.device) -> str:
-    tag = _DEVICE_TAGS.get((device.type, device.index))
-    if tag is None:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        tag = _DEVICE_TAGS[(device.type, device.index)] = f"{name}-triton{triton.__version__}"
-    return tag
+    name = _cuda_properties(_cuda_index(device)).name if device.type == "cuda" else device.type
+    return f"{name}-triton{triton.__version__}"
 
 
 class _Plan:

@@ -2,16 +2,24 @@
 
     python scripts/activation_memory.py                       # tnl_385m block on the CPU, bf16 autocast
     python scripts/activation_memory.py --config tnl_1b --tokens 32768
+    TRITON_INTERPRET=1 python scripts/activation_memory.py --compile [--keep-pointwise]   # what torch.compile keeps
 
 Counts what autograd saves (torch.autograd.graph.saved_tensors_hooks), each storage once, during one forward of
 a model with `--layers` blocks of the named config under bf16 autocast, at two sequence lengths: the difference
 is the per-token cost, which does not depend on the device. Prints it per module of one block and the predicted
 total for `--tokens` tokens per step at the config's full depth (plus fp32 weights, gradients and AdamW state).
+
+`--compile` counts what a torch.compile'd model keeps instead: the graph is partitioned by the same min-cut
+partitioner as Inductor's (backend "aot_eager_decomp_partition", no code generation), set up as training does
+(tnl.train.compile; `--keep-pointwise` is the stock partitioner). A compiled graph saves everything at once, so
+the per-block cost is the difference between `--layers` and `--layers` + 1 blocks (no per-module rows). Off CUDA
+this needs TRITON_INTERPRET=1: the attention is the Triton op, opaque to the partitioner as on the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -60,6 +68,44 @@ def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[
     return dict(by_module)
 
 
+def _saved_bytes_total(model: torch.nn.Module, run: torch.nn.Module, ids: torch.Tensor, device: str) -> int:
+    """Bytes of distinct non-parameter storages saved for backward by one training step of `run`."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        s = x.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            loss = run(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return sum(storages.values())
+
+
+def per_block_compiled(args: argparse.Namespace) -> float:
+    """Saved bytes per token of one block of the compiled model (no LRPE, as on every layer but the first)."""
+    from tnl.train.compile import configure_partitioner
+
+    configure_partitioner(recompute_pointwise=not args.keep_pointwise)
+    total = {}
+    for layers in (args.layers, args.layers + 1):
+        for t in args.T:
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            cfg = load_config(args.config, decoder_layers=layers, vocab_size=4096, attn_backend="triton",
+                              linear_use_lrpe_list=[0] * layers)
+            model = TransnormerForCausalLM(cfg).to(args.device).train()
+            compiled = torch.compile(model, backend="aot_eager_decomp_partition")
+            ids = torch.randint(0, 4096, (1, t), device=args.device)
+            total[layers, t] = _saved_bytes_total(model, compiled, ids, args.device)
+    (t0, t1), l0 = args.T, args.layers
+    return ((total[l0 + 1, t1] - total[l0, t1]) - (total[l0 + 1, t0] - total[l0, t0])) / (t1 - t0)
+
+
 def save_like_the_kernel() -> None:
     """Off CUDA the torch backend keeps its blockwise intermediates for backward; the Triton op keeps only its
     inputs (q, k, v, decay, initial state) and recomputes. Recomputing the torch backend in backward
@@ -86,11 +132,23 @@ def main() -> None:
     ap.add_argument("--T", type=int, nargs=2, default=[512, 1024], help="two sequence lengths to difference")
     ap.add_argument("--tokens", type=int, default=32768, help="tokens per step for the predicted total")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="count what torch.compile's partitioned graph keeps")
+    ap.add_argument("--keep-pointwise", action="store_true",
+                    help="with --compile: the stock partitioner (train.compile_recompute_pointwise=false)")
     args = ap.parse_args()
-    if args.device != "cuda" and not args.device.startswith("cuda:"):
-        save_like_the_kernel()
     full = load_config(args.config)
     depth = full.decoder_layers
+    if args.compile:
+        if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+            sys.exit("--compile off CUDA needs TRITON_INTERPRET=1 (the attention must be the Triton op)")
+        per_block = per_block_compiled(args)
+        how = "stock partitioner" if args.keep_pointwise else "pointwise results recomputed"
+        print(f"{args.config}: bytes saved for backward per token, one block, torch.compile ({how})")
+        print(f"| **one block, compiled** | **{per_block:,.0f}** |")
+        report_total(per_block, depth, full, args.tokens)
+        return
+    if args.device != "cuda" and not args.device.startswith("cuda:"):
+        save_like_the_kernel()
     torch.manual_seed(0)
     model = TransnormerForCausalLM(load_config(args.config, decoder_layers=args.layers, vocab_size=4096))
     model = model.to(args.device).train()
@@ -107,11 +165,15 @@ def main() -> None:
     for k, v in sorted(block.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:,.0f} |")
     per_block = sum(block.values())
-    n_params, _ = count_params(full)  # on the meta device: no 400M-parameter init on the CPU
-    acts = per_block * depth * args.tokens
-    states = n_params * 16  # fp32 weights + grads + two AdamW moments
     print(f"| **one block** | **{per_block:,.0f}** |")
-    print(f"\npredicted at {args.tokens:,} tokens per step, {depth} blocks: activations {acts / 2**30:.1f} GiB "
+    report_total(per_block, depth, full, args.tokens)
+
+
+def report_total(per_block: float, depth: int, full, tokens: int) -> None:
+    n_params, _ = count_params(full)  # on the meta device: no 400M-parameter init on the CPU
+    acts = per_block * depth * tokens
+    states = n_params * 16  # fp32 weights + grads + two AdamW moments
+    print(f"\npredicted at {tokens:,} tokens per step, {depth} blocks: activations {acts / 2**30:.1f} GiB "
           f"+ weights/grads/AdamW {states / 2**30:.1f} GiB = {(acts + states) / 2**30:.1f} GiB "
           "(plus the embedding/loss chunk and allocator slack)")
 

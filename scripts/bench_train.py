@@ -1,7 +1,9 @@
 """Training throughput on one GPU: tnl_385m vs fla's RetNet and HF Llama (SDPA) of about the same size.
 
 python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl tnl_compiled retnet llama]
-                              [--profile T ...] [--write-md]
+                              [--profile T ...] [--write-md] [--memory-budget B] [--compile-mode MODE]
+Methods: tnl (eager), tnl_compiled (torch.compile as train.compile=true: pointwise results recomputed in
+backward), tnl_compiled_keep (the stock partitioner, which keeps them), retnet (fla), llama (HF, SDPA).
 Each step: bf16 autocast forward and loss (tnl: fused linear cross-entropy), backward, fused AdamW;
 32k tokens per step (B = tokens / T).
 Prints tokens/s, MFU (tnl.train.flops: linear attention's real FLOPs; 6N + softmax attention for Llama) and
@@ -24,10 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
 MEMORY_BUDGET = 1.0  # --memory-budget: train.compile_memory_budget for tnl_compiled
+COMPILE_MODE = None  # --compile-mode: torch.compile's mode for tnl_compiled
 
 
 def build(method: str) -> torch.nn.Module | None:
-    if method in ("tnl", "tnl_compiled"):
+    if method.startswith("tnl"):
         from count_params import load_config  # scripts/ is on sys.path
 
         from tnl.model import TransnormerForCausalLM
@@ -75,11 +78,16 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, pro
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(0, VOCAB, (b, seq_len + 1), device="cuda", generator=gen)
     x, y = ids[:, :-1], ids[:, 1:]
-    if method == "tnl_compiled":
-        torch._functorch.config.activation_memory_budget = MEMORY_BUDGET
-    fwd = torch.compile(model) if method == "tnl_compiled" else model
+    fwd = model
+    if method.startswith("tnl_compiled"):
+        from tnl.train.compile import compile_for_training
+
+        fwd = compile_for_training(model, MEMORY_BUDGET, recompute_pointwise=method != "tnl_compiled_keep",
+                                   mode=COMPILE_MODE)
 
     def step():
+        if COMPILE_MODE and "reduce-overhead" in COMPILE_MODE:
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous step's outputs may be reused
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if method.startswith("tnl"):  # as the training loop does with train.loss_chunk_size (tnl_385m experiment)
                 loss = fwd(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=8192).loss
@@ -127,9 +135,10 @@ def main() -> None:
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="print a kernel profile at these T")
     ap.add_argument("--memory-budget", type=float, default=1.0,
                     help="tnl_compiled: torch.compile's activation memory budget (train.compile_memory_budget)")
+    ap.add_argument("--compile-mode", default=None, help="tnl_compiled: torch.compile mode (e.g. reduce-overhead)")
     args = ap.parse_args()
-    global MEMORY_BUDGET
-    MEMORY_BUDGET = args.memory_budget
+    global MEMORY_BUDGET, COMPILE_MODE
+    MEMORY_BUDGET, COMPILE_MODE = args.memory_budget, args.compile_mode
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
     rows = []

@@ -24,18 +24,30 @@ def test_check_model_gpu_smoke_passes_on_cpu():
     assert out.count("-> OK") == 5  # fp32 and bf16 backend checks, plain and packed, and flat memory
 
 
-def test_activation_memory_per_block_matches_the_design():
-    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu")
-    got = int(re.search(r"\*\*one block\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
+def _design_bytes_per_block() -> int:
     cfg = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())
     d, h, g = cfg["decoder_embed_dim"], cfg.get("hidden_dim", cfg["decoder_embed_dim"]), cfg["glu_dim"]
     bf16, fp32 = 2, 4
     # What a block (without LRPE) must keep per token under bf16 autocast, and nothing more:
-    want = (
+    return (
         2 * (d * bf16 + fp32)  # each SRMSNorm: its bf16 output (shared with the next Linear) and 1/rms
         + 4 * h * bf16  # qkvu projection output: raw q, k, v (the attention op applies SiLU itself) and u
         + h * bf16 + fp32  # attention output o and its 1/rms (gated output norm); out_proj's input u * norm(o) is
         # formed again in backward
         + 2 * g * bf16  # l1(x), l2(x); their product is formed again in backward
     )
-    assert got == want, out
+
+
+def test_activation_memory_per_block_matches_the_design():
+    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu")
+    got = int(re.search(r"\*\*one block\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
+    assert got == _design_bytes_per_block(), out
+
+
+def test_compiled_model_keeps_no_more_than_the_design(monkeypatch):
+    # torch.compile's partitioner, set up as train.compile does, must recompute SiLU(q), SiLU(k), the gated norm
+    # and the SGLU product rather than keep them (the stock partitioner keeps all three)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu", "--compile")
+    got = int(re.search(r"\*\*one block, compiled\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
+    assert got == _design_bytes_per_block(), out

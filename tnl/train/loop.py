@@ -25,6 +25,7 @@ from tnl.data import PackedWindows, ResumableSampler, collate, load_documents, p
 from tnl.errors import UserError
 
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint, verify
+from .compile import compile_for_training
 from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsWriter
@@ -190,9 +191,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise TrainError(f"train.compile_memory_budget={tc.compile_memory_budget} must be in (0, 1]; 1 keeps all "
                          "activations the compiled graph wants, lower values recompute more")
     if tc.compile:
-        # torch.compile's min-cut partitioner: keep at most this fraction of the activations, recompute the rest
-        torch._functorch.config.activation_memory_budget = tc.compile_memory_budget
-        model = torch.compile(model)
+        model = compile_for_training(model, tc.compile_memory_budget, tc.compile_recompute_pointwise)
 
     metrics = MetricsWriter(out, main, state["step"] if folder else None, cfg.logger, state.get("wandb_run_id"),
                             OmegaConf.to_container(cfg, resolve=True))

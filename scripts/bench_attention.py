@@ -151,7 +151,11 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["tnl", "fla", "lightning-attn", "sdpa"])
     ap.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
     ap.add_argument("--host", action="store_true", help="also report host CPU ms per fwd+bwd call")
+    ap.add_argument("--heads", type=int, default=H, help="heads (tnl_385m trains with 8)")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="B*T (tnl_385m trains with 32,768 per step)")
     args = ap.parse_args()
+    global H, TOKENS
+    H, TOKENS = args.heads, args.tokens
     torch.manual_seed(0)
     impls = load_impls()
     methods = [m for m in args.methods if m in ("tnl", "tnl_fused", "sdpa") or m in impls]
@@ -209,7 +213,8 @@ def main() -> int:
             text = text.rstrip() + f"\n\n{section}\n\nTimes in ms (median of triton.testing.do_bench), bf16, H=16, " \
                    "B*T=65,536 tokens, decay = TNL slopes, scale 1; (x) = ratio to fla in the same run; " \
                    "memory = peak allocated during fwd+bwd above the inputs.\n"
-        block = (f"\n### {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {device} ({versions})\n\n"
+        stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+        block = (f"\n### {stamp}, {device} ({versions}), H={H}, B*T={TOKENS:,}\n\n"
                  f"Command: `{cmd}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
         # insert at the end of this section (before the next "## " header, if any)
         start = text.index(section)

@@ -145,6 +145,7 @@ def fmt(x, ref=None):
 
 
 def main() -> int:
+    global H, TOKENS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", nargs="+", default=["128,128", "64,64", "256,128"])
     ap.add_argument("--T", nargs="+", type=int, default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
@@ -154,7 +155,6 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=H, help="heads (tnl_385m trains with 8)")
     ap.add_argument("--tokens", type=int, default=TOKENS, help="B*T (tnl_385m trains with 32,768 per step)")
     args = ap.parse_args()
-    global H, TOKENS
     H, TOKENS = args.heads, args.tokens
     torch.manual_seed(0)
     impls = load_impls()

@@ -169,6 +169,26 @@ def test_segmented_long_sequence(monkeypatch):
     _check_all(q, k, v, decay, s0, scale=0.5)
 
 
+@pytest.mark.parametrize("shape", [(2, 70, 4, 2, 32, 16), (1, 70, 2, 2, 16, 48)])  # D != E, grouped heads
+def test_segmented_backward_shares_reverse_states(shape, monkeypatch):
+    # the dk pass reads the dv pass's segment start states transposed (same plan) instead of building its own
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
+    scans = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            scans.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(CT._k, "_scan_kernel", Counting(CT._k._scan_kernel))
+    q, k, v, decay, s0 = _inputs(*shape)
+    _check_all(q, k, v, decay, s0, scale=0.7)
+    assert len(scans) == 1 + 2  # forward; backward: dq's forward-order states and R's, once for dv and dk
+
+
 @pytest.mark.parametrize("seg", [None, "32"])
 def test_varlen_matches_per_sequence(seg, monkeypatch):
     if seg:

@@ -173,9 +173,12 @@ def _chunk_pass(
     qr, kr, vr, groups, decay, init, init_strides, out, final, *,
     skv: float, sout: float, reverse: bool, final_decay: int, plan: _Plan, role: str, state_only: bool = False,
     act: tuple[bool, bool, bool] = (False, False, False), dact: tuple[torch.Tensor, int] | None = None,
+    starts_t: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """One generic pass: out = sout * (causal/anticausal decayed attention of (qr, kr, vr) + init term).
     Segmented plans first build each segment's start state (returned); `state_only` stops there.
+    `starts_t`: start states another pass of the same plan already built, transposed ([.., DV, DK] of this pass):
+    used instead of building them (the dk pass's state is the transpose of the dv pass's).
     `act`: SiLU applied to (qr, kr, vr) as loaded; `dact` = (raw input, head group): out *= SiLU'(raw)."""
     b, t, h, _ = out.shape
     dk, dv = qr.shape[-1], vr.shape[-1]
@@ -189,7 +192,8 @@ def _chunk_pass(
     dtype_tag = str(qr.dtype).replace("torch.", "")
     pbuf = None
     if plan.segmented:
-        pbuf = torch.empty(plan.g_total, h, dk, dv, device=out.device, dtype=torch.float32)
+        pbuf = starts_t if starts_t is not None else torch.empty(plan.g_total, h, dk, dv, device=out.device,
+                                                                  dtype=torch.float32)
 
     xraw, gx = dact if dact is not None else (decay, 1)
     sx = xraw.stride() if dact is not None else (0, 0, 0, 0)
@@ -206,7 +210,8 @@ def _chunk_pass(
             INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
-            ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, num_warps=w, num_stages=s,
+            ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, P_T=starts_t is not None,
+            num_warps=w, num_stages=s,
         )
 
     def run(configs, write_o: bool, tag: str):
@@ -215,7 +220,7 @@ def _chunk_pass(
                       lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32),
                       lambda cfg: launch(cfg, write_o))
 
-    if plan.segmented:
+    if plan.segmented and starts_t is None:
         run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
         grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
@@ -359,16 +364,18 @@ def _bwd_impl(
     elif need_dkv or need_dinit:
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
-        _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None, dv, dinit,
-                    skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
-                    act=(qk_silu, qk_silu, False))
+        r_starts = _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
+                               dv, dinit, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
+                               act=(qk_silu, qk_silu, False))
     if need_dkv and not fused:
-        # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T
+        # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T; the dv pass built R's segment start states
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
+        same_plan = plan_d.seg_len == plan_e.seg_len
         _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
                     skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
-                    act=(False, False, qk_silu), dact=(k, group) if qk_silu else None)
+                    act=(False, False, qk_silu), dact=(k, group) if qk_silu else None,
+                    starts_t=r_starts if same_plan else None)
     if not need_dkv:
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     elif group > 1:

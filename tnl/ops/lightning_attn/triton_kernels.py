@@ -75,10 +75,11 @@ def _chunk_kernel(
     WRITE_O: tl.constexpr, STORE_FINAL: tl.constexpr, FINAL_DECAY: tl.constexpr,
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
-    DACT: tl.constexpr = False,
+    DACT: tl.constexpr = False, P_T: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
+    # P_T: PBUF holds segment start states built by another pass as [DV, DK] (the transpose of this pass's state).
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -116,7 +117,11 @@ def _chunk_kernel(
                 slot = g + 1
             else:
                 slot = g - 1
-            p = PBUF + (slot.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+            p = PBUF + (slot.to(tl.int64) * H + h) * DK * DV
+            if P_T:
+                p += offs_d[:, None] + offs_e[None, :] * DK
+            else:
+                p += offs_d[:, None] * DV + offs_e[None, :]
             S = tl.load(p, mask=mask_s, other=0.0)
 
     if WRITE_O:

@@ -82,6 +82,9 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, pro
     if method.startswith("tnl_compiled"):
         from tnl.train.compile import compile_for_training
 
+        # Dynamo would reuse the graph compiled for an earlier model of this process (parameters are graph
+        # inputs), partitioned under that method's settings: start afresh
+        torch._dynamo.reset()
         fwd = compile_for_training(model, MEMORY_BUDGET, recompute_pointwise=method != "tnl_compiled_keep",
                                    mode=COMPILE_MODE)
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from count_params import count_params, load_config  # noqa: E402  (scripts/ is on sys.path)
 
-from tnl.model import TransnormerForCausalLM  # noqa: E402
+from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
 
 
 def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[str, int]:
@@ -136,10 +136,13 @@ def main() -> None:
     ap.add_argument("--keep-pointwise", action="store_true",
                     help="with --compile: the stock partitioner (train.compile_recompute_pointwise=false)")
     args = ap.parse_args()
+    if args.keep_pointwise and not args.compile:
+        ap.error("--keep-pointwise applies to --compile only")
     full = load_config(args.config)
     depth = full.decoder_layers
+    on_cuda = args.device == "cuda" or args.device.startswith("cuda:")
     if args.compile:
-        if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("--compile off CUDA needs TRITON_INTERPRET=1 (the attention must be the Triton op)")
         per_block = per_block_compiled(args)
         how = "stock partitioner" if args.keep_pointwise else "pointwise results recomputed"
@@ -147,7 +150,7 @@ def main() -> None:
         print(f"| **one block, compiled** | **{per_block:,.0f}** |")
         report_total(per_block, depth, full, args.tokens)
         return
-    if args.device != "cuda" and not args.device.startswith("cuda:"):
+    if not on_cuda:
         save_like_the_kernel()
     torch.manual_seed(0)
     model = TransnormerForCausalLM(load_config(args.config, decoder_layers=args.layers, vocab_size=4096))
@@ -169,7 +172,7 @@ def main() -> None:
     report_total(per_block, depth, full, args.tokens)
 
 
-def report_total(per_block: float, depth: int, full, tokens: int) -> None:
+def report_total(per_block: float, depth: int, full: TransnormerConfig, tokens: int) -> None:
     n_params, _ = count_params(full)  # on the meta device: no 400M-parameter init on the CPU
     acts = per_block * depth * tokens
     states = n_params * 16  # fp32 weights + grads + two AdamW moments

@@ -211,7 +211,8 @@ def main() -> int:
         section = "## Lightning attention kernel"
         if section not in text:
             text = text.rstrip() + f"\n\n{section}\n\nTimes in ms (median of triton.testing.do_bench), bf16, H=16, " \
-                   "B*T=65,536 tokens, decay = TNL slopes, scale 1; (x) = ratio to fla in the same run; " \
+                   "B*T=65,536 tokens unless a heading says otherwise, decay = TNL slopes, scale 1; " \
+                   "(x) = ratio to fla in the same run; " \
                    "memory = peak allocated during fwd+bwd above the inputs.\n"
         stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
         block = (f"\n### {stamp}, {device} ({versions}), H={H}, B*T={TOKENS:,}\n\n"

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
-MEMORY_BUDGET = 1.0  # --memory-budget: train.compile_memory_budget for tnl_compiled
-COMPILE_MODE = None  # --compile-mode: torch.compile's mode for tnl_compiled
+METHODS = ["tnl", "tnl_compiled", "tnl_compiled_keep", "retnet", "llama"]
+MEMORY_BUDGET = 1.0  # --memory-budget: train.compile_memory_budget for tnl_compiled*
+COMPILE_MODE = None  # --compile-mode: torch.compile's mode for tnl_compiled*
 
 
 def build(method: str) -> torch.nn.Module | None:
@@ -82,15 +83,12 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, pro
     if method.startswith("tnl_compiled"):
         from tnl.train.compile import compile_for_training
 
-        # Dynamo would reuse the graph compiled for an earlier model of this process (parameters are graph
-        # inputs), partitioned under that method's settings: start afresh
-        torch._dynamo.reset()
         fwd = compile_for_training(model, MEMORY_BUDGET, recompute_pointwise=method != "tnl_compiled_keep",
                                    mode=COMPILE_MODE)
 
     def step():
-        if COMPILE_MODE and "reduce-overhead" in COMPILE_MODE:
-            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous step's outputs may be reused
+        if COMPILE_MODE:  # CUDA graphs (reduce-overhead, max-autotune): the previous step's outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if method.startswith("tnl"):  # as the training loop does with train.loss_chunk_size (tnl_385m experiment)
                 loss = fwd(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=8192).loss
@@ -131,14 +129,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
     ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--methods", nargs="+", default=["tnl", "retnet", "llama"])
+    ap.add_argument("--methods", nargs="+", default=["tnl", "retnet", "llama"], choices=METHODS)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="print a kernel profile at these T")
     ap.add_argument("--memory-budget", type=float, default=1.0,
-                    help="tnl_compiled: torch.compile's activation memory budget (train.compile_memory_budget)")
-    ap.add_argument("--compile-mode", default=None, help="tnl_compiled: torch.compile mode (e.g. reduce-overhead)")
+                    help="tnl_compiled*: torch.compile's activation memory budget (train.compile_memory_budget)")
+    ap.add_argument("--compile-mode", default=None, help="tnl_compiled*: torch.compile mode (e.g. reduce-overhead)")
     args = ap.parse_args()
     global MEMORY_BUDGET, COMPILE_MODE
     MEMORY_BUDGET, COMPILE_MODE = args.memory_budget, args.compile_mode

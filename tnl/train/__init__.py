@@ -1,6 +1,18 @@
-"""Training: config schema, loop, checkpoints, metrics, schedules, plots."""
+"""Training: config schema, loop, checkpoints, metrics, schedules, plots.
 
-from .config import TNLConfig, register_schema
-from .loop import TrainError, train
+The names below load on first use (PEP 562), so the torch-only submodules (`tnl.train.compile`, `flops`,
+`schedule`) import without Hydra/OmegaConf: the benchmark scripts use them on machines that lack those."""
 
-__all__ = ["TNLConfig", "TrainError", "register_schema", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"TNLConfig": ".config", "register_schema": ".config", "TrainError": ".loop", "train": ".loop"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

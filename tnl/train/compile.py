@@ -16,20 +16,27 @@ again (recomputed). Two settings matter for a TNL block:
 from __future__ import annotations
 
 import torch
+import torch._functorch.config as functorch_config
+
+
+def check_memory_budget(memory_budget: float) -> None:
+    if not 0.0 < memory_budget <= 1.0:
+        raise ValueError(f"compile_memory_budget={memory_budget} must be in (0, 1]; 1 keeps all activations the "
+                         "compiled graph wants, lower values recompute more")
 
 
 def configure_partitioner(memory_budget: float = 1.0, recompute_pointwise: bool = True) -> None:
     """Set the partitioner's choices for graphs compiled after this call (process-wide functorch config)."""
-    if not 0.0 < memory_budget <= 1.0:
-        raise ValueError(f"compile memory budget {memory_budget} must be in (0, 1]; 1 keeps all activations the "
-                         "compiled graph wants, lower values recompute more")
-    cfg = torch._functorch.config
-    cfg.activation_memory_budget = memory_budget
-    cfg.ban_recompute_materialized_backward = not recompute_pointwise
+    check_memory_budget(memory_budget)
+    functorch_config.activation_memory_budget = memory_budget
+    functorch_config.ban_recompute_materialized_backward = not recompute_pointwise
 
 
 def compile_for_training(model: torch.nn.Module, memory_budget: float = 1.0, recompute_pointwise: bool = True,
                          mode: str | None = None) -> torch.nn.Module:
-    """torch.compile(model) with the partitioner configured as above."""
+    """torch.compile(model) with the partitioner configured as above. Dynamo is reset first: it would otherwise
+    reuse a graph compiled earlier in this process for another instance of the model class (parameters are graph
+    inputs), partitioned under the settings of that time."""
     configure_partitioner(memory_budget, recompute_pointwise)
+    torch._dynamo.reset()
     return torch.compile(model, mode=mode)

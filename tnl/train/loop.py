@@ -25,7 +25,7 @@ from tnl.data import PackedWindows, ResumableSampler, collate, load_documents, p
 from tnl.errors import UserError
 
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint, verify
-from .compile import compile_for_training
+from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsWriter
@@ -187,9 +187,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                          # global RNG, or a resumed run's dropout masks would shift
                                          generator=torch.Generator().manual_seed(tc.seed))
     batches = iter(loader)
-    if not 0.0 < tc.compile_memory_budget <= 1.0:
-        raise TrainError(f"train.compile_memory_budget={tc.compile_memory_budget} must be in (0, 1]; 1 keeps all "
-                         "activations the compiled graph wants, lower values recompute more")
+    try:
+        check_memory_budget(tc.compile_memory_budget)
+    except ValueError as exc:
+        raise TrainError(f"train.{exc}") from None
     if tc.compile:
         model = compile_for_training(model, tc.compile_memory_budget, tc.compile_recompute_pointwise)
 

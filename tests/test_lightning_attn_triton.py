@@ -170,8 +170,9 @@ def test_segmented_long_sequence(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(2, 70, 4, 2, 32, 16), (1, 70, 2, 2, 16, 48)])  # D != E, grouped heads
-def test_segmented_backward_shares_reverse_states(shape, monkeypatch):
-    # the dk pass reads the dv pass's segment start states transposed (same plan) instead of building its own
+def test_segmented_backward_reuses_start_states(shape, monkeypatch):
+    # eager: the dq pass reads the forward's segment start states and the dk pass the dv pass's, both transposed
+    # (same plan), instead of building their own
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
     scans = []
 
@@ -186,7 +187,7 @@ def test_segmented_backward_shares_reverse_states(shape, monkeypatch):
     monkeypatch.setattr(CT._k, "_scan_kernel", Counting(CT._k._scan_kernel))
     q, k, v, decay, s0 = _inputs(*shape)
     _check_all(q, k, v, decay, s0, scale=0.7)
-    assert len(scans) == 1 + 2  # forward; backward: dq's forward-order states and R's, once for dv and dk
+    assert len(scans) == 1 + 1  # forward (S, reused by dq); backward: R, built for dv and reused by dk
 
 
 @pytest.mark.parametrize("seg", [None, "32"])
@@ -357,6 +358,26 @@ def test_compiled_custom_ops_match_eager_function():
         results.append([o, final, *grads])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_compiled_segmented_matches_recurrence(monkeypatch):
+    """The custom ops cannot keep the forward's segment states for backward (eager can): their segmented path,
+    which builds them again, against the float64 recurrence."""
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+    q, k, v, decay, s0 = _inputs(2, 40, 2, 1, 16, 32)
+
+    def f(q, k, v, s0):
+        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True)
+
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, s0)]
+    o, final = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
+    go, gf = torch.randn(o.shape), torch.randn(final.shape)
+    grads = torch.autograd.grad((o * go).sum() + (final * gf).sum(), leaves)
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v, s0)]
+    o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3])
+    grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
+    for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
+        assert _rel(got, want) < 1e-5
 
 
 def test_torch_compile_no_graph_break():

@@ -301,11 +301,8 @@ def _check(q, k, v, decay, initial_state):
 _NS = "tnl" if __name__ == "tnl.ops.lightning_attn.chunk_triton" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
-def _fwd_impl(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
-    initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
-    qk_silu: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
+    """(o, final state or an empty tensor, segment start states of a segmented plan or None)."""
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
@@ -313,9 +310,18 @@ def _fwd_impl(
     o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
-    _chunk_pass(q, k, v, (1, group, group), decay, init, init.stride() if init is not None else None, o, final,
-                skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd", act=(qk_silu, qk_silu, False))
-    return o, (final if final is not None else q.new_empty(0, dtype=torch.float32))
+    starts = _chunk_pass(q, k, v, (1, group, group), decay, init, init.stride() if init is not None else None, o,
+                         final, skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd",
+                         act=(qk_silu, qk_silu, False))
+    return o, (final if final is not None else q.new_empty(0, dtype=torch.float32)), starts
+
+
+def _fwd_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+    initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+    qk_silu: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)[:2]
 
 
 _fwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())(_fwd_impl)
@@ -337,6 +343,13 @@ def _bwd_impl(
     scale: float,
     need_dq: bool, need_dkv: bool, qk_silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
+    return _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu)
+
+
+def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
+              fwd_starts=None):
+    """`fwd_starts`: the forward's segment start states (eager mode keeps them; the custom ops cannot, because
+    their fake implementations would need the data-dependent segment count of varlen plans)."""
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
@@ -345,12 +358,14 @@ def _bwd_impl(
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
+    same_plan = plan_d.seg_len == plan_e.seg_len  # the forward's plan is plan_e
     if need_dq:
-        # dq_t = scale * do_t S_t^T: forward order on (do, v, k), state S^T
+        # dq_t = scale * do_t S_t^T: forward order on (do, v, k), state S^T (the forward built S's start states)
         st = (init.stride(0), init.stride(1), init.stride(3), init.stride(2)) if init is not None else None
         _chunk_pass(do, v, k, (1, group, group), decay, init, st, dq, None,
                     skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq",
-                    act=(False, False, qk_silu), dact=(q, 1) if qk_silu else None)
+                    act=(False, False, qk_silu), dact=(q, 1) if qk_silu else None,
+                    starts_t=fwd_starts if same_plan else None)
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
     kv_dtype = k.dtype if group == 1 else torch.float32
@@ -371,7 +386,6 @@ def _bwd_impl(
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T; the dv pass built R's segment start states
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
-        same_plan = plan_d.seg_len == plan_e.seg_len
         _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
                     skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
                     act=(False, False, qk_silu), dact=(k, group) if qk_silu else None,
@@ -430,13 +444,17 @@ class _EagerLightningAttn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
-        out = _fwd_impl(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
-        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu), out)
-        return out
+        o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
+        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu), None)
+        # segmented plans: the forward's segment start states are the dq pass's (transposed), so backward skips a
+        # state pass and a scan for B * segments * H * D * E fp32 kept (8 MiB per layer at tnl_385m, T=8k)
+        ctx.fwd_starts = starts
+        return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        return _backward_with(_bwd_impl, ctx, do, dfinal)
+        starts, ctx.fwd_starts = ctx.fwd_starts, None
+        return _backward_with(functools.partial(_bwd_core, fwd_starts=starts), ctx, do, dfinal)
 
 
 # ---------------------------------------------------------------------------------------------- public API

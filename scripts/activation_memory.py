@@ -34,13 +34,15 @@ from count_params import count_params, load_config  # noqa: E402  (scripts/ is o
 from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
 
 
-def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[str, int]:
-    """Bytes of distinct storages saved for backward, keyed by the innermost module that saved them."""
+def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str,
+                run: torch.nn.Module | None = None) -> dict[str, int]:
+    """Bytes of distinct storages saved for backward, keyed by the innermost module that saved them. `run`: a
+    compiled `model` to step instead; its graph saves everything at once, so all bytes go under "(top)"."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
     by_module: dict[str, int] = defaultdict(int)
     stack: list[str] = ["(top)"]
-    names = {m: n for n, m in model.named_modules()}
+    names = {m: n for n, m in model.named_modules()} if run is None else {}
     def enter(module, args) -> None:
         stack.append(names[module])
 
@@ -59,31 +61,13 @@ def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str) -> dict[
 
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast(device, dtype=torch.bfloat16):
-                out = model(input_ids=ids, labels=ids)
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+                out = (model if run is None else run)(input_ids=ids, labels=ids)
         out.loss.backward()
     finally:
         for h in handles:
             h.remove()
     return dict(by_module)
-
-
-def _saved_bytes_total(model: torch.nn.Module, run: torch.nn.Module, ids: torch.Tensor, device: str) -> int:
-    """Bytes of distinct non-parameter storages saved for backward by one training step of `run`."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        s = x.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
-            loss = run(input_ids=ids, labels=ids).loss
-    loss.backward()
-    return sum(storages.values())
 
 
 def per_block_compiled(args: argparse.Namespace) -> float:
@@ -101,7 +85,7 @@ def per_block_compiled(args: argparse.Namespace) -> float:
             model = TransnormerForCausalLM(cfg).to(args.device).train()
             compiled = torch.compile(model, backend="aot_eager_decomp_partition")
             ids = torch.randint(0, 4096, (1, t), device=args.device)
-            total[layers, t] = _saved_bytes_total(model, compiled, ids, args.device)
+            total[layers, t] = sum(saved_bytes(model, ids, args.device, run=compiled).values())
     (t0, t1), l0 = args.T, args.layers
     return ((total[l0 + 1, t1] - total[l0, t1]) - (total[l0 + 1, t0] - total[l0, t0])) / (t1 - t0)
 

@@ -5,7 +5,8 @@ Times are triton.testing.do_bench medians (ms) of the forward and of forward+bac
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
     python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
-        [--methods tnl tnl_fused fla lightning-attn sdpa]   (tnl_fused: TNL_ATTN_BWD=fused backward)
+        [--methods tnl tnl_split tnl_fused fla lightning-attn sdpa]
+        (tnl: the default backward; tnl_split / tnl_fused force TNL_ATTN_BWD=split or fused)
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
 """
 
@@ -57,11 +58,11 @@ def make_fns(name, impls, b, t, d, e):
     """Returns (fwd_fn, leaves) or None when the method does not apply to this shape."""
     dev, dt = "cuda", torch.bfloat16
     decay = slopes(H).to(dev)
-    if name in ("tnl", "tnl_fused", "fla"):
+    if name in ("tnl", "tnl_split", "tnl_fused", "fla"):
         q = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
-        if name in ("tnl", "tnl_fused"):
+        if name in ("tnl", "tnl_split", "tnl_fused"):
             return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
         fla = impls["fla"]
         g_gamma = -decay
@@ -103,9 +104,22 @@ def host_ms(fn, leaves, n: int = 20) -> float:
     return elapsed / n * 1e3
 
 
+def warm_up_gpu(seconds: float = 2.0) -> None:
+    """Run matrix products for a while first: an idle H100 sits at low clocks, and the first method timed in a
+    process measured up to 3x slower than the same kernel timed later."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def measure(name, impls, b, t, d, e, host: bool = False):
-    # tnl_fused: tnl with the fused dK/dV backward pass (TNL_ATTN_BWD=fused, read at backward time)
-    os.environ["TNL_ATTN_BWD"] = "fused" if name == "tnl_fused" else "split"
+    # TNL_ATTN_BWD is read at backward time: tnl = the default, tnl_split / tnl_fused force a form
+    os.environ.pop("TNL_ATTN_BWD", None)
+    if name in ("tnl_split", "tnl_fused"):
+        os.environ["TNL_ATTN_BWD"] = name[4:]
     torch.cuda.empty_cache()
     try:
         made = make_fns(name, impls, b, t, d, e)
@@ -158,7 +172,8 @@ def main() -> int:
     H, TOKENS = args.heads, args.tokens
     torch.manual_seed(0)
     impls = load_impls()
-    methods = [m for m in args.methods if m in ("tnl", "tnl_fused", "sdpa") or m in impls]
+    warm_up_gpu()
+    methods = [m for m in args.methods if m in ("tnl", "tnl_split", "tnl_fused", "sdpa") or m in impls]
     missing = [m for m in args.methods if m not in methods]
     device = torch.cuda.get_device_name()
     lines = []

@@ -134,6 +134,27 @@ def test_silu_folded_into_kernels_matches_silu_then_attention(case, monkeypatch)
         assert _rel(g, g_r) < 1e-5, f"d{name} {_rel(g, g_r)}"
 
 
+def test_backward_form_from_environment(monkeypatch):
+    monkeypatch.delenv("TNL_ATTN_BWD", raising=False)
+    assert not CT._fused_dkdv_enabled(64, 64)  # split by default
+    monkeypatch.setenv("TNL_ATTN_BWD", "fused")
+    assert CT._fused_dkdv_enabled(128, 128) and not CT._fused_dkdv_enabled(256, 128)  # R must fit in registers
+    monkeypatch.setenv("TNL_ATTN_BWD", "fast")
+    with pytest.raises(ValueError, match="TNL_ATTN_BWD='fast' is not one of split, fused"):
+        CT._fused_dkdv_enabled(64, 64)
+
+
+def test_plan_segments_small_tiles_less(monkeypatch):
+    # one program per SM saturates HBM for D, E <= 64; larger tiles want two per SM before segments pay off
+    monkeypatch.setattr(CT, "_num_sms", lambda device: 132)
+    monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
+    cpu = torch.device("cpu")
+    assert CT._Plan(8, 8192, 16, 64, None, cpu, small=True).nseg == 1  # 128 programs
+    assert CT._Plan(8, 8192, 16, 64, None, cpu, small=False).nseg == 2
+    assert CT._Plan(1, 65536, 16, 64, None, cpu, small=True).nseg == 8
+    assert CT._Plan(1, 65536, 16, 128, None, cpu).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
+
+
 def test_fused_dkdv_bf16(monkeypatch):
     monkeypatch.setenv("TNL_ATTN_BWD", "fused")
     q, k, v, decay, s0 = _inputs(1, 40, 2, 1, 16, 16, dtype=torch.bfloat16)

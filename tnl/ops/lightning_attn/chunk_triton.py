@@ -63,10 +63,14 @@ def _device_tag(device: torch.device) -> str:
 class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
-    def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device):
+    def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
+                 small: bool = False):
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
-        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or 2 * _num_sms(device)
+        # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
+        # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
+        # and v); larger tiles are latency-bound per chunk and want two per SM.
+        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * _num_sms(device)
         if env:
             seg_len = int(env)
         elif cu_seqlens is None:
@@ -240,8 +244,18 @@ _DKDV_CONFIGS = [(32, 8, 2), (16, 8, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2)]  # 
 _DKDV_MAX_TILE = 128 * 128  # the D x E state stays in registers
 
 
+def _small_tiles(dk: int, dv: int) -> bool:
+    return _pow2(dk) <= 64 and _pow2(dv) <= 64
+
+
 def _fused_dkdv_enabled(dk: int, dv: int) -> bool:
-    return os.environ.get("TNL_ATTN_BWD", "split") == "fused" and _pow2(dk) * _pow2(dv) <= _DKDV_MAX_TILE
+    """TNL_ATTN_BWD: split (the default: separate dK and dV passes) or fused (one dK/dV pass, where the D x E
+    state fits in registers). On an H100 the split passes were faster at D=E=128 and, timed interleaved in one
+    process, at D=E=64 too (0.77 / 0.77 / 1.12 ms vs 0.80 / 0.94 / 1.18 at T=1k / 8k / 64k)."""
+    mode = os.environ.get("TNL_ATTN_BWD", "split")
+    if mode not in ("split", "fused"):
+        _fail(f"TNL_ATTN_BWD={mode!r} is not one of split, fused; unset it for the default (split)")
+    return mode == "fused" and _pow2(dk) * _pow2(dv) <= _DKDV_MAX_TILE
 
 
 def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale: float, plan: _Plan,
@@ -306,7 +320,7 @@ def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
-    plan = _Plan(b, t, h, e, cu_seqlens, q.device)
+    plan = _Plan(b, t, h, e, cu_seqlens, q.device, small=_small_tiles(d, e))
     o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
@@ -353,8 +367,9 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
-    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device)
-    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device)
+    small = _small_tiles(d, e)
+    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, small=small)
+    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, small=small)
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
@@ -372,7 +387,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     fused = need_dkv and _fused_dkdv_enabled(d, e)
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device)  # one E-block per (head, segment)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small)  # one E-block per (head, segment)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)

@@ -381,24 +381,39 @@ def test_compiled_custom_ops_match_eager_function():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_compiled_segmented_matches_recurrence(monkeypatch):
-    """The custom ops cannot keep the forward's segment states for backward (eager can): their segmented path,
-    which builds them again, against the float64 recurrence."""
+@pytest.mark.parametrize("varlen", [False, True])
+def test_compiled_segmented_matches_recurrence(varlen, monkeypatch):
+    """The custom ops' segmented path against the float64 recurrence. Fixed-length plans hand the forward's segment
+    states to backward (one scan fewer: counted); varlen plans cannot (their fake shapes would depend on
+    cu_seqlens' values), so their dq pass builds the states again."""
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
-    q, k, v, decay, s0 = _inputs(2, 40, 2, 1, 16, 32)
+    scans = []
+    scan = CT._k._scan_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            scans.append(grid)
+            return scan[grid]
+
+    monkeypatch.setattr(CT._k, "_scan_kernel", Counting())
+    cu = torch.tensor([0, 7, 7, 40, 80], dtype=torch.int32) if varlen else None
+    q, k, v, decay, s0 = _inputs(*((1, 80) if varlen else (2, 40)), 2, 1, 16, 32, n=4 if varlen else None)
 
     def f(q, k, v, s0):
-        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True)
+        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True,
+                                        cu_seqlens=cu)
 
     leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, s0)]
+    torch._dynamo.reset()
     o, final = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
     go, gf = torch.randn(o.shape), torch.randn(final.shape)
     grads = torch.autograd.grad((o * go).sum() + (final * gf).sum(), leaves)
     ref = [x.detach().double().requires_grad_() for x in (q, k, v, s0)]
-    o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3])
+    o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3], cu_seqlens=cu)
     grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
     for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
         assert _rel(got, want) < 1e-5
+    assert len(scans) == (3 if varlen else 2)  # forward, dq (varlen only), dv (shared with dk)
 
 
 def test_torch_compile_no_graph_break():

@@ -330,12 +330,27 @@ def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     return o, (final if final is not None else q.new_empty(0, dtype=torch.float32)), starts
 
 
+def _kept_starts_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> tuple | None:
+    """Shape of the forward's segment start states when the custom op returns them for backward: fixed-length
+    segmented plans only (a varlen plan's segment count depends on cu_seqlens' values, which a fake tensor lacks)."""
+    if cu_seqlens is not None:
+        return None
+    b, t, h, d = q.shape
+    e = v.shape[-1]
+    plan = _Plan(b, t, h, e, None, q.device, small=_small_tiles(d, e))
+    return (plan.g_total, h, d, e) if plan.segmented else None
+
+
 def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     qk_silu: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)[:2]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, final state, segment start states kept for the dq pass or an empty tensor)."""
+    o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
+    if _kept_starts_shape(q, v, cu_seqlens) is None:
+        starts = q.new_empty(0, dtype=torch.float32)
+    return o, final, starts
 
 
 _fwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())(_fwd_impl)
@@ -348,22 +363,24 @@ def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     n = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
     o = q.new_empty(b, t, h, e)
     final = q.new_empty((n, h, d, e) if output_final_state else (0,), dtype=torch.float32)
-    return o, final
+    starts = q.new_empty(_kept_starts_shape(q, v, cu_seqlens) or (0,), dtype=torch.float32)
+    return o, final, starts
 
 
 def _bwd_impl(
     do: torch.Tensor, dfinal: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: UP045
     decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
-    need_dq: bool, need_dkv: bool, qk_silu: bool,
+    need_dq: bool, need_dkv: bool, qk_silu: bool, fwd_starts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
-    return _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu)
+    return _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
+                     fwd_starts=fwd_starts if fwd_starts.numel() else None)
 
 
 def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
               fwd_starts=None):
-    """`fwd_starts`: the forward's segment start states (eager mode keeps them; the custom ops cannot, because
-    their fake implementations would need the data-dependent segment count of varlen plans)."""
+    """`fwd_starts`: the forward's segment start states, or None (varlen under the custom ops, whose fake
+    implementation cannot know a varlen plan's data-dependent segment count)."""
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
@@ -418,7 +435,7 @@ _bwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())
 
 
 @_bwd_op.register_fake
-def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu):
+def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu, fwd_starts):
     dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
              else q.new_empty(0, dtype=torch.float32))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
@@ -426,14 +443,17 @@ def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
 
 def _setup_context(ctx, inputs, output):
     q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu = inputs
-    ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens)
+    # the forward's segment start states are the dq pass's (transposed): kept, backward skips a state pass and a
+    # scan for B * segments * H * D * E fp32 (8 MiB per layer at tnl_385m, T=8k)
+    starts = output[2] if output is not None else None
+    ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens, starts)
     ctx.scale = scale
     ctx.qk_silu = qk_silu
     ctx.init_dtype = initial_state.dtype if initial_state is not None else None
 
 
 def _backward_with(bwd, ctx, do, dfinal):
-    q, k, v, decay, initial_state, cu_seqlens = ctx.saved_tensors
+    q, k, v, decay, initial_state, cu_seqlens, starts = ctx.saved_tensors
     if do is None:
         do = torch.zeros(*q.shape[:3], v.shape[-1], device=q.device, dtype=q.dtype)
     if dfinal is not None and dfinal.numel() == 0:
@@ -441,12 +461,13 @@ def _backward_with(bwd, ctx, do, dfinal):
     need = ctx.needs_input_grad
     dq, dk, dv, dinit = bwd(
         do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2], ctx.qk_silu,
+        starts if starts is not None else q.new_empty(0, dtype=torch.float32),
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
     return dq, dk, dv, None, None, dinit, None, None, None
 
 
-def _backward(ctx, do, dfinal):
+def _backward(ctx, do, dfinal, dstarts):
     return _backward_with(_bwd_op, ctx, do, dfinal)
 
 
@@ -459,17 +480,19 @@ class _EagerLightningAttn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
+        # eager keeps start states for varlen plans too (the custom ops cannot: see _kept_starts_shape)
         o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
-        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu), None)
-        # segmented plans: the forward's segment start states are the dq pass's (transposed), so backward skips a
-        # state pass and a scan for B * segments * H * D * E fp32 kept (8 MiB per layer at tnl_385m, T=8k)
-        ctx.fwd_starts = starts
+        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu),
+                       (o, final, starts))
         return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        starts, ctx.fwd_starts = ctx.fwd_starts, None
-        return _backward_with(functools.partial(_bwd_core, fwd_starts=starts), ctx, do, dfinal)
+        def bwd(*args):
+            starts = args[-1]
+            return _bwd_core(*args[:-1], fwd_starts=starts if starts.numel() else None)
+
+        return _backward_with(bwd, ctx, do, dfinal)
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -498,7 +521,7 @@ def triton_lightning_attn(
     # torch.compile traces the custom op; eager calls skip its dispatch and autograd wrappers
     fn = _fwd_op if torch.compiler.is_compiling() else _EagerLightningAttn.apply
     o, final = fn(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
-                  qk_activation == "silu")
+                  qk_activation == "silu")[:2]
     return o, (final if output_final_state else None)
 
 

@@ -75,7 +75,7 @@ def _chunk_kernel(
     WRITE_O: tl.constexpr, STORE_FINAL: tl.constexpr, FINAL_DECAY: tl.constexpr,
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
-    DACT: tl.constexpr = False, P_T: tl.constexpr = False,
+    DACT: tl.constexpr = False, P_T: tl.constexpr = False, INTER_FIRST: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
@@ -165,14 +165,21 @@ def _chunk_kernel(
                 qq = qq.to(tl.float32)
             if ACT_Q:
                 qq = _silu(qq)
-            a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
-            o = tl.dot(a.to(vv.dtype), vv, input_precision=PREC)
             if REVERSE:
                 qexp = (n - offs_c).to(tl.float32) - shf
             else:
                 qexp = (offs_c + 1).to(tl.float32) - shf
             qdec = tl.where(mt, tl.exp2(-ls * tl.maximum(qexp, 0.0)), 0.0)
-            o += tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
+            if INTER_FIRST:
+                # the intra-chunk product accumulates onto the inter-chunk term (acc=): 6-9% faster at D <= 128
+                # on an H100, slower at D=256
+                o = tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
+                a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
+                o = tl.dot(a.to(vv.dtype), vv, acc=o, input_precision=PREC)
+            else:
+                a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
+                o = tl.dot(a.to(vv.dtype), vv, input_precision=PREC)
+                o += tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
             o = o * sout
             if DACT:
                 x_base = XRAW + b64 * sx_b + (h // GX).to(tl.int64) * sx_h

@@ -70,7 +70,7 @@ def _check_all(q, k, v, decay, s0, scale=1.0, cu=None, tol=1e-5, grad=True):
         (2, 37, 4, 2, 16, 32),  # odd T, grouped heads, D != E
         (1, 50, 2, 1, 48, 24),  # odd D (48 pads to 64), E not a power of two
         (1, 20, 2, 2, 64, 32),  # D = 2E (LRPE-like)
-        (1, 21, 1, 1, 144, 24),  # D pads to 256: the other order of the output's two products (INTER_FIRST off)
+        (1, 21, 1, 1, 144, 24),  # D pads to 256 (LRPE on 128-dim heads)
     ],
 )
 def test_forward_backward_match_recurrence(shape):

@@ -215,7 +215,6 @@ def _chunk_pass(
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
             ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, P_T=starts_t is not None,
-            INTER_FIRST=bd <= 128,
             num_warps=w, num_stages=s,
         )
 

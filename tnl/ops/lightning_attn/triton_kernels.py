@@ -75,7 +75,7 @@ def _chunk_kernel(
     WRITE_O: tl.constexpr, STORE_FINAL: tl.constexpr, FINAL_DECAY: tl.constexpr,
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
-    DACT: tl.constexpr = False, P_T: tl.constexpr = False, INTER_FIRST: tl.constexpr = False,
+    DACT: tl.constexpr = False, P_T: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
@@ -170,16 +170,11 @@ def _chunk_kernel(
             else:
                 qexp = (offs_c + 1).to(tl.float32) - shf
             qdec = tl.where(mt, tl.exp2(-ls * tl.maximum(qexp, 0.0)), 0.0)
-            if INTER_FIRST:
-                # the intra-chunk product accumulates onto the inter-chunk term (acc=): 6-9% faster at D <= 128
-                # on an H100, slower at D=256
-                o = tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
-                a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
-                o = tl.dot(a.to(vv.dtype), vv, acc=o, input_precision=PREC)
-            else:
-                a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
-                o = tl.dot(a.to(vv.dtype), vv, input_precision=PREC)
-                o += tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
+            # the intra-chunk product accumulates onto the inter-chunk term (acc=): one C x BE accumulator live
+            # instead of two (H100: 6-9% faster forward at D=128, and at D=256 with the state update below)
+            o = tl.dot(qq, S.to(qq.dtype), input_precision=PREC) * qdec[:, None]
+            a = tl.dot(qq, tl.trans(kk), input_precision=PREC) * mdec
+            o = tl.dot(a.to(vv.dtype), vv, acc=o, input_precision=PREC)
             o = o * sout
             if DACT:
                 x_base = XRAW + b64 * sx_b + (h // GX).to(tl.int64) * sx_h
@@ -193,8 +188,10 @@ def _chunk_kernel(
         else:
             kexp = (n - 1 - offs_c).to(tl.float32)
         kdec = tl.where(mt, tl.exp2(-ls * tl.maximum(kexp, 0.0)) * skv, 0.0)
-        kd = (kk * kdec[:, None]).to(kk.dtype)
-        S = S * tl.exp2(-ls * (n.to(tl.float32) - shf)) + tl.dot(tl.trans(kd), vv, input_precision=PREC)
+        # the per-token decay goes on the C x BE value tile, not the C x BD key tile: K^T stays the loaded tile
+        # (H100: 4-12% faster, most at D=256)
+        vd = (vv * kdec[:, None]).to(vv.dtype)
+        S = S * tl.exp2(-ls * (n.to(tl.float32) - shf)) + tl.dot(tl.trans(kk), vd, input_precision=PREC)
         shift = shift * 0
 
     if WRITE_O:

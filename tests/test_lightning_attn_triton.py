@@ -304,6 +304,8 @@ def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     autotune._MEMORY.clear()
     autotune._LOADED.clear()
     assert autotune.pick("dev-test", "k1", [[5], [2]], bench) == [2] and len(calls) == 3  # from disk
+    # a remembered choice that is no longer a candidate is tuned again
+    assert autotune.pick("dev-test", "k1", [[5], [4]], bench) == [4] and len(calls) == 5
 
 
 def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch):

@@ -77,7 +77,8 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     full = f"{device_tag}|{key}"
     with _LOCK:
         _load(device_tag)
-        if full in _MEMORY:
+        # a remembered choice counts only while it is still a candidate (candidate lists change between versions)
+        if full in _MEMORY and list(_MEMORY[full]) in [list(c) for c in configs]:
             return _MEMORY[full]
     if not enabled():
         return configs[0]

@@ -419,6 +419,44 @@ def test_compiled_segmented_matches_recurrence(varlen, monkeypatch):
     assert len(scans) == (3 if varlen else 2)  # forward, dq (varlen only), dv (shared with dk)
 
 
+def test_compiled_dynamic_shapes_follow_segment_count(monkeypatch):
+    """dynamic=True: the fake implementation derives the kept start states' shape from symbolic B and T, so one
+    graph serves lengths with different segment counts."""
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+    decay = torch.rand(2) * 0.5
+
+    def f(q, k, v):
+        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5)[0]
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(f, backend="aot_eager", dynamic=True, fullgraph=True)
+    for b, t in [(3, 40), (4, 70)]:  # 3 and 5 segments (B != H: duck sizing would tie them)
+        leaves = [torch.randn(b, t, 2, 16).requires_grad_() for _ in range(3)]
+        o = compiled(*leaves)
+        go = torch.randn(o.shape)
+        grads = torch.autograd.grad((o * go).sum(), leaves)
+        ref = [x.detach().double().requires_grad_() for x in leaves]
+        o_r = recurrence(*ref, decay, 0.5)[0]
+        grads_r = torch.autograd.grad((o_r * go.double()).sum(), ref)
+        for got, want in zip([o, *grads], [o_r, *grads_r]):
+            assert _rel(got, want) < 1e-5
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_custom_ops_pass_opcheck(varlen, monkeypatch):
+    """torch.library.opcheck: schema, autograd registration and the fake implementations' output shapes (the kept
+    segment states' shape is derived from the plan) against real runs, segmented."""
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+    cu = torch.tensor([0, 7, 7, 40], dtype=torch.int32) if varlen else None
+    q, k, v, decay, s0 = _inputs(1 if varlen else 3, 40, 2, 2, 16, 16, n=3)
+    q, k, v, s0 = (x.requires_grad_() for x in (q, k, v, s0))
+    torch.library.opcheck(CT._fwd_op, (q, k, v, decay, 0.5, s0, True, cu, False))
+
+
 def test_torch_compile_no_graph_break():
     q, k, v, decay, s0 = _inputs(1, 16, 2, 2, 16, 16)
 

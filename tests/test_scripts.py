@@ -51,3 +51,22 @@ def test_compiled_model_keeps_what_the_design_keeps(monkeypatch):
     out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu", "--compile")
     got = int(re.search(r"\*\*one block, compiled\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
     assert got == _design_bytes_per_block(), out
+
+
+def test_kernel_variant_check_catches_a_changed_kernel(tmp_path):
+    """bench_kernel_variants.py (under the interpreter: correctness only) passes an unchanged copy of the kernels
+    and fails one whose output is off by 1%."""
+    import os
+
+    src = (ROOT / "tnl" / "ops" / "lightning_attn" / "triton_kernels.py").read_text()
+    assert src.count("            o = o * sout\n") == 1
+    same, off = tmp_path / "same.py", tmp_path / "off.py"
+    same.write_text(src)
+    off.write_text(src.replace("            o = o * sout\n", "            o = o * sout * 1.01\n"))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TNL_AUTOTUNE": "0"}
+    cmd = [sys.executable, "scripts/bench_kernel_variants.py", "--shapes", "2,40,16,16", "--heads", "2",
+           "--rounds", "1"]
+    ok = subprocess.run([*cmd, str(same)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0 and "| same.py | - | - | 0.0e+00 |" in ok.stdout, ok.stdout + ok.stderr[-2000:]
+    bad = subprocess.run([*cmd, str(off)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout, bad.stdout + bad.stderr[-2000:]

@@ -24,6 +24,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_attention import slopes, warm_up_gpu  # noqa: E402  (scripts/ is on sys.path)
 
 
 def load_variant(path: str):
@@ -31,10 +34,6 @@ def load_variant(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # triton.jit needs the kernels' source file, so variants are real files
     return module
-
-
-def slopes(h: int) -> torch.Tensor:
-    return torch.tensor([2 ** (-8 * (i + 1) / h) for i in range(h)], dtype=torch.float32)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,10 +94,8 @@ def main() -> int:
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     tol = args.tol if args.tol is not None else (2e-2 if cuda else 1e-5)
     kernels = [("current", ct._k)] + [(Path(p).name, load_variant(p)) for p in args.variants]
-    if cuda:  # an idle GPU runs at low clocks: the first kernel timed would look slow
-        a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-        for _ in range(200):
-            a @ a
+    if cuda:
+        warm_up_gpu()
     rows = []
     try:
         for rnd in range(args.rounds):

@@ -27,6 +27,21 @@ def _interpret(monkeypatch):
     monkeypatch.delenv("TNL_ATTN_SEG_LEN", raising=False)
 
 
+@pytest.fixture
+def scans(monkeypatch):
+    """The grids of every `_scan_kernel` launch (one per segmented pass that builds its own start states)."""
+    grids = []
+    kernel = CT._k._scan_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(CT._k, "_scan_kernel", Counting())
+    return grids
+
+
 def _rel(a, b):
     return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
 
@@ -192,21 +207,10 @@ def test_segmented_long_sequence(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(2, 70, 4, 2, 32, 16), (1, 70, 2, 2, 16, 48)])  # D != E, grouped heads
-def test_segmented_backward_reuses_start_states(shape, monkeypatch):
+def test_segmented_backward_reuses_start_states(shape, scans, monkeypatch):
     # eager: the dq pass reads the forward's segment start states and the dk pass the dv pass's, both transposed
     # (same plan), instead of building their own
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
-    scans = []
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            scans.append(grid)
-            return self.kernel[grid]
-
-    monkeypatch.setattr(CT._k, "_scan_kernel", Counting(CT._k._scan_kernel))
     q, k, v, decay, s0 = _inputs(*shape)
     _check_all(q, k, v, decay, s0, scale=0.7)
     assert len(scans) == 1 + 1  # forward (S, reused by dq); backward: R, built for dv and reused by dk
@@ -385,20 +389,11 @@ def test_compiled_custom_ops_match_eager_function():
 
 
 @pytest.mark.parametrize("varlen", [False, True])
-def test_compiled_segmented_matches_recurrence(varlen, monkeypatch):
+def test_compiled_segmented_matches_recurrence(varlen, scans, monkeypatch):
     """The custom ops' segmented path against the float64 recurrence. Fixed-length plans hand the forward's segment
     states to backward (one scan fewer: counted); varlen plans cannot (their fake shapes would depend on
     cu_seqlens' values), so their dq pass builds the states again."""
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
-    scans = []
-    scan = CT._k._scan_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            scans.append(grid)
-            return scan[grid]
-
-    monkeypatch.setattr(CT._k, "_scan_kernel", Counting())
     cu = torch.tensor([0, 7, 7, 40, 80], dtype=torch.int32) if varlen else None
     q, k, v, decay, s0 = _inputs(*((1, 80) if varlen else (2, 40)), 2, 1, 16, 32, n=4 if varlen else None)
 

@@ -193,6 +193,8 @@ def main() -> int:
         lambda: check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32),
         lambda: check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True),
         lambda: check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32),
+        lambda: check_case("fp32 narrow E-blocks (B*H = 48: BE=32, no segments)", 3, 3000, 16, 16, 64, 64, f32),
+        lambda: check_case("bf16 narrow E-blocks B4 T8192 H16 D=E=64", 4, 8192, 16, 16, 64, 64, bf),
         lambda: check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512),
         lambda: check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu),
         lambda: check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512),

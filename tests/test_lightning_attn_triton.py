@@ -171,6 +171,37 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(1, 65536, 16, 128, None, cpu).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
 
 
+def test_plan_narrow_e_blocks_when_half_the_sms_would_idle(monkeypatch):
+    monkeypatch.setattr(CT, "_num_sms", lambda device: 132)
+    monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
+    cpu = torch.device("cpu")
+    narrow = CT._Plan(4, 16384, 16, 64, None, cpu, small=True)  # 64 programs of BE=64 -> 128 of BE=32
+    assert (narrow.nseg, narrow.max_be) == (1, 32)
+    for b, t in ((8, 8192), (64, 1024)):  # >= 128 programs: E-blocks of 64
+        assert CT._Plan(b, t, 16, 64, None, cpu, small=True).max_be == 64
+    few = CT._Plan(2, 32768, 16, 64, None, cpu, small=True)  # even 64 narrow programs idle half the SMs: segments
+    assert (few.max_be, few.nseg) == (64, 4)
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, small=True, narrow_ok=False).max_be == 64
+    assert CT._Plan(4, 16384, 16, 128, None, cpu).max_be == 64  # large tiles
+    assert CT._Plan(4, 16384, 16, 32, None, cpu, small=True).max_be == 64  # E=32 has one E-block either way
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "4096")  # explicit segments win
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, small=True).max_be == 64
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    capped = CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False, max_be=32)
+    assert capped and all(be == 32 for _, be, _, _ in capped)
+    assert any(be == 64 for _, be, _, _ in CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False))
+
+
+def test_narrow_plan_matches_recurrence_without_segments(scans, monkeypatch):
+    # 1 row x 2 heads, target 6 programs: narrow (4 programs, unsegmented); without it, 3 segments per row
+    monkeypatch.setenv("TNL_ATTN_PROGRAMS", "6")
+    q, k, v, decay, s0 = _inputs(1, 600, 2, 2, 64, 64)
+    assert CT._Plan(1, 600, 2, 64, None, q.device, small=True).max_be == 32
+    assert CT._Plan(1, 600, 2, 64, None, q.device, small=True, narrow_ok=False).nseg == 2
+    _check_all(q, k, v, decay, s0)
+    assert scans == []
+
+
 def test_fused_dkdv_bf16(monkeypatch):
     monkeypatch.setenv("TNL_ATTN_BWD", "fused")
     q, k, v, decay, s0 = _inputs(1, 40, 2, 1, 16, 16, dtype=torch.bfloat16)
@@ -345,10 +376,15 @@ def test_shipped_configs_are_kernel_candidates():
     for gpu, table in TUNED.items():
         assert table, gpu
         for key, cfg in table.items():
-            role, dims, dtype, rev, init, seg = key.split("|")
+            role, dims, dtype, rev, init, seg, *narrow = key.split("|")
             assert role in ("fwd", "dq", "dk", "dv", "state") and dtype in ("bfloat16", "float16", "float32")
             assert [int(x) for x in dims.split("x")] and rev[:3] == "rev" and init[:4] == "init" and seg[:3] == "seg"
-            assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
+            assert narrow in ([], ["be32"]), key
+            if narrow:  # narrow plans cap the E-block of every candidate at 32
+                assert cfg[1] == 32 and any(c == cfg[0] and min(be, 32) == 32 and (w, st) == tuple(cfg[2:])
+                                            for c, be, w, st in allowed), (key, cfg)
+            else:
+                assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
 
 
 def test_launch_choice_made_once_per_shape_class(monkeypatch):

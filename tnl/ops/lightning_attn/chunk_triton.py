@@ -64,15 +64,23 @@ class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
-                 small: bool = False):
+                 small: bool = False, narrow_ok: bool = True):
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
         # and v); larger tiles are latency-bound per chunk and want two per SM.
         target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * _num_sms(device)
+        # E-blocks of at most this width (the launch configs are capped to it)
+        self.max_be = 64
         if env:
             seg_len = int(env)
+        elif cu_seqlens is None and narrow_ok and small and 32 < dv <= 64 and 2 * b * h <= target <= 4 * b * h:
+            # narrow plan: with one E-block per (row, head) more than half the SMs would idle; two E-blocks of 32
+            # double the programs without a state pass (H100, D=E=64, T=16k, B=4: fwd+bwd 1.00 ms vs 1.15-1.32
+            # segmented and 1.20 unsegmented; with 256 programs or more, E-blocks of 64 stay faster)
+            seg_len = max(512, _cdiv(t, 256) * 256)
+            self.max_be = 32
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more
             # than the segment pass saves)
@@ -118,16 +126,16 @@ def _pow2(x: int) -> int:
 _SMALL_CONFIGS = [(32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
 
 
-def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tuple]:
+def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool, max_be: int = 64) -> list[tuple]:
     if _interpret():
         c, be, w, s = _INTERPRET_CONFIG
-        return [(c, min(be, _pow2(dv)), w, s)]
+        return [(c, min(be, _pow2(dv), max_be), w, s)]
     bd = _pow2(dk)
     if fp32 or bd >= 256:  # big tiles: start from a config that fits in shared memory
         configs = _SMALL_CONFIGS + list(configs)
     out = []
     for c, be, w, s in configs + _SMALL_CONFIGS:
-        be = min(be, _pow2(dv))
+        be = min(be, _pow2(dv), max_be)
         if seg_len % c or (bd >= 256 and c > 64) or (c, be, w, s) in out:
             continue
         out.append((c, be, w, s))
@@ -215,13 +223,16 @@ def _chunk_pass(
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
             ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, P_T=starts_t is not None,
+            EARLY_UPDATE=bd >= 256,
             num_warps=w, num_stages=s,
         )
 
     def run(configs, write_o: bool, tag: str):
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
+        if plan.max_be < 64:
+            key += f"|be{plan.max_be}"
         _launch_tuned(out.device, key, plan.seg_len,
-                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32),
+                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be),
                       lambda cfg: launch(cfg, write_o))
 
     if plan.segmented and starts_t is None:
@@ -404,7 +415,8 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     fused = need_dkv and _fused_dkdv_enabled(d, e)
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small)  # one E-block per (head, segment)
+        # one E-block (all of E) per (head, segment)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small, narrow_ok=False)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)

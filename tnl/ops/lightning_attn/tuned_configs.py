@@ -1,9 +1,10 @@
 """Autotuned block configs shipped with tnl, per GPU model: a first run on a listed GPU starts without tuning.
 
 Measured by `autotune.pick` (do_bench medians over the candidates in chunk_triton.py) on the GPU named, with
-scripts/bench_attention.py and scripts/bench_train.py shapes; keys are `role|DxE|dtype|revR|initI|segS` as in
-`chunk_triton._chunk_pass`, values (chunk C, E-block BE, num_warps, num_stages). A user's own tuning results
-(`$TNL_CACHE_DIR/autotune/`) take precedence; `TNL_AUTOTUNE=retune` ignores this table and tunes.
+scripts/bench_attention.py and scripts/bench_train.py shapes; keys are `role|DxE|dtype|revR|initI|segS` (plus
+`|be32` for narrow plans) as in `chunk_triton._chunk_pass`, values (chunk C, E-block BE, num_warps, num_stages).
+A user's own tuning results (`$TNL_CACHE_DIR/autotune/`) take precedence; `TNL_AUTOTUNE=retune` ignores this
+table and tunes.
 """
 
 # NVIDIA H100 80GB HBM3 (SXM), triton 3.6.0, 2026-11-23
@@ -41,5 +42,10 @@ TUNED: dict[str, dict[str, tuple[int, int, int, int]]] = {
         "state|256x128|bfloat16|rev1|init0|seg1": (64, 128, 8, 2),
         "state|64x64|bfloat16|rev0|init0|seg1": (128, 64, 8, 2),
         "state|64x64|bfloat16|rev1|init0|seg1": (128, 64, 8, 2),
+        # narrow plans (E-blocks of 32), 2026-11-24: retuned over the candidates capped at BE=32, B=4, T=16384
+        "fwd|64x64|bfloat16|rev0|init0|seg0|be32": (64, 32, 4, 3),
+        "dq|64x64|bfloat16|rev0|init0|seg0|be32": (64, 32, 4, 3),
+        "dv|64x64|bfloat16|rev1|init0|seg0|be32": (64, 32, 4, 3),
+        "dk|64x64|bfloat16|rev1|init0|seg0|be32": (64, 32, 4, 3),
     },
 }

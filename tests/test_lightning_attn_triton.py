@@ -169,6 +169,11 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(8, 8192, 16, 64, None, cpu, small=False).nseg == 2
     assert CT._Plan(1, 65536, 16, 64, None, cpu, small=True).nseg == 8
     assert CT._Plan(1, 65536, 16, 128, None, cpu).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
+    # D or E = 256: one program per SM, like small tiles
+    assert CT._Plan(4, 16384, 16, 128, None, cpu).nseg == 2
+    assert CT._Plan(4, 16384, 16, 128, None, cpu, large=True).nseg == 1  # 128 programs
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, large=True).nseg == 4
+    assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
 def test_plan_narrow_e_blocks_when_half_the_sms_would_idle(monkeypatch):
@@ -362,11 +367,19 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [2, 2, 2, 2] and not calls
     # a shipped choice that is not valid for this call (not among its candidates) is not used
     assert autotune.pick("GPU X-triton9", "k2", [[1, 1, 1, 1]], bench) == [1, 1, 1, 1] and len(calls) == 1
-    monkeypatch.setenv("TNL_AUTOTUNE", "retune")  # (a fresh cache: the user's own results come first)
-    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path / "fresh"))
+    # a new process (memory from the disk cache only): retune ignores the shipped table and the cached result
     autotune._MEMORY.clear()
     autotune._LOADED.clear()
+    autotune._TUNED_HERE.clear()
+    monkeypatch.setenv("TNL_AUTOTUNE", "retune")
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [1, 1, 1, 1] and len(calls) == 3
+    assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [1, 1, 1, 1] and len(calls) == 3  # once per process
+    monkeypatch.setenv("TNL_AUTOTUNE", "1")  # without retune, the disk cache counts
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+    autotune._TUNED_HERE.clear()
+    assert autotune.pick("GPU X-triton9", "k2", [[3, 3, 3, 3], [1, 1, 1, 1]], bench) == [1, 1, 1, 1]
+    assert len(calls) == 3
 
 
 def test_shipped_configs_are_kernel_candidates():

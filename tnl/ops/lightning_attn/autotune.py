@@ -3,7 +3,8 @@
 Best configs are stored per (kernel role, shape class, dtype, device, triton version) in a JSON file under
 `$TNL_CACHE_DIR/autotune/` (default `~/.cache/tnl/autotune/`), so a second process starts without tuning.
 Without a cached entry, a GPU listed in `tuned_configs.py` gets the shipped choice (no tuning on a first run);
-`TNL_AUTOTUNE=retune` ignores that table, `TNL_AUTOTUNE=0` turns tuning off (the first valid candidate is used).
+`TNL_AUTOTUNE=retune` ignores that table and the results cached by earlier processes (it tunes each key once per
+process and overwrites the cache), `TNL_AUTOTUNE=0` turns tuning off (the first valid candidate is used).
 """
 
 import json
@@ -18,6 +19,7 @@ from .tuned_configs import TUNED
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict] = {}
 _LOADED: set[str] = set()
+_TUNED_HERE: set[str] = set()  # keys benchmarked by this process (what `retune` trusts)
 
 
 def cache_dir() -> Path:
@@ -78,7 +80,8 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     with _LOCK:
         _load(device_tag)
         # a remembered choice counts only while it is still a candidate (candidate lists change between versions)
-        if full in _MEMORY and list(_MEMORY[full]) in [list(c) for c in configs]:
+        fresh = full in _TUNED_HERE or os.environ.get("TNL_AUTOTUNE") != "retune"
+        if fresh and full in _MEMORY and list(_MEMORY[full]) in [list(c) for c in configs]:
             return _MEMORY[full]
     if not enabled():
         return configs[0]
@@ -97,5 +100,6 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
         return configs[0]
     with _LOCK:
         _MEMORY[full] = best
+        _TUNED_HERE.add(full)
         _save(device_tag)
     return best

@@ -25,7 +25,7 @@ _MAX_DIM = 256
 # (chunk C, E-block BE, num_warps, num_stages); the first entry is the untuned default
 _MAIN_CONFIGS = [
     (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
-    (128, 64, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2),
+    (128, 64, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 32, 4, 3),
 ]
 _STATE_CONFIGS = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
 _INTERPRET_CONFIG = (16, 32, 4, 1)
@@ -64,13 +64,15 @@ class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
-                 small: bool = False, narrow_ok: bool = True):
+                 small: bool = False, narrow_ok: bool = True, large: bool = False):
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
-        # and v); larger tiles are latency-bound per chunk and want two per SM.
-        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * _num_sms(device)
+        # and v); so do large ones (D or E = 256: 128 unsegmented programs 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 /
+        # 4.41 segmented, T=16k, B=4); medium tiles are latency-bound per chunk and want two per SM.
+        per_sm = 1 if small or large else 2
+        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or per_sm * _num_sms(device)
         # E-blocks of at most this width (the launch configs are capped to it)
         self.max_be = 64
         if env:
@@ -259,6 +261,10 @@ def _small_tiles(dk: int, dv: int) -> bool:
     return _pow2(dk) <= 64 and _pow2(dv) <= 64
 
 
+def _large_tiles(dk: int, dv: int) -> bool:
+    return max(_pow2(dk), _pow2(dv)) >= 256
+
+
 def _fused_dkdv_enabled(dk: int, dv: int) -> bool:
     """TNL_ATTN_BWD: split (the default: separate dK and dV passes) or fused (one dK/dV pass, where the D x E
     state fits in registers). On an H100 the split passes were faster at D=E=128 and, timed interleaved in one
@@ -331,7 +337,7 @@ def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
-    plan = _Plan(b, t, h, e, cu_seqlens, q.device, small=_small_tiles(d, e))
+    plan = _Plan(b, t, h, e, cu_seqlens, q.device, small=_small_tiles(d, e), large=_large_tiles(d, e))
     o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
@@ -348,7 +354,7 @@ def _kept_starts_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tenso
         return None
     b, t, h, d = q.shape
     e = v.shape[-1]
-    plan = _Plan(b, t, h, e, None, q.device, small=_small_tiles(d, e))
+    plan = _Plan(b, t, h, e, None, q.device, small=_small_tiles(d, e), large=_large_tiles(d, e))
     return (plan.g_total, h, d, e) if plan.segmented else None
 
 
@@ -395,9 +401,9 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
-    small = _small_tiles(d, e)
-    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, small=small)
-    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, small=small)
+    small, large = _small_tiles(d, e), _large_tiles(d, e)
+    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, small=small, large=large)
+    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, small=small, large=large)
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
@@ -416,7 +422,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
         # one E-block (all of E) per (head, segment)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small, narrow_ok=False)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small, narrow_ok=False, large=large)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)

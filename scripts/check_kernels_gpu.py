@@ -190,6 +190,8 @@ def main() -> int:
         lambda: check_case("fp32 odd T=1001 D=48 E=96 grouped 8/2", 2, 1001, 8, 2, 48, 96, f32),
         lambda: check_case("fp32 D=256 E=128 (LRPE)", 1, 1024, 4, 4, 256, 128, f32),
         lambda: check_case("bf16 D=256 E=128 (LRPE)", 2, 2048, 4, 4, 256, 128, bf),
+        lambda: check_case("bf16 D=256 E=128 B8 T2048 H16 (more than a wave: 4-warp configs)", 8, 2048, 16, 16, 256,
+                           128, bf),
         lambda: check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32),
         lambda: check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True),
         lambda: check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32),

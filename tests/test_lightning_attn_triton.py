@@ -169,10 +169,11 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(8, 8192, 16, 64, None, cpu, small=False).nseg == 2
     assert CT._Plan(1, 65536, 16, 64, None, cpu, small=True).nseg == 8
     assert CT._Plan(1, 65536, 16, 128, None, cpu).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
-    # D or E = 256: one program per SM, like small tiles
+    # D or E = 256: no segments while the unsegmented programs fill most of a wave; below, two per SM
     assert CT._Plan(4, 16384, 16, 128, None, cpu).nseg == 2
     assert CT._Plan(4, 16384, 16, 128, None, cpu, large=True).nseg == 1  # 128 programs
-    assert CT._Plan(1, 65536, 16, 128, None, cpu, large=True).nseg == 4
+    assert CT._Plan(2, 32768, 16, 128, None, cpu, large=True).nseg == 4  # 64 programs
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, large=True).nseg == 8  # 32 programs
     assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
@@ -195,6 +196,18 @@ def test_plan_narrow_e_blocks_when_half_the_sms_would_idle(monkeypatch):
     capped = CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False, max_be=32)
     assert capped and all(be == 32 for _, be, _, _ in capped)
     assert any(be == 64 for _, be, _, _ in CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False))
+
+
+def test_large_tiles_with_one_wave_are_tuned_apart(monkeypatch):
+    keys = []
+    real = CT._launch_tuned
+    monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or real(device, key, *a))
+    for d, e in ((256, 32), (128, 32)):
+        q, k, v, decay, _ = _inputs(1, 20, 1, 1, d, e, state=False)
+        CT.triton_lightning_attn(q.requires_grad_(), k, v, decay)[0].sum().backward()
+    large, medium = keys[:2], keys[2:]  # fwd and dq passes each (k, v need no gradient)
+    assert [x.split("|")[0] for x in large] == ["fwd", "dq"] and all(x.endswith("|few") for x in large)
+    assert medium and not any(x.endswith("|few") for x in medium)
 
 
 def test_narrow_plan_matches_recurrence_without_segments(scans, monkeypatch):
@@ -392,8 +405,8 @@ def test_shipped_configs_are_kernel_candidates():
             role, dims, dtype, rev, init, seg, *narrow = key.split("|")
             assert role in ("fwd", "dq", "dk", "dv", "state") and dtype in ("bfloat16", "float16", "float32")
             assert [int(x) for x in dims.split("x")] and rev[:3] == "rev" and init[:4] == "init" and seg[:3] == "seg"
-            assert narrow in ([], ["be32"]), key
-            if narrow:  # narrow plans cap the E-block of every candidate at 32
+            assert narrow in ([], ["be32"], ["few"]), key
+            if narrow == ["be32"]:  # narrow plans cap the E-block of every candidate at 32
                 assert cfg[1] == 32 and any(c == cfg[0] and min(be, 32) == 32 and (w, st) == tuple(cfg[2:])
                                             for c, be, w, st in allowed), (key, cfg)
             else:

@@ -69,10 +69,10 @@ class _Plan:
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
-        # and v); so do large ones (D or E = 256: 128 unsegmented programs 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 /
-        # 4.41 segmented, T=16k, B=4); medium tiles are latency-bound per chunk and want two per SM.
-        per_sm = 1 if small or large else 2
-        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or per_sm * _num_sms(device)
+        # and v); larger tiles are latency-bound per chunk and want two per SM once they segment at all.
+        sms = _num_sms(device)
+        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * sms
+        units = b * h * _cdiv(dv, 64)  # unsegmented programs with E-blocks of 64
         # E-blocks of at most this width (the launch configs are capped to it)
         self.max_be = 64
         if env:
@@ -83,10 +83,15 @@ class _Plan:
             # segmented and 1.20 unsegmented; with 256 programs or more, E-blocks of 64 stay faster)
             seg_len = max(512, _cdiv(t, 256) * 256)
             self.max_be = 32
+        elif cu_seqlens is None and large and 4 * units >= 3 * sms:
+            # D or E = 256 with most of a wave unsegmented: no state pass (H100, T=16k, B=4, 128 programs: 1.19 /
+            # 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; at T=64k, B=1, 32 programs, 256 segmented programs
+            # beat 128: 5.1 vs 6.4 ms fwd+bwd)
+            seg_len = max(512, _cdiv(t, 256) * 256)
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more
             # than the segment pass saves)
-            nseg = max(1, target // (b * h * _cdiv(dv, 64)))
+            nseg = max(1, target // units)
             seg_len = max(512, _cdiv(_cdiv(t, nseg), 256) * 256)
         else:
             seg_len = max(512, _cdiv(_cdiv(total * h * _cdiv(dv, 64), target), 256) * 256)
@@ -233,6 +238,10 @@ def _chunk_pass(
         key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
         if plan.max_be < 64:
             key += f"|be{plan.max_be}"
+        if _large_tiles(dk, dv) and plan.g_total * h * _cdiv(dv, 64) <= _num_sms(out.device):
+            # at most one wave of programs: 8 warps each beat the 4-warp configs that win with many programs
+            # (H100, D=256: fwd 1.19 vs 1.26 ms at 128 programs, 1.17 vs 0.91 at 4096), so it is tuned apart
+            key += "|few"
         _launch_tuned(out.device, key, plan.seg_len,
                       lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be),
                       lambda cfg: launch(cfg, write_o))

@@ -239,8 +239,8 @@ def _chunk_pass(
         if plan.max_be < 64:
             key += f"|be{plan.max_be}"
         if _large_tiles(dk, dv) and plan.g_total * h * _cdiv(dv, 64) <= _num_sms(out.device):
-            # at most one wave of programs: 8 warps each beat the 4-warp configs that win with many programs
-            # (H100, D=256: fwd 1.19 vs 1.26 ms at 128 programs, 1.17 vs 0.91 at 4096), so it is tuned apart
+            # at most one wave of programs: the configs that win with many programs lose here (H100, D=256 fwd:
+            # C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 4096 programs, 1.26 vs 1.19 at 128), so it is tuned apart
             key += "|few"
         _launch_tuned(out.device, key, plan.seg_len,
                       lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be),

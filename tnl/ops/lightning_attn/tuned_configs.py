@@ -25,27 +25,28 @@ TUNED: dict[str, dict[str, tuple[int, int, int, int]]] = {
         "dv|128x128|bfloat16|rev1|init0|seg0": (64, 64, 4, 2),
         "dv|128x128|bfloat16|rev1|init0|seg1": (64, 64, 4, 2),
         "dv|256x128|bfloat16|rev1|init0|seg0": (32, 64, 4, 2),  # retuned 2026-11-24
-        "dv|256x128|bfloat16|rev1|init0|seg1": (64, 64, 8, 2),
+        "dv|256x128|bfloat16|rev1|init0|seg1": (32, 64, 4, 2),  # retuned 2026-11-24
         "dv|64x64|bfloat16|rev1|init0|seg0": (64, 64, 4, 3),
         "dv|64x64|bfloat16|rev1|init0|seg1": (64, 64, 4, 3),
         "fwd|128x128|bfloat16|rev0|init0|seg0": (64, 64, 4, 2),
         "fwd|128x128|bfloat16|rev0|init0|seg1": (64, 64, 4, 2),
         "fwd|256x128|bfloat16|rev0|init0|seg0": (32, 64, 4, 2),  # retuned 2026-11-24
-        "fwd|256x128|bfloat16|rev0|init0|seg1": (64, 64, 8, 2),
+        "fwd|256x128|bfloat16|rev0|init0|seg1": (32, 64, 4, 2),  # retuned 2026-11-24
         "fwd|64x64|bfloat16|rev0|init0|seg0": (64, 64, 4, 3),
         "fwd|64x64|bfloat16|rev0|init0|seg1": (64, 64, 4, 3),
         "state|128x128|bfloat16|rev0|init0|seg1": (128, 64, 8, 2),
         "state|128x128|bfloat16|rev1|init0|seg1": (128, 128, 8, 2),
-        "state|128x256|bfloat16|rev0|init0|seg1": (128, 128, 8, 2),
+        "state|128x256|bfloat16|rev0|init0|seg1": (128, 64, 8, 2),  # retuned 2026-11-24
         "state|128x256|bfloat16|rev1|init0|seg1": (128, 64, 8, 2),
-        "state|256x128|bfloat16|rev0|init0|seg1": (64, 128, 8, 2),
-        "state|256x128|bfloat16|rev1|init0|seg1": (64, 128, 8, 2),
+        "state|256x128|bfloat16|rev0|init0|seg1": (64, 64, 8, 2),  # retuned 2026-11-24
+        "state|256x128|bfloat16|rev1|init0|seg1": (64, 64, 4, 2),  # retuned 2026-11-24
         "state|64x64|bfloat16|rev0|init0|seg1": (128, 64, 8, 2),
         "state|64x64|bfloat16|rev1|init0|seg1": (128, 64, 8, 2),
-        # D or E = 256 with at most one wave of programs (`|few`), 2026-11-24: the session-14 choices (8 warps for
-        # fwd, dv) measured faster than the retuned 4-warp ones at B=4, T=16384 (128 programs)
-        "fwd|256x128|bfloat16|rev0|init0|seg0|few": (64, 64, 8, 2),
-        "dv|256x128|bfloat16|rev1|init0|seg0|few": (64, 64, 8, 2),
+        # D or E = 256 with at most one wave of programs (`|few`), 2026-11-24, retuned at B=4, T=16384 (128
+        # programs): E-blocks of 32 for fwd and dv; dq and dk (4 E-blocks of 64: 256 programs there) not measured
+        # apart, their seg0 choice
+        "fwd|256x128|bfloat16|rev0|init0|seg0|few": (64, 32, 4, 3),
+        "dv|256x128|bfloat16|rev1|init0|seg0|few": (64, 32, 4, 3),
         "dq|128x256|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 2),
         "dk|128x256|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 2),
         # narrow plans (E-blocks of 32), 2026-11-24: retuned over the candidates capped at BE=32, B=4, T=16384

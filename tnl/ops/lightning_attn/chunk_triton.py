@@ -240,7 +240,7 @@ def _chunk_pass(
             key += f"|be{plan.max_be}"
         if _large_tiles(dk, dv) and plan.g_total * h * _cdiv(dv, 64) <= _num_sms(out.device):
             # at most one wave of programs: the configs that win with many programs lose here (H100, D=256 fwd:
-            # C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 4096 programs, 1.26 vs 1.19 at 128), so it is tuned apart
+            # C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26 vs 1.19 at 128), so it is tuned apart
             key += "|few"
         _launch_tuned(out.device, key, plan.seg_len,
                       lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be),

@@ -165,15 +165,15 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     monkeypatch.setattr(CT, "_num_sms", lambda device: 132)
     monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
     cpu = torch.device("cpu")
-    assert CT._Plan(8, 8192, 16, 64, None, cpu, small=True).nseg == 1  # 128 programs
-    assert CT._Plan(8, 8192, 16, 64, None, cpu, small=False).nseg == 2
-    assert CT._Plan(1, 65536, 16, 64, None, cpu, small=True).nseg == 8
-    assert CT._Plan(1, 65536, 16, 128, None, cpu).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
+    assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 128 programs
+    assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 2
+    assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).nseg == 8
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
     # D or E = 256: no segments while the unsegmented programs fill most of a wave; below, two per SM
-    assert CT._Plan(4, 16384, 16, 128, None, cpu).nseg == 2
-    assert CT._Plan(4, 16384, 16, 128, None, cpu, large=True).nseg == 1  # 128 programs
-    assert CT._Plan(2, 32768, 16, 128, None, cpu, large=True).nseg == 4  # 64 programs
-    assert CT._Plan(1, 65536, 16, 128, None, cpu, large=True).nseg == 8  # 32 programs
+    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 2
+    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(256, 128)).nseg == 1  # 128 programs
+    assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).nseg == 4  # 64 programs
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(256, 128)).nseg == 8  # 32 programs
     assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
@@ -181,17 +181,17 @@ def test_plan_narrow_e_blocks_when_half_the_sms_would_idle(monkeypatch):
     monkeypatch.setattr(CT, "_num_sms", lambda device: 132)
     monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
     cpu = torch.device("cpu")
-    narrow = CT._Plan(4, 16384, 16, 64, None, cpu, small=True)  # 64 programs of BE=64 -> 128 of BE=32
+    narrow = CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64))  # 64 programs of BE=64 -> 128 of BE=32
     assert (narrow.nseg, narrow.max_be) == (1, 32)
     for b, t in ((8, 8192), (64, 1024)):  # >= 128 programs: E-blocks of 64
-        assert CT._Plan(b, t, 16, 64, None, cpu, small=True).max_be == 64
-    few = CT._Plan(2, 32768, 16, 64, None, cpu, small=True)  # even 64 narrow programs idle half the SMs: segments
+        assert CT._Plan(b, t, 16, 64, None, cpu, dims=(64, 64)).max_be == 64
+    few = CT._Plan(2, 32768, 16, 64, None, cpu, dims=(64, 64))  # even 64 narrow programs idle half the SMs: segments
     assert (few.max_be, few.nseg) == (64, 4)
-    assert CT._Plan(4, 16384, 16, 64, None, cpu, small=True, narrow_ok=False).max_be == 64
-    assert CT._Plan(4, 16384, 16, 128, None, cpu).max_be == 64  # large tiles
-    assert CT._Plan(4, 16384, 16, 32, None, cpu, small=True).max_be == 64  # E=32 has one E-block either way
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64), narrow_ok=False).max_be == 64
+    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).max_be == 64  # medium tiles
+    assert CT._Plan(4, 16384, 16, 32, None, cpu, dims=(64, 32)).max_be == 64  # E=32 has one E-block either way
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "4096")  # explicit segments win
-    assert CT._Plan(4, 16384, 16, 64, None, cpu, small=True).max_be == 64
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64)).max_be == 64
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     capped = CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False, max_be=32)
     assert capped and all(be == 32 for _, be, _, _ in capped)
@@ -214,8 +214,8 @@ def test_narrow_plan_matches_recurrence_without_segments(scans, monkeypatch):
     # 1 row x 2 heads, target 6 programs: narrow (4 programs, unsegmented); without it, 3 segments per row
     monkeypatch.setenv("TNL_ATTN_PROGRAMS", "6")
     q, k, v, decay, s0 = _inputs(1, 600, 2, 2, 64, 64)
-    assert CT._Plan(1, 600, 2, 64, None, q.device, small=True).max_be == 32
-    assert CT._Plan(1, 600, 2, 64, None, q.device, small=True, narrow_ok=False).nseg == 2
+    assert CT._Plan(1, 600, 2, 64, None, q.device, dims=(64, 64)).max_be == 32
+    assert CT._Plan(1, 600, 2, 64, None, q.device, dims=(64, 64), narrow_ok=False).nseg == 2
     _check_all(q, k, v, decay, s0)
     assert scans == []
 

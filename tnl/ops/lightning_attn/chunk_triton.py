@@ -64,7 +64,9 @@ class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
-                 small: bool = False, narrow_ok: bool = True, large: bool = False):
+                 dims: tuple[int, int], narrow_ok: bool = True):
+        # dv: this pass's E (its E-blocks); dims: the call's (D, E), whose tile class sets the rules below
+        small, large = _small_tiles(*dims), _large_tiles(*dims)
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
@@ -346,7 +348,7 @@ def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
-    plan = _Plan(b, t, h, e, cu_seqlens, q.device, small=_small_tiles(d, e), large=_large_tiles(d, e))
+    plan = _Plan(b, t, h, e, cu_seqlens, q.device, dims=(d, e))
     o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
@@ -363,7 +365,7 @@ def _kept_starts_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tenso
         return None
     b, t, h, d = q.shape
     e = v.shape[-1]
-    plan = _Plan(b, t, h, e, None, q.device, small=_small_tiles(d, e), large=_large_tiles(d, e))
+    plan = _Plan(b, t, h, e, None, q.device, dims=(d, e))
     return (plan.g_total, h, d, e) if plan.segmented else None
 
 
@@ -410,9 +412,8 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
-    small, large = _small_tiles(d, e), _large_tiles(d, e)
-    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, small=small, large=large)
-    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, small=small, large=large)
+    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, dims=(d, e))
+    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, dims=(d, e))
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
@@ -431,7 +432,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
         # one E-block (all of E) per (head, segment)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, small=small, narrow_ok=False, large=large)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, dims=(d, e), narrow_ok=False)
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)

@@ -395,6 +395,29 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
     assert len(calls) == 3
 
 
+def test_autotune_skips_configs_that_do_not_fit_but_stops_at_a_device_fault(tmp_path, monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from tnl.ops.lightning_attn import autotune
+
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TNL_AUTOTUNE", "1")
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+
+    def bench(cfg):
+        if cfg == [1]:
+            raise OutOfResources(300000, 232448, "shared memory")
+        if cfg == [2]:
+            raise RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered")
+        return 1.0
+
+    assert autotune.pick("GPU Y-triton9", "k3", [[1], [3]], bench) == [3]
+    with pytest.raises(RuntimeError, match=r"candidate config \[2\] for k4 faulted on the GPU"):
+        autotune.pick("GPU Y-triton9", "k4", [[3], [2]], bench)
+
+
 def test_shipped_configs_are_kernel_candidates():
     from tnl.ops.lightning_attn.tuned_configs import TUNED
 

@@ -70,3 +70,17 @@ def test_kernel_variant_check_catches_a_changed_kernel(tmp_path):
     assert ok.returncode == 0 and "| same.py | - | - | 0.0e+00 |" in ok.stdout, ok.stdout + ok.stderr[-2000:]
     bad = subprocess.run([*cmd, str(off)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and "FAIL" in bad.stdout, bad.stdout + bad.stderr[-2000:]
+
+
+def test_config_probe_reports_each_config_against_the_reference():
+    """probe_attn_configs.py (interpreter: its one config) runs forward+backward in a child per config and
+    compares with the float64 reference; a tolerance below bf16's error turns the same run into a failure."""
+    import os
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "scripts/probe_attn_configs.py", "--shapes", "1,40,2,32,16,silu", "--jobs", "1"]
+    ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0 and re.search(r"\| 1,40,2,32,16 \| True \| \(\d+, \d+, \d+, \d+\) \| OK \|", ok.stdout), \
+        ok.stdout + ok.stderr[-2000:]
+    strict = subprocess.run([*cmd, "--tol", "1e-9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert strict.returncode == 1 and "| WRONG |" in strict.stdout, strict.stdout + strict.stderr[-2000:]

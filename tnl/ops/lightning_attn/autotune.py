@@ -74,6 +74,13 @@ def shipped(device_tag: str, key: str, configs: Sequence) -> list | None:
     return list(cfg)
 
 
+def _is_device_fault(exc: Exception) -> bool:
+    """A sticky CUDA error (illegal address, device-side assert, ...), unlike a config that does not fit."""
+    msg = str(exc).lower()
+    return "illegal memory access" in msg or "device-side assert" in msg or "illegal instruction" in msg \
+        or "misaligned address" in msg or "unspecified launch failure" in msg
+
+
 def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[dict], float]) -> dict:
     """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run)."""
     full = f"{device_tag}|{key}"
@@ -92,7 +99,10 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     for cfg in configs:
         try:
             ms = bench(cfg)
-        except Exception:  # out of shared memory / registers: skip the candidate
+        except Exception as exc:  # out of shared memory / registers, or it does not compile: skip the candidate
+            if _is_device_fault(exc):  # the CUDA context is lost: every later launch would fail, name this one
+                raise RuntimeError(f"lightning_attn autotune: candidate config {cfg} for {key} faulted on the GPU "
+                                   f"({exc}); set TNL_AUTOTUNE=0 to skip tuning and report this config") from exc
             continue
         if ms < best_ms:
             best, best_ms = cfg, ms

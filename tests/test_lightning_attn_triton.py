@@ -414,7 +414,7 @@ def test_autotune_skips_configs_that_do_not_fit_but_stops_at_a_device_fault(tmp_
         return 1.0
 
     assert autotune.pick("GPU Y-triton9", "k3", [[1], [3]], bench) == [3]
-    with pytest.raises(RuntimeError, match=r"candidate config \[2\] for k4 faulted on the GPU"):
+    with pytest.raises(RuntimeError, match=r"GPU fault surfaced while timing candidate config \[2\] for k4"):
         autotune.pick("GPU Y-triton9", "k4", [[3], [2]], bench)
 
 

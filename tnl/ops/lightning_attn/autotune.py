@@ -101,8 +101,9 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
             ms = bench(cfg)
         except Exception as exc:  # out of shared memory / registers, or it does not compile: skip the candidate
             if _is_device_fault(exc):  # the CUDA context is lost: every later launch would fail, name this one
-                raise RuntimeError(f"lightning_attn autotune: candidate config {cfg} for {key} faulted on the GPU "
-                                   f"({exc}); set TNL_AUTOTUNE=0 to skip tuning and report this config") from exc
+                raise RuntimeError(f"lightning_attn autotune: a GPU fault surfaced while timing candidate config {cfg} "
+                                   f"for {key} ({exc}); CUDA errors are asynchronous, so find the faulting kernel with "
+                                   "CUDA_LAUNCH_BLOCKING=1 or scripts/probe_attn_configs.py") from exc
             continue
         if ms < best_ms:
             best, best_ms = cfg, ms

@@ -50,14 +50,17 @@ def child(spec: dict) -> None:
     print(json.dumps(errs), flush=True)
 
 
-def candidates(d: int, e: int, t: int, dtype: str) -> list[tuple]:
-    """Every config any pass of this shape may be tuned over (forward and dq roles have (D, E) and (E, D))."""
+def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str) -> list[tuple]:
+    """Every config any main pass of this shape may be tuned over (forward/dv roles have (D, E), dq/dk (E, D))."""
+    import torch
+
     from tnl.ops.lightning_attn import chunk_triton as ct
 
-    seg = max(512, -(-t // 256) * 256)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for dk, dv in ((d, e), (e, d)):
-        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, seg, dtype == "float32"):
+        plan = ct._Plan(b, t, h, dv, None, dev, dims=(d, e))
+        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, plan.seg_len, dtype == "float32", plan.max_be):
             if cfg not in out:
                 out.append(cfg)
     return out
@@ -86,7 +89,7 @@ def main() -> int:
     for s in args.shapes:
         parts = s.split(",")
         shape = [int(x) for x in parts[:5]]
-        for cfg in candidates(shape[3], shape[4], shape[1], args.dtype):
+        for cfg in candidates(*shape, args.dtype):
             jobs.append({"shape": shape, "silu": parts[5:] == ["silu"], "cfg": list(cfg), "dtype": args.dtype})
 
     def run(spec):

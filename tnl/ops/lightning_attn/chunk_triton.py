@@ -120,6 +120,11 @@ class _Plan:
             self.segmented = any(ns > 1 for _, ns, _ in info)
             self.segs = torch.tensor(segs, dtype=torch.int32).to(device)
             self.seqinfo = torch.tensor(info, dtype=torch.int32).to(device)
+        # tuned apart: narrow plans, and large tiles with at most one wave of programs, where the configs that win
+        # with many programs lose (H100, D=256 fwd: C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26
+        # vs 1.19 at 128)
+        self.key_suffix = (f"|be{self.max_be}" if self.max_be < 64 else "") + (
+            "|few" if large and self.g_total * h * _cdiv(dv, 64) <= sms else "")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -237,13 +242,8 @@ def _chunk_pass(
         )
 
     def run(configs, write_o: bool, tag: str):
-        key = f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-        if plan.max_be < 64:
-            key += f"|be{plan.max_be}"
-        if _large_tiles(dk, dv) and plan.g_total * h * _cdiv(dv, 64) <= _num_sms(out.device):
-            # at most one wave of programs: the configs that win with many programs lose here (H100, D=256 fwd:
-            # C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26 vs 1.19 at 128), so it is tuned apart
-            key += "|few"
+        key = (f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
+               + plan.key_suffix)
         _launch_tuned(out.device, key, plan.seg_len,
                       lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be),
                       lambda cfg: launch(cfg, write_o))

@@ -337,6 +337,15 @@ def test_bad_input_one_line_error(monkeypatch):
         CT.triton_lightning_attn(q, k, v, decay)
 
 
+def _forget_tuning():
+    """What a new process starts with: nothing remembered, nothing loaded from disk, nothing tuned here."""
+    from tnl.ops.lightning_attn import autotune
+
+    autotune._MEMORY.clear()
+    autotune._LOADED.clear()
+    autotune._TUNED_HERE.clear()
+
+
 def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     from tnl.ops.lightning_attn import autotune
 
@@ -354,8 +363,7 @@ def test_autotune_cache_roundtrip(tmp_path, monkeypatch):
     best = autotune.pick("dev-test", "k1", [[5], [2], [3]], bench)
     assert best == [2] and len(calls) == 3
     assert list((tmp_path / "autotune").glob("*.json"))
-    autotune._MEMORY.clear()
-    autotune._LOADED.clear()
+    _forget_tuning()
     assert autotune.pick("dev-test", "k1", [[5], [2]], bench) == [2] and len(calls) == 3  # from disk
     # a remembered choice that is no longer a candidate is tuned again
     assert autotune.pick("dev-test", "k1", [[5], [4]], bench) == [4] and len(calls) == 5
@@ -368,8 +376,7 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TNL_AUTOTUNE", "1")
     monkeypatch.setitem(autotune.TUNED, "GPU X", {"k2": (2, 2, 2, 2)})
-    autotune._MEMORY.clear()
-    autotune._LOADED.clear()
+    _forget_tuning()
     calls = []
 
     def bench(cfg):
@@ -381,16 +388,12 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
     # a shipped choice that is not valid for this call (not among its candidates) is not used
     assert autotune.pick("GPU X-triton9", "k2", [[1, 1, 1, 1]], bench) == [1, 1, 1, 1] and len(calls) == 1
     # a new process (memory from the disk cache only): retune ignores the shipped table and the cached result
-    autotune._MEMORY.clear()
-    autotune._LOADED.clear()
-    autotune._TUNED_HERE.clear()
+    _forget_tuning()
     monkeypatch.setenv("TNL_AUTOTUNE", "retune")
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [1, 1, 1, 1] and len(calls) == 3
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [1, 1, 1, 1] and len(calls) == 3  # once per process
     monkeypatch.setenv("TNL_AUTOTUNE", "1")  # without retune, the disk cache counts
-    autotune._MEMORY.clear()
-    autotune._LOADED.clear()
-    autotune._TUNED_HERE.clear()
+    _forget_tuning()
     assert autotune.pick("GPU X-triton9", "k2", [[3, 3, 3, 3], [1, 1, 1, 1]], bench) == [1, 1, 1, 1]
     assert len(calls) == 3
 
@@ -403,8 +406,7 @@ def test_autotune_skips_configs_that_do_not_fit_but_stops_at_a_device_fault(tmp_
     monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TNL_AUTOTUNE", "1")
-    autotune._MEMORY.clear()
-    autotune._LOADED.clear()
+    _forget_tuning()
 
     def bench(cfg):
         if cfg == [1]:

@@ -1,8 +1,9 @@
 """Check tnl's Triton lightning attention on a GPU at real shapes.
 
 Compares forward, final state and gradients (q, k, v, initial_state) with the float64 blockwise reference,
-covers varlen, grouped heads, odd T and D, D != E, non-contiguous inputs, segmented long sequences, decode
-and torch.compile, and reports the bf16 error against an fp32/fp64 reference (and fla's, when installed).
+covers varlen, grouped heads, odd T and D, D != E, non-contiguous inputs, segmented long sequences, SiLU folded
+into q and k, decode and torch.compile, and reports the bf16 error against an fp32/fp64 reference (and fla's,
+when installed).
 
     python scripts/check_kernels_gpu.py
 """
@@ -49,7 +50,12 @@ def record(name: str, ok: bool, detail: str) -> None:
     print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
 
 
+ONLY: str | None = None
+
+
 def check_case(name, *args, **kwargs):
+    if ONLY is not None and ONLY not in name:
+        return
     try:
         _check_case(name, *args, **kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -58,7 +64,7 @@ def check_case(name, *args, **kwargs):
 
 
 def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=None, scale=1.0, tol=None,
-                noncontig=False, seg_len=None):
+                noncontig=False, seg_len=None, silu=False):
     dev = "cuda"
     if seg_len:
         os.environ["TNL_ATTN_SEG_LEN"] = str(seg_len)
@@ -76,12 +82,13 @@ def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=Non
     poison = torch.full((2**28,), float("nan"), device=dev)  # freed blocks hold NaN: unwritten outputs show
     del poison
     o, final = triton_lightning_attn(q, k, v, decay, scale=scale, initial_state=s0, output_final_state=True,
-                                     cu_seqlens=cut)
+                                     cu_seqlens=cut, qk_activation="silu" if silu else None)
     go = torch.randn(o.shape, device=dev, dtype=torch.float64)
     gf = torch.randn(final.shape, device=dev, dtype=torch.float64)
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
-    o_r, f_r = reference(*ref_leaves[:3], decay, scale, ref_leaves[3] if init else None, cut)
+    qr, kr = (torch.nn.functional.silu(x) for x in ref_leaves[:2]) if silu else ref_leaves[:2]
+    o_r, f_r = reference(qr, kr, ref_leaves[2], decay, scale, ref_leaves[3] if init else None, cut)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref_leaves)
     tol = tol or (2e-5 if dtype == torch.float32 else 2e-2)
     errs = {"o": rel(o, o_r), "final": rel(final, f_r)}
@@ -171,11 +178,14 @@ def bf16_error_table():
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip", type=int, default=0, help="skip the first N shape cases (already checked)")
+    ap.add_argument("--only", help="only the shape cases whose name contains this text (no decode/compile/table)")
     ap.add_argument("--error-table-only", action="store_true", help="only the bf16 error table (tnl and fla)")
     ap.add_argument("--bwd", choices=["split", "fused"], default="split",
                     help="backward form for dK/dV (TNL_ATTN_BWD): three split passes or the fused dK/dV pass")
     args = ap.parse_args()
     os.environ["TNL_ATTN_BWD"] = args.bwd
+    global ONLY
+    ONLY = args.only
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
@@ -197,6 +207,9 @@ def main() -> int:
         lambda: check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32),
         lambda: check_case("fp32 narrow E-blocks (B*H = 48: BE=32, no segments)", 3, 3000, 16, 16, 64, 64, f32),
         lambda: check_case("bf16 narrow E-blocks B4 T8192 H16 D=E=64", 4, 8192, 16, 16, 64, 64, bf),
+        lambda: check_case("bf16 narrow E-blocks, SiLU folded into q, k", 4, 8192, 16, 16, 64, 64, bf, silu=True),
+        lambda: check_case("bf16 B8 T512 H4 D=128 E=64 (quickstart LRPE) SiLU folded", 8, 512, 4, 4, 128, 64, bf,
+                           silu=True),
         lambda: check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512),
         lambda: check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu),
         lambda: check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512),
@@ -206,9 +219,11 @@ def main() -> int:
     if not args.error_table_only:
         for case in cases[args.skip:]:
             case()
-        check_decode()
-        check_compile()
-    bf16_error_table()
+        if args.only is None:
+            check_decode()
+            check_compile()
+    if args.only is None:
+        bf16_error_table()
     bad = [r for r in RESULTS if not r[1]]
     print(f"\n{len(RESULTS) - len(bad)}/{len(RESULTS)} checks passed in {time.time() - t0:.0f}s")
     for name, _, detail in bad:

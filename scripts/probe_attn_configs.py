@@ -1,6 +1,7 @@
 """Run the lightning-attention kernels with every candidate launch config forced, one child process per config.
 
     python scripts/probe_attn_configs.py [--shapes 8,512,4,128,64 8,512,4,64,64,silu] [--dtype bfloat16] [--jobs 4]
+                                         [--excluded]
 
 The autotuner benchmarks every candidate on a GPU without a shipped tuning table; a config that faults (illegal
 memory access) loses the CUDA context, so the error surfaces later, at some other launch. Here each (shape,
@@ -50,17 +51,22 @@ def child(spec: dict) -> None:
     print(json.dumps(errs), flush=True)
 
 
-def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str) -> list[tuple]:
-    """Every config any main pass of this shape may be tuned over (forward/dv roles have (D, E), dq/dk (E, D))."""
+def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str, silu: bool, excluded: bool) -> list[tuple]:
+    """Every config any main pass of this shape may be tuned over (forward/dv roles have (D, E), dq/dk (E, D));
+    `excluded`: also those the tuner leaves out as miscompiled (to see whether a newer Triton fixed them)."""
     import torch
 
     from tnl.ops.lightning_attn import chunk_triton as ct
+
+    if excluded:
+        ct._miscompiled = lambda *a: False
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for dk, dv in ((d, e), (e, d)):
         plan = ct._Plan(b, t, h, dv, None, dev, dims=(d, e))
-        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, plan.seg_len, dtype == "float32", plan.max_be):
+        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, plan.seg_len, dtype == "float32", plan.max_be,
+                                   silu):
             if cfg not in out:
                 out.append(cfg)
     return out
@@ -72,6 +78,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--jobs", type=int, default=4, help="child processes at a time")
     ap.add_argument("--tol", type=float, default=None, help="max relative error (default 3e-2, fp32 1e-4)")
+    ap.add_argument("--excluded", action="store_true",
+                    help="also the configs the tuner excludes as miscompiled (chunk_triton._miscompiled)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -89,8 +97,9 @@ def main() -> int:
     for s in args.shapes:
         parts = s.split(",")
         shape = [int(x) for x in parts[:5]]
-        for cfg in candidates(*shape, args.dtype):
-            jobs.append({"shape": shape, "silu": parts[5:] == ["silu"], "cfg": list(cfg), "dtype": args.dtype})
+        silu = parts[5:] == ["silu"]
+        for cfg in candidates(*shape, args.dtype, silu, args.excluded):
+            jobs.append({"shape": shape, "silu": silu, "cfg": list(cfg), "dtype": args.dtype})
 
     def run(spec):
         r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,

@@ -210,6 +210,26 @@ def test_large_tiles_with_one_wave_are_tuned_apart(monkeypatch):
     assert medium and not any(x.endswith("|few") for x in medium)
 
 
+def test_silu_folded_passes_leave_out_miscompiled_configs(monkeypatch):
+    """Triton 3.6 miscompiles C=64, BE=32, 4-warp launches with SiLU on q and k (wrong outputs on H100/H200): the
+    passes that fold SiLU into q and k get their own tuning keys and candidate lists without that family."""
+    keys = []
+    real = CT._launch_tuned
+    monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or real(device, key, *a))
+    q, k, v, decay, _ = _inputs(1, 20, 2, 2, 32, 32, state=False)
+    for x in (q, k, v):
+        x.requires_grad_()
+    CT.triton_lightning_attn(q, k, v, decay, qk_activation="silu")[0].sum().backward()
+    roles = {key.split("|")[0]: key.endswith("|act") for key in keys}
+    assert roles == {"fwd": True, "dv": True, "dq": False, "dk": False}, keys  # dq/dk fold SiLU into v, not q, k
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for dims, max_be in (((64, 64), 32), ((64, 32), 64), ((128, 128), 64)):
+        plain = CT._candidates(CT._MAIN_CONFIGS, *dims, 16384, False, max_be)
+        folded = CT._candidates(CT._MAIN_CONFIGS, *dims, 16384, False, max_be, act_qk=True)
+        bad = [c for c in plain if c[0] == 64 and c[1] == 32 and c[2] == 4]
+        assert bad and folded == [c for c in plain if c not in bad], dims
+
+
 def test_narrow_plan_matches_recurrence_without_segments(scans, monkeypatch):
     # 1 row x 2 heads, target 6 programs: narrow (4 programs, unsegmented); without it, 3 segments per row
     monkeypatch.setenv("TNL_ATTN_PROGRAMS", "6")
@@ -385,6 +405,8 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
 
     cands = [[1, 1, 1, 1], [2, 2, 2, 2]]
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [2, 2, 2, 2] and not calls
+    # a SiLU-folded twin takes the plain key's choice while it is a candidate (here: not miscompiled)
+    assert autotune.pick("GPU X-triton9", "k2|act", cands, bench) == [2, 2, 2, 2] and not calls
     # a shipped choice that is not valid for this call (not among its candidates) is not used
     assert autotune.pick("GPU X-triton9", "k2", [[1, 1, 1, 1]], bench) == [1, 1, 1, 1] and len(calls) == 1
     # a new process (memory from the disk cache only): retune ignores the shipped table and the cached result

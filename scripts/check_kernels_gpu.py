@@ -64,7 +64,7 @@ def check_case(name, *args, **kwargs):
 
 
 def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=None, scale=1.0, tol=None,
-                noncontig=False, seg_len=None, silu=False):
+                noncontig=False, seg_len=None, silu=False, misaligned=False):
     dev = "cuda"
     if seg_len:
         os.environ["TNL_ATTN_SEG_LEN"] = str(seg_len)
@@ -72,6 +72,8 @@ def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=Non
     q = torch.randn(b, t, h, d, device=dev).to(dtype)
     k = torch.randn(b, t, hkv, d, device=dev).to(dtype)
     v = torch.randn(b, t, hkv, e, device=dev).to(dtype)
+    if misaligned:  # addresses off 16 bytes: Triton compiles another specialization (no vector-width assumption)
+        q, k, v = (torch.randn(x.numel() + 1, device=dev).to(dtype)[1:].view(x.shape) for x in (q, k, v))
     if noncontig:
         q = torch.randn(b, h, t, d, device=dev).to(dtype).transpose(1, 2)
         k = torch.randn(b, t, hkv, 2 * d, device=dev).to(dtype)[..., ::2]
@@ -210,6 +212,9 @@ def main() -> int:
         lambda: check_case("bf16 narrow E-blocks, SiLU folded into q, k", 4, 8192, 16, 16, 64, 64, bf, silu=True),
         lambda: check_case("bf16 B8 T512 H4 D=128 E=64 (quickstart LRPE) SiLU folded", 8, 512, 4, 4, 128, 64, bf,
                            silu=True),
+        lambda: check_case("bf16 B2 T1024 H4 D=E=64 aligned", 2, 1024, 4, 4, 64, 64, bf),
+        lambda: check_case("bf16 B2 T1024 H4 D=E=64 misaligned (same shape: the direct launcher must recompile)", 2,
+                           1024, 4, 4, 64, 64, bf, misaligned=True),
         lambda: check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512),
         lambda: check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu),
         lambda: check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512),

@@ -18,6 +18,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import autotune
 from . import triton_kernels as _k
+from .launch import direct
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
@@ -236,7 +237,7 @@ def _chunk_pass(
     def launch(cfg, write_o: bool):
         c, be, w, s = cfg
         grid = (_cdiv(dv, be), h, plan.g_total)
-        _k._chunk_kernel[grid](
+        direct(_k._chunk_kernel)[grid](
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
             (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs, xraw,
             *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
@@ -265,7 +266,7 @@ def _chunk_pass(
         run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
         grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
-        _k._scan_kernel[grid](
+        direct(_k._scan_kernel)[grid](
             pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
             t, h, dk, dv, plan.seg_len, plan.nseg,
             BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
@@ -318,7 +319,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
 
     def launch(cfg):
         c, w, st = cfg
-        _k._dkdv_kernel[(h, plan.g_total)](
+        direct(_k._dkdv_kernel)[(h, plan.g_total)](
             q, k, v, do, dk_out, dv_out, dfin if has_init else decay, pbuf if pbuf is not None else decay,
             dinit if dinit is not None else decay, decay, segs,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_out.stride(), *dv_out.stride(), *si,
@@ -585,7 +586,7 @@ def triton_lightning_attn_decode(
     bd = _pow2(d)
     be = min(_pow2(e), max(16, 8192 // bd))
     grid = (_cdiv(e, be), h, b)
-    _k._decode_kernel[grid](
+    direct(_k._decode_kernel)[grid](
         q, k, v, o, state, decay, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *state.stride(),
         h // hkv, d, e, float(scale), BD=bd, BE=be, num_warps=4,
     )

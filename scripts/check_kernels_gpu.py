@@ -72,7 +72,7 @@ def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=Non
     q = torch.randn(b, t, h, d, device=dev).to(dtype)
     k = torch.randn(b, t, hkv, d, device=dev).to(dtype)
     v = torch.randn(b, t, hkv, e, device=dev).to(dtype)
-    if misaligned:  # addresses off 16 bytes: Triton compiles another specialization (no vector-width assumption)
+    if misaligned:  # addresses off 16 bytes (Triton compiles another specialization, without wide loads)
         q, k, v = (torch.randn(x.numel() + 1, device=dev).to(dtype)[1:].view(x.shape) for x in (q, k, v))
     if noncontig:
         q = torch.randn(b, h, t, d, device=dev).to(dtype).transpose(1, 2)
@@ -207,13 +207,15 @@ def main() -> int:
         lambda: check_case("fp32 D=192 E=16", 1, 700, 2, 1, 192, 16, f32),
         lambda: check_case("fp32 non-contiguous q,k", 2, 513, 4, 4, 64, 64, f32, noncontig=True),
         lambda: check_case("fp32 segmented T=20000 (auto segments)", 1, 20000, 2, 2, 64, 64, f32),
-        lambda: check_case("fp32 narrow E-blocks (B*H = 48: BE=32, no segments)", 3, 3000, 16, 16, 64, 64, f32),
-        lambda: check_case("bf16 narrow E-blocks B4 T8192 H16 D=E=64", 4, 8192, 16, 16, 64, 64, bf),
-        lambda: check_case("bf16 narrow E-blocks, SiLU folded into q, k", 4, 8192, 16, 16, 64, 64, bf, silu=True),
+        lambda: check_case("fp32 B3 T3000 H16 D=E=64", 3, 3000, 16, 16, 64, 64, f32),
+        lambda: check_case("bf16 B4 T8192 H16 D=E=64", 4, 8192, 16, 16, 64, 64, bf),
+        lambda: check_case("bf16 B4 T8192 H16 D=E=64 SiLU folded into q, k", 4, 8192, 16, 16, 64, 64, bf, silu=True),
+        lambda: check_case("bf16 B2 T1024 H4 D=256 E=128 misaligned q, k, v addresses", 2, 1024, 4, 4, 256, 128, bf,
+                           misaligned=True),
         lambda: check_case("bf16 B8 T512 H4 D=128 E=64 (quickstart LRPE) SiLU folded", 8, 512, 4, 4, 128, 64, bf,
                            silu=True),
         lambda: check_case("bf16 B2 T1024 H4 D=E=64 aligned", 2, 1024, 4, 4, 64, 64, bf),
-        lambda: check_case("bf16 B2 T1024 H4 D=E=64 misaligned (same shape: the direct launcher must recompile)", 2,
+        lambda: check_case("bf16 B2 T1024 H4 D=E=64 misaligned q, k, v addresses", 2,
                            1024, 4, 4, 64, 64, bf, misaligned=True),
         lambda: check_case("fp32 segmented forced seg=512, odd T", 2, 3001, 4, 2, 64, 32, f32, seg_len=512),
         lambda: check_case("fp32 varlen (empty + 1-token seqs)", 1, 4000, 4, 2, 64, 64, f32, cu=cu),

@@ -4,6 +4,8 @@ Triton decides interpret-or-compile when it is imported, so these tests run in a
 TRITON_INTERPRET=1 (tests/interpret.py); inside it each test also sets the variable through monkeypatch.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -177,27 +179,6 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
-def test_plan_narrow_e_blocks_when_half_the_sms_would_idle(monkeypatch):
-    monkeypatch.setattr(CT, "_num_sms", lambda device: 132)
-    monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
-    cpu = torch.device("cpu")
-    narrow = CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64))  # 64 programs of BE=64 -> 128 of BE=32
-    assert (narrow.nseg, narrow.max_be) == (1, 32)
-    for b, t in ((8, 8192), (64, 1024)):  # >= 128 programs: E-blocks of 64
-        assert CT._Plan(b, t, 16, 64, None, cpu, dims=(64, 64)).max_be == 64
-    few = CT._Plan(2, 32768, 16, 64, None, cpu, dims=(64, 64))  # even 64 narrow programs idle half the SMs: segments
-    assert (few.max_be, few.nseg) == (64, 4)
-    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64), narrow_ok=False).max_be == 64
-    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).max_be == 64  # medium tiles
-    assert CT._Plan(4, 16384, 16, 32, None, cpu, dims=(64, 32)).max_be == 64  # E=32 has one E-block either way
-    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "4096")  # explicit segments win
-    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64)).max_be == 64
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    capped = CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False, max_be=32)
-    assert capped and all(be == 32 for _, be, _, _ in capped)
-    assert any(be == 64 for _, be, _, _ in CT._candidates(CT._MAIN_CONFIGS, 64, 64, 16384, False))
-
-
 def test_large_tiles_with_one_wave_are_tuned_apart(monkeypatch):
     keys = []
     real = CT._launch_tuned
@@ -210,34 +191,20 @@ def test_large_tiles_with_one_wave_are_tuned_apart(monkeypatch):
     assert medium and not any(x.endswith("|few") for x in medium)
 
 
-def test_silu_folded_passes_leave_out_miscompiled_configs(monkeypatch):
-    """Triton 3.6 miscompiles C=64, BE=32, 4-warp launches with SiLU on q and k (wrong outputs on H100/H200): the
-    passes that fold SiLU into q and k get their own tuning keys and candidate lists without that family."""
-    keys = []
-    real = CT._launch_tuned
-    monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or real(device, key, *a))
-    q, k, v, decay, _ = _inputs(1, 20, 2, 2, 32, 32, state=False)
-    for x in (q, k, v):
-        x.requires_grad_()
-    CT.triton_lightning_attn(q, k, v, decay, qk_activation="silu")[0].sum().backward()
-    roles = {key.split("|")[0]: key.endswith("|act") for key in keys}
-    assert roles == {"fwd": True, "dv": True, "dq": False, "dk": False}, keys  # dq/dk fold SiLU into v, not q, k
+def test_candidates_leave_out_miscompiled_configs(monkeypatch):
+    """Triton 3.6 miscompiles C=64, BE<=32, 4-warp launches on sm_90 (wrong outputs with SiLU folded or misaligned
+    inputs, on H100 and H200): no candidate list holds one, whatever E caps the E-block to, nor the shipped table."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    for dims, max_be in (((64, 64), 32), ((64, 32), 64), ((128, 128), 64)):
-        plain = CT._candidates(CT._MAIN_CONFIGS, *dims, 16384, False, max_be)
-        folded = CT._candidates(CT._MAIN_CONFIGS, *dims, 16384, False, max_be, act_qk=True)
-        bad = [c for c in plain if c[0] == 64 and c[1] == 32 and c[2] == 4]
-        assert bad and folded == [c for c in plain if c not in bad], dims
+    seen = 0
+    for (dk, dv), fp32 in itertools.product(((64, 64), (64, 32), (128, 128), (256, 128), (48, 16)), (False, True)):
+        cands = CT._candidates(CT._MAIN_CONFIGS, dk, dv, 16384, fp32)
+        assert cands and not any(c >= 64 and be <= 32 and w == 4 for c, be, w, _ in cands), (dk, dv)
+        seen += len(cands)
+    assert seen > 20
+    from tnl.ops.lightning_attn.tuned_configs import TUNED
 
-
-def test_narrow_plan_matches_recurrence_without_segments(scans, monkeypatch):
-    # 1 row x 2 heads, target 6 programs: narrow (4 programs, unsegmented); without it, 3 segments per row
-    monkeypatch.setenv("TNL_ATTN_PROGRAMS", "6")
-    q, k, v, decay, s0 = _inputs(1, 600, 2, 2, 64, 64)
-    assert CT._Plan(1, 600, 2, 64, None, q.device, dims=(64, 64)).max_be == 32
-    assert CT._Plan(1, 600, 2, 64, None, q.device, dims=(64, 64), narrow_ok=False).nseg == 2
-    _check_all(q, k, v, decay, s0)
-    assert scans == []
+    for table in TUNED.values():
+        assert not any(CT._miscompiled(*cfg[:3]) for cfg in table.values())
 
 
 def test_fused_dkdv_bf16(monkeypatch):
@@ -405,8 +372,6 @@ def test_shipped_configs_used_without_tuning_unless_retune(tmp_path, monkeypatch
 
     cands = [[1, 1, 1, 1], [2, 2, 2, 2]]
     assert autotune.pick("GPU X-triton9", "k2", cands, bench) == [2, 2, 2, 2] and not calls
-    # a SiLU-folded twin takes the plain key's choice while it is a candidate (here: not miscompiled)
-    assert autotune.pick("GPU X-triton9", "k2|act", cands, bench) == [2, 2, 2, 2] and not calls
     # a shipped choice that is not valid for this call (not among its candidates) is not used
     assert autotune.pick("GPU X-triton9", "k2", [[1, 1, 1, 1]], bench) == [1, 1, 1, 1] and len(calls) == 1
     # a new process (memory from the disk cache only): retune ignores the shipped table and the cached result
@@ -449,15 +414,11 @@ def test_shipped_configs_are_kernel_candidates():
     for gpu, table in TUNED.items():
         assert table, gpu
         for key, cfg in table.items():
-            role, dims, dtype, rev, init, seg, *narrow = key.split("|")
+            role, dims, dtype, rev, init, seg, *suffix = key.split("|")
             assert role in ("fwd", "dq", "dk", "dv", "state") and dtype in ("bfloat16", "float16", "float32")
             assert [int(x) for x in dims.split("x")] and rev[:3] == "rev" and init[:4] == "init" and seg[:3] == "seg"
-            assert narrow in ([], ["be32"], ["few"]), key
-            if narrow == ["be32"]:  # narrow plans cap the E-block of every candidate at 32
-                assert cfg[1] == 32 and any(c == cfg[0] and min(be, 32) == 32 and (w, st) == tuple(cfg[2:])
-                                            for c, be, w, st in allowed), (key, cfg)
-            else:
-                assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
+            assert suffix in ([], ["few"]), key
+            assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
 
 
 def test_launch_choice_made_once_per_shape_class(monkeypatch):

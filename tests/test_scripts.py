@@ -78,7 +78,8 @@ def test_config_probe_reports_each_config_against_the_reference():
     import os
 
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "scripts/probe_attn_configs.py", "--shapes", "1,40,2,32,16,silu", "--jobs", "1"]
+    cmd = [sys.executable, "scripts/probe_attn_configs.py", "--shapes", "1,40,2,32,16,silu", "--jobs", "1", "--init",
+           "--misaligned"]
     ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0 and re.search(r"\| 1,40,2,32,16 \| True \| \(\d+, \d+, \d+, \d+\) \| OK \|", ok.stdout), \
         ok.stdout + ok.stderr[-2000:]

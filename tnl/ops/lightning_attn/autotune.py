@@ -68,9 +68,7 @@ def shipped(device_tag: str, key: str, configs: Sequence) -> list | None:
     if os.environ.get("TNL_AUTOTUNE") == "retune":
         return None
     gpu = device_tag.rsplit("-triton", 1)[0]
-    table = TUNED.get(gpu, {})
-    # a SiLU-folded pass (`|act`) takes its plain twin's choice when that is one of its candidates
-    cfg = table.get(key, table.get(key.removesuffix("|act")))
+    cfg = TUNED.get(gpu, {}).get(key)
     if cfg is None or list(cfg) not in [list(c) for c in configs]:
         return None
     return list(cfg)

@@ -18,7 +18,6 @@ from triton.runtime.errors import OutOfResources
 
 from . import autotune
 from . import triton_kernels as _k
-from .launch import direct
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
@@ -65,7 +64,7 @@ class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
-                 dims: tuple[int, int], narrow_ok: bool = True):
+                 dims: tuple[int, int]):
         # dv: this pass's E (its E-blocks); dims: the call's (D, E), whose tile class sets the rules below
         small, large = _small_tiles(*dims), _large_tiles(*dims)
         env = os.environ.get("TNL_ATTN_SEG_LEN")
@@ -76,16 +75,8 @@ class _Plan:
         sms = _num_sms(device)
         target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * sms
         units = b * h * _cdiv(dv, 64)  # unsegmented programs with E-blocks of 64
-        # E-blocks of at most this width (the launch configs are capped to it)
-        self.max_be = 64
         if env:
             seg_len = int(env)
-        elif cu_seqlens is None and narrow_ok and small and 32 < dv <= 64 and 2 * b * h <= target <= 4 * b * h:
-            # narrow plan: with one E-block per (row, head) more than half the SMs would idle; two E-blocks of 32
-            # double the programs without a state pass (H100, D=E=64, T=16k, B=4: fwd+bwd 1.00 ms vs 1.15-1.32
-            # segmented and 1.20 unsegmented; with 256 programs or more, E-blocks of 64 stay faster)
-            seg_len = max(512, _cdiv(t, 256) * 256)
-            self.max_be = 32
         elif cu_seqlens is None and large and 4 * units >= 3 * sms:
             # D or E = 256 with most of a wave unsegmented: no state pass (H100, T=16k, B=4, 128 programs: 1.19 /
             # 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; at T=64k, B=1, 32 programs, 256 segmented programs
@@ -121,11 +112,9 @@ class _Plan:
             self.segmented = any(ns > 1 for _, ns, _ in info)
             self.segs = torch.tensor(segs, dtype=torch.int32).to(device)
             self.seqinfo = torch.tensor(info, dtype=torch.int32).to(device)
-        # tuned apart: narrow plans, and large tiles with at most one wave of programs, where the configs that win
-        # with many programs lose (H100, D=256 fwd: C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26
-        # vs 1.19 at 128)
-        self.key_suffix = (f"|be{self.max_be}" if self.max_be < 64 else "") + (
-            "|few" if large and self.g_total * h * _cdiv(dv, 64) <= sms else "")
+        # tuned apart: large tiles with at most one wave of programs, where the configs that win with many programs
+        # lose (H100, D=256 fwd: C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26 vs 1.19 at 128)
+        self.key_suffix = "|few" if large and self.g_total * h * _cdiv(dv, 64) <= sms else ""
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -141,26 +130,26 @@ def _pow2(x: int) -> int:
 _SMALL_CONFIGS = [(32, 64, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
 
 
-def _miscompiled(c: int, be: int, w: int, act_qk: bool) -> bool:
-    """Configs that Triton 3.6 compiles wrongly on sm_90 (H100, H200): with SiLU applied to q and k in the kernel,
-    C=64 chunks with E-blocks of 32 and 4 warps give wrong outputs (relative error 0.5-1) or illegal memory
-    accesses at D=48-128; every other config, and the interpreter, match float64
-    (`scripts/probe_attn_configs.py --shapes 8,512,4,64,64,silu`, docs/kernel_notes.md, session 16)."""
-    return act_qk and c >= 64 and be <= 32 and w == 4
+def _miscompiled(c: int, be: int, w: int) -> bool:
+    """Configs that Triton 3.6 compiles wrongly on sm_90 (H100, H200): C=64 chunks with E-blocks of 32 or less and
+    4 warps give wrong outputs (relative error 0.5-7) or illegal memory accesses whenever the operands take the
+    register path into the dots: SiLU folded into q and k (D=48-128), or q, k, v at addresses that are not 16-byte
+    aligned (D=64-256); aligned plain inputs happen to come out right. Every other config, and the interpreter,
+    match float64 (`scripts/probe_attn_configs.py --excluded --init --misaligned`, docs/kernel_notes.md, session 16)."""
+    return c >= 64 and be <= 32 and w == 4
 
 
-def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool, max_be: int = 64,
-                act_qk: bool = False) -> list[tuple]:
+def _candidates(configs, dk: int, dv: int, seg_len: int, fp32: bool) -> list[tuple]:
     if _interpret():
         c, be, w, s = _INTERPRET_CONFIG
-        return [(c, min(be, _pow2(dv), max_be), w, s)]
+        return [(c, min(be, _pow2(dv)), w, s)]
     bd = _pow2(dk)
     if fp32 or bd >= 256:  # big tiles: start from a config that fits in shared memory
         configs = _SMALL_CONFIGS + list(configs)
     out = []
     for c, be, w, s in configs + _SMALL_CONFIGS:
-        be = min(be, _pow2(dv), max_be)
-        if seg_len % c or (bd >= 256 and c > 64) or (c, be, w, s) in out or _miscompiled(c, be, w, act_qk):
+        be = min(be, _pow2(dv))
+        if seg_len % c or (bd >= 256 and c > 64) or (c, be, w, s) in out or _miscompiled(c, be, w):
             continue
         out.append((c, be, w, s))
     # fp32 (3xTF32) variants take several seconds each to compile; tuning all of them would make a first fp32
@@ -237,7 +226,7 @@ def _chunk_pass(
     def launch(cfg, write_o: bool):
         c, be, w, s = cfg
         grid = (_cdiv(dv, be), h, plan.g_total)
-        direct(_k._chunk_kernel)[grid](
+        _k._chunk_kernel[grid](
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
             (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs, xraw,
             *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
@@ -251,22 +240,18 @@ def _chunk_pass(
             num_warps=w, num_stages=s,
         )
 
-    act_qk = act[0] or act[1]
-
     def run(configs, write_o: bool, tag: str):
-        # SiLU-folded passes are tuned apart: their candidates differ (see _miscompiled)
         key = (f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-               + plan.key_suffix + ("|act" if act_qk else ""))
+               + plan.key_suffix)
         _launch_tuned(out.device, key, plan.seg_len,
-                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32, plan.max_be,
-                                          act_qk),
+                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32),
                       lambda cfg: launch(cfg, write_o))
 
     if plan.segmented and starts_t is None:
         run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
         grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
-        direct(_k._scan_kernel)[grid](
+        _k._scan_kernel[grid](
             pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
             t, h, dk, dv, plan.seg_len, plan.nseg,
             BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
@@ -319,7 +304,7 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
 
     def launch(cfg):
         c, w, st = cfg
-        direct(_k._dkdv_kernel)[(h, plan.g_total)](
+        _k._dkdv_kernel[(h, plan.g_total)](
             q, k, v, do, dk_out, dv_out, dfin if has_init else decay, pbuf if pbuf is not None else decay,
             dinit if dinit is not None else decay, decay, segs,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_out.stride(), *dv_out.stride(), *si,
@@ -446,7 +431,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
         # one E-block (all of E) per (head, segment)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, dims=(d, e), narrow_ok=False)
+        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, dims=(d, e))
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)
@@ -586,7 +571,7 @@ def triton_lightning_attn_decode(
     bd = _pow2(d)
     be = min(_pow2(e), max(16, 8192 // bd))
     grid = (_cdiv(e, be), h, b)
-    direct(_k._decode_kernel)[grid](
+    _k._decode_kernel[grid](
         q, k, v, o, state, decay, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *state.stride(),
         h // hkv, d, e, float(scale), BD=bd, BE=be, num_warps=4,
     )

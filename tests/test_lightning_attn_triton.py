@@ -170,6 +170,8 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 128 programs
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 2
     assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).nseg == 8
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 64 programs: 7/16 of a wave or more
+    assert CT._Plan(3, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 2  # 48 programs
     assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
     # D or E = 256: no segments while the unsegmented programs fill most of a wave; below, two per SM
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 2

@@ -409,6 +409,67 @@ def test_autotune_skips_configs_that_do_not_fit_but_stops_at_a_device_fault(tmp_
         autotune.pick("GPU Y-triton9", "k4", [[3], [2]], bench)
 
 
+def test_autotune_leaves_out_configs_whose_results_disagree(tmp_path, monkeypatch):
+    """A miscompiled config can be the fastest (Triton 3.6, sm_90): the tuner compares the fastest config's results
+    with those of the smallest-tile config and takes the fastest that agrees, warning about the others."""
+    from tnl.ops.lightning_attn import autotune
+
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TNL_AUTOTUNE", "1")
+    _forget_tuning()
+    ms = {(64, 32): 1.0, (64, 64): 2.0, (16, 32): 5.0, (32, 64): 3.0}
+    wrong = {(64, 32)}
+    checks = []
+
+    def verify(cfg, ref):
+        checks.append((tuple(cfg), tuple(ref)))
+        return tuple(cfg) not in wrong and tuple(ref) not in wrong
+
+    cands = [list(c) for c in ms]
+    with pytest.warns(UserWarning, match=r"configs \[\[64, 32\]\] for k5 disagree with config \[16, 32\]"):
+        assert autotune.pick("GPU Z-triton9", "k5", cands, lambda c: ms[tuple(c)], verify) == [64, 64]
+    assert checks == [((64, 32), (16, 32)), ((64, 64), (16, 32))]
+    # the smallest tile is the fastest: checked against the next smallest
+    checks.clear()
+    fast_small = {(16, 32): 0.5, (64, 64): 2.0, (32, 64): 3.0}
+    assert autotune.pick("GPU Z-triton9", "k6", [list(c) for c in fast_small], lambda c: fast_small[tuple(c)],
+                         verify) == [16, 32]
+    assert checks == [((16, 32), (32, 64))]
+    # nothing agrees: a one-line error instead of a silent choice
+    with pytest.raises(RuntimeError, match="no candidate config for k7 agrees"):
+        autotune.pick("GPU Z-triton9", "k7", cands, lambda c: ms[tuple(c)], lambda cfg, ref: False)
+    # remembered choices are not re-verified
+    checks.clear()
+    assert autotune.pick("GPU Z-triton9", "k5", cands, lambda c: ms[tuple(c)], verify) == [64, 64] and not checks
+
+
+def test_launch_tuning_compares_real_outputs(tmp_path, monkeypatch):
+    """chunk_triton's verify runs the reference and the candidate on the pass's real buffers and compares what they
+    wrote: a candidate that writes something else is rejected."""
+    calls = []
+
+    def launch(cfg):
+        calls.append(tuple(cfg))  # the tuner passes lists, the launch path tuples
+        out.copy_(base * (3.0 if tuple(cfg) == (64, 32, 4, 2) else 1.0))
+
+    base = torch.randn(64)
+    out = torch.empty(64)
+    monkeypatch.setattr(CT.triton.testing, "do_bench", lambda fn, **kw: fn() or {(64, 32, 4, 2): 1.0}.get(calls[-1],
+                                                                                                         2.0))
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TNL_AUTOTUNE", "retune")
+    _forget_tuning()
+    CT._CHOSEN.clear()
+    with pytest.warns(UserWarning, match="disagree"):
+        CT._launch_tuned(torch.device("cpu"), "verify-test", 512, lambda: [(64, 32, 4, 2), (32, 64, 4, 2),
+                                                                           (16, 32, 4, 1)], launch, lambda: [out], True)
+    assert calls[-1] == (32, 64, 4, 2) and torch.equal(out, base)
+    _forget_tuning()
+    CT._CHOSEN.clear()
+
+
 def test_shipped_configs_are_kernel_candidates():
     from tnl.ops.lightning_attn.tuned_configs import TUNED
 

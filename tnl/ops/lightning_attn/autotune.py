@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -81,8 +82,12 @@ def _is_device_fault(exc: Exception) -> bool:
         or "misaligned address" in msg or "unspecified launch failure" in msg
 
 
-def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[dict], float]) -> dict:
-    """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run)."""
+def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[dict], float],
+         verify: Callable[[dict, dict], bool] | None = None) -> dict:
+    """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run).
+    `verify(cfg, ref)`: whether cfg's results agree with those of `ref`, the timed config with the smallest tile
+    (product of its first two entries). A compiler can miscompile one config of a kernel (Triton 3.6 on sm_90 did:
+    chunk_triton._miscompiled), so the fastest config that agrees wins, and the ones that disagree are named."""
     full = f"{device_tag}|{key}"
     with _LOCK:
         _load(device_tag)
@@ -95,20 +100,36 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     known = shipped(device_tag, key, configs)
     if known is not None:
         return known
-    best, best_ms = None, float("inf")
+    timed = []
     for cfg in configs:
         try:
-            ms = bench(cfg)
+            timed.append((bench(cfg), cfg))
         except Exception as exc:  # out of shared memory / registers, or it does not compile: skip the candidate
             if _is_device_fault(exc):  # the CUDA context is lost: every later launch would fail, name this one
                 raise RuntimeError(f"lightning_attn autotune: a GPU fault surfaced while timing candidate config {cfg} "
                                    f"for {key} ({exc}); CUDA errors are asynchronous, so find the faulting kernel with "
                                    "CUDA_LAUNCH_BLOCKING=1 or scripts/probe_attn_configs.py") from exc
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    if best is None:
+    if not timed:
         return configs[0]
+    timed.sort(key=lambda x: x[0])
+    best = timed[0][1]
+    if verify is not None and len(timed) > 1:
+        by_tile = sorted((cfg for _, cfg in timed), key=lambda c: c[0] * c[1])
+        rejected = []
+        for _, cfg in timed:
+            ref = by_tile[0] if by_tile[0] != cfg else by_tile[1]
+            if verify(cfg, ref):
+                best = cfg
+                break
+            rejected.append(cfg)
+        else:
+            raise RuntimeError(f"lightning_attn autotune: no candidate config for {key} agrees with config {ref} on "
+                               f"this GPU and Triton version (miscompiled?); run scripts/probe_attn_configs.py, or set "
+                               "TNL_ATTN_BACKEND=torch")
+        if rejected:
+            warnings.warn(f"lightning_attn autotune: configs {rejected} for {key} disagree with config {ref} on this "
+                          "GPU and Triton version (miscompiled?) and are left out; scripts/probe_attn_configs.py "
+                          "--excluded checks every config against float64", stacklevel=2)
     with _LOCK:
         _MEMORY[full] = best
         _TUNED_HERE.add(full)

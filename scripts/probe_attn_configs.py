@@ -1,7 +1,7 @@
 """Run the lightning-attention kernels with every candidate launch config forced, one child process per config.
 
     python scripts/probe_attn_configs.py [--shapes 8,512,4,128,64 8,512,4,64,64,silu] [--dtype bfloat16] [--jobs 4]
-                                         [--init] [--misaligned] [--excluded]
+                                         [--init] [--misaligned] [--excluded] [--fused]
 
 The autotuner benchmarks every candidate on a GPU without a shipped tuning table; a config that faults (illegal
 memory access) loses the CUDA context, so the error surfaces later, at some other launch. Here each (shape,
@@ -31,7 +31,12 @@ def child(spec: dict) -> None:
     from tnl.ops.lightning_attn import chunk_triton as ct
     from tnl.ops.lightning_attn.chunk import chunk_lightning_attn
 
-    ct._candidates = lambda *a, **k: [tuple(spec["cfg"])]  # every pass launches with this config
+    forced = lambda *a, **k: [tuple(spec["cfg"])]  # noqa: E731
+    if spec["fused"]:  # the fused dK/dV pass launches with this config, the other passes with their defaults
+        os.environ["TNL_ATTN_BWD"] = "fused"
+        ct._dkdv_candidates = forced
+    else:  # every pass launches with this config
+        ct._candidates = forced
     b, t, h, d, e = spec["shape"]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, spec["dtype"])
@@ -61,13 +66,20 @@ def child(spec: dict) -> None:
     print(json.dumps(errs), flush=True)
 
 
-def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str, excluded: bool) -> list[tuple]:
+def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str, excluded: bool, fused: bool) -> list[tuple]:
     """Every config any main pass of this shape may be tuned over (forward/dv roles have (D, E), dq/dk (E, D));
-    `excluded`: also those the tuner leaves out as miscompiled (to see whether a newer Triton fixed them)."""
+    `excluded`: also those the tuner leaves out as miscompiled (to see whether a newer Triton fixed them);
+    `fused`: the fused dK/dV pass's configs (C, warps, stages) instead."""
     import torch
 
     from tnl.ops.lightning_attn import chunk_triton as ct
 
+    if fused:
+        if ct._pow2(d) * ct._pow2(e) > ct._DKDV_MAX_TILE:
+            sys.exit(f"--fused: D={d} x E={e} does not take the fused dK/dV pass (its D x E state must fit in "
+                     f"{ct._DKDV_MAX_TILE} elements); drop the shape")
+        plan = ct._Plan(b, t, h, 64, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"), dims=(d, e))
+        return ct._dkdv_candidates(plan.seg_len, dtype == "float32")
     if excluded:
         ct._miscompiled = lambda *a: False
 
@@ -91,6 +103,8 @@ def main() -> int:
     ap.add_argument("--misaligned", action="store_true", help="q, k, v at addresses that are not 16-byte aligned")
     ap.add_argument("--excluded", action="store_true",
                     help="also the configs the tuner excludes as miscompiled (chunk_triton._miscompiled)")
+    ap.add_argument("--fused", action="store_true",
+                    help="the fused dK/dV pass's configs (TNL_ATTN_BWD=fused) instead of the main passes'")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -109,9 +123,9 @@ def main() -> int:
         parts = s.split(",")
         shape = [int(x) for x in parts[:5]]
         silu = parts[5:] == ["silu"]
-        for cfg in candidates(*shape, args.dtype, args.excluded):
+        for cfg in candidates(*shape, args.dtype, args.excluded, args.fused):
             jobs.append({"shape": shape, "silu": silu, "cfg": list(cfg), "dtype": args.dtype, "init": args.init,
-                         "misaligned": args.misaligned})
+                         "misaligned": args.misaligned, "fused": args.fused})
 
     def run(spec):
         r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
@@ -120,7 +134,8 @@ def main() -> int:
         return spec, r.returncode, lines[-1] if lines else ""
 
     bad = 0
-    print("| B,T,H,D,E | silu | config (C, BE, warps, stages) | result | rel. error o, final, dq, dk, dv[, ds0] |")
+    cols = "C, warps, stages" if args.fused else "C, BE, warps, stages"
+    print(f"| B,T,H,D,E | silu | config ({cols}) | result | rel. error o, final, dq, dk, dv[, ds0] |")
     print("|---|---|---|---|---|")
     with ThreadPoolExecutor(args.jobs) as pool:
         for spec, rc, last in pool.map(run, jobs):

@@ -254,6 +254,21 @@ def test_segmented_backward_reuses_start_states(shape, scans, monkeypatch):
     assert len(scans) == 1 + 1  # forward (S, reused by dq); backward: R, built for dv and reused by dk
 
 
+def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypatch):
+    # D=16 (1 E-block of 64 in the dq/dk passes) x E=80 (2 in the forward/dv): on their own the plans cut T=256
+    # into 8 and 4 segments; the backward uses the forward's cut, so dq and dk reuse start states
+    monkeypatch.setenv("TNL_ATTN_PROGRAMS", "8")
+    monkeypatch.setattr(CT, "_SEG_ALIGN", 32)
+    monkeypatch.setattr(CT, "_MIN_SEG", 32)
+    cpu = torch.device("cpu")
+    assert CT._Plan(1, 256, 1, 16, None, cpu, dims=(16, 80)).nseg == 8
+    plan_d, plan_e = CT._backward_plans(1, 256, 1, 16, 80, None, cpu)
+    assert plan_e.nseg == 4 and plan_d.seg_len == plan_e.seg_len
+    q, k, v, decay, s0 = _inputs(1, 256, 1, 1, 16, 80)
+    _check_all(q, k, v, decay, s0, scale=0.3)
+    assert len(scans) == 1 + 1  # forward (reused by dq) and dv (reused by dk)
+
+
 @pytest.mark.parametrize("seg", [None, "32"])
 def test_varlen_matches_per_sequence(seg, monkeypatch):
     if seg:

@@ -60,6 +60,14 @@ def _device_tag(device: torch.device) -> str:
     return f"{name}-triton{triton.__version__}"
 
 
+# Segment lengths are multiples of every chunk size C, and long enough that the state pass stays a small part
+_SEG_ALIGN, _MIN_SEG = 256, 512
+
+
+def _round_seg(n: int) -> int:
+    return max(_MIN_SEG, _cdiv(n, _SEG_ALIGN) * _SEG_ALIGN)
+
+
 class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
@@ -84,14 +92,14 @@ class _Plan:
             # programs, 256 segmented programs beat 128: 5.1 vs 6.4 ms fwd+bwd). D, E <= 64: from 7/16 of one
             # (H100, D=64, B=4, T=16k, 64 programs: fwd+bwd 1.21 ms vs 1.39-1.50 in 2 or 4 segments; with 48
             # programs 5 segments win, 0.91-1.38 vs 1.50; with 32, 1.38-1.77 vs 2.38)
-            seg_len = max(512, _cdiv(t, 256) * 256)
+            seg_len = _round_seg(t)
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more
             # than the segment pass saves)
             nseg = max(1, target // units)
-            seg_len = max(512, _cdiv(_cdiv(t, nseg), 256) * 256)
+            seg_len = _round_seg(_cdiv(t, nseg))
         else:
-            seg_len = max(512, _cdiv(_cdiv(total * h * eblocks, target), 256) * 256)
+            seg_len = _round_seg(_cdiv(total * h * eblocks, target))
         self.seg_len = seg_len
         self.varlen = cu_seqlens is not None
         self.segs = self.seqinfo = None
@@ -290,6 +298,13 @@ _DKDV_CONFIGS = [(32, 8, 2), (16, 8, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2)]  # 
 _DKDV_MAX_TILE = 128 * 128  # the D x E state stays in registers
 
 
+def _dkdv_candidates(seg_len: int, fp32: bool) -> list[tuple]:
+    if _interpret():
+        return [(16, 4, 1)]
+    cands = [c for c in _DKDV_CONFIGS if seg_len % c[0] == 0]
+    return cands[:2] if fp32 else cands
+
+
 def _small_tiles(dk: int, dv: int) -> bool:
     return _pow2(dk) <= 64 and _pow2(dv) <= 64
 
@@ -337,15 +352,10 @@ def _dkdv_pass(q, k, v, do, group, decay, dfin, dk_out, dv_out, dinit, *, scale:
             num_warps=w, num_stages=st,
         )
 
-    def candidates():
-        if _interpret():
-            return [(16, 4, 1)]
-        cands = [c for c in _DKDV_CONFIGS if plan.seg_len % c[0] == 0]
-        return cands[:2] if q.dtype == torch.float32 else cands
-
     key = f"dkdv|{d}x{e}|{str(q.dtype).replace('torch.', '')}|rev1|init{int(has_init)}|seg{int(plan.segmented)}"
-    _launch_tuned(q.device, key, plan.seg_len, candidates, launch,
-                  lambda: [dk_out, dv_out] + ([dinit] if dinit is not None else []), q.dtype == torch.float32)
+    fp32 = q.dtype == torch.float32
+    _launch_tuned(q.device, key, plan.seg_len, lambda: _dkdv_candidates(plan.seg_len, fp32), launch,
+                  lambda: [dk_out, dv_out] + ([dinit] if dinit is not None else []), fp32)
 
 
 def _check(q, k, v, decay, initial_state):
@@ -428,6 +438,19 @@ def _bwd_impl(
                      fwd_starts=fwd_starts if fwd_starts.numel() else None)
 
 
+def _backward_plans(b: int, t: int, h: int, d: int, e: int, cu_seqlens: torch.Tensor | None,
+                    device: torch.device) -> tuple[_Plan, _Plan]:
+    """Plans of the passes whose E-blocks span D (dq, dk) and E (dv; the forward's). When both cut sequences into
+    segments they share the forward's cut, so dq reuses the forward's start states and dk the dv pass's instead of
+    each building its own (a state pass over two tensors and a scan each; D=256, E=128, T=64k, B=1 cut at 16k
+    and 8k before)."""
+    plan_e = _Plan(b, t, h, e, cu_seqlens, device, dims=(d, e))
+    plan_d = _Plan(b, t, h, d, cu_seqlens, device, dims=(d, e)) if d != e else plan_e
+    if plan_d.segmented and plan_e.segmented:
+        plan_d = plan_e
+    return plan_d, plan_e
+
+
 def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
               fwd_starts=None):
     """`fwd_starts`: the forward's segment start states, or None (varlen under the custom ops, whose fake
@@ -435,8 +458,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
-    plan_d = _Plan(b, t, h, d, cu_seqlens, q.device, dims=(d, e))
-    plan_e = _Plan(b, t, h, e, cu_seqlens, q.device, dims=(d, e))
+    plan_d, plan_e = _backward_plans(b, t, h, d, e, cu_seqlens, q.device)
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)

@@ -170,8 +170,13 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 128 programs
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 2
     assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).nseg == 8
-    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 64 programs: 7/16 of a wave or more
-    assert CT._Plan(3, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 2  # 48 programs
+    # 64 and 48 programs: two segments, the second building its start state in the main pass (PREFIX)
+    for b in (4, 3):
+        plan = CT._Plan(b, 16384, 16, 64, None, cpu, dims=(64, 64))
+        assert plan.nseg == 2 and plan.prefix
+    assert CT._Plan(5, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 80 programs: over half a wave
+    assert not CT._Plan(8, 8192, 16, 128, None, cpu, dims=(128, 128)).prefix  # larger tiles: state pass + scan
+    assert not CT._Plan(2, 40, 4, 16, torch.tensor([0, 30, 80], dtype=torch.int32), cpu, dims=(16, 16)).prefix  # varlen
     assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
     # D or E = 256: no segments while the unsegmented programs fill most of a wave; below, two per SM
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 2
@@ -267,6 +272,58 @@ def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypa
     q, k, v, decay, s0 = _inputs(1, 256, 1, 1, 16, 80)
     _check_all(q, k, v, decay, s0, scale=0.3)
     assert len(scans) == 1 + 1  # forward (reused by dq) and dv (reused by dk)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [  # B, T, H, Hkv, D, E, SiLU folded, backward form
+        (2, 50, 4, 2, 32, 16, False, "split"),  # grouped heads, D != E, a partial last chunk
+        (1, 45, 2, 2, 16, 48, True, "split"),  # E > D, SiLU folded: the prefix loop applies it too
+        (2, 50, 2, 1, 16, 16, False, "fused"),  # the fused dK/dV pass builds R's start states the classic way
+    ],
+)
+def test_two_segments_build_their_start_states_in_the_main_pass(case, scans, monkeypatch):
+    """Two segments (PREFIX): the second segment's program runs the state-only loop over the first segment itself,
+    from the initial state; no state pass or scan is launched, and the states it leaves behind are what the dq and
+    dk passes read."""
+    b, t, h, hkv, d, e, silu, bwd = case
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
+    monkeypatch.setenv("TNL_ATTN_BWD", bwd)
+    assert CT._Plan(b, t, h, e, None, torch.device("cpu"), dims=(d, e)).prefix
+    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e)
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.6, initial_state=s0, output_final_state=True,
+                                        qk_activation="silu" if silu else None)
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    act = torch.nn.functional.silu if silu else (lambda x: x)
+    o_r, f_r = recurrence(act(ref[0]), act(ref[1]), ref[2], decay, 0.6, ref[3])
+    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
+    for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
+        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+    assert len(scans) == (1 if bwd == "fused" else 0)
+
+
+def test_compiled_two_segments_match_recurrence(scans, monkeypatch):
+    """The custom ops keep the start states the forward's PREFIX pass left behind for the dq pass."""
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
+    q, k, v, decay, s0 = _inputs(2, 60, 2, 1, 16, 32)
+
+    def f(q, k, v, s0):
+        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True)
+
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, s0)]
+    torch._dynamo.reset()
+    o, final = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
+    go, gf = torch.randn(o.shape), torch.randn(final.shape)
+    grads = torch.autograd.grad((o * go).sum() + (final * gf).sum(), leaves)
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v, s0)]
+    o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3])
+    grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
+    for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
+        assert _rel(got, want) < 1e-5
+    assert not scans
 
 
 @pytest.mark.parametrize("seg", [None, "32"])

@@ -73,6 +73,43 @@ def _state_update(S, kk, vv, ls, n, shf, mt, offs_c, skv, REVERSE: tl.constexpr,
     return S * tl.exp2(-ls * (n.to(tl.float32) - shf)) + tl.dot(tl.trans(kk), vd, input_precision=PREC)
 
 
+@triton.jit
+def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d, mask_e, ls, skv,
+                  t_start, t_end, T, C: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+                  UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
+    """The state entering a segment, built from the sequence's start (its end in reverse) by the segment's own
+    program: the state-only loop over every token before it, from S (the initial state or zeros)."""
+    if REVERSE:
+        lo = t_end
+        hi = T
+    else:
+        lo = t_start * 0
+        hi = t_start
+    nc = tl.cdiv(hi - lo, C)
+    for c in range(0, nc):
+        if REVERSE:
+            cs = lo + (nc - 1 - c) * C
+        else:
+            cs = lo + c * C
+        n = tl.minimum(C, hi - cs)
+        mt = offs_c < n
+        t_idx = (cs + offs_c).to(tl.int64)
+        kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
+                     mask=mt[:, None] & mask_d[None, :], other=0.0)
+        vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
+                     mask=mt[:, None] & mask_e[None, :], other=0.0)
+        if UPCAST:
+            kk = kk.to(tl.float32)
+            vv = vv.to(tl.float32)
+        if ACT_K:
+            kk = _silu(kk)
+        if ACT_V:
+            vv = _silu(vv)
+        S = _state_update(S, kk, vv, ls, n, shift.to(tl.float32), mt, offs_c, skv, REVERSE, PREC)
+        shift = shift * 0
+    return S
+
+
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _chunk_kernel(
     QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW,
@@ -90,10 +127,13 @@ def _chunk_kernel(
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
     DACT: tl.constexpr = False, P_T: tl.constexpr = False, EARLY_UPDATE: tl.constexpr = False,
+    PREFIX: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
     # P_T: PBUF holds segment start states built by another pass as [DV, DK] (the transpose of this pass's state).
+    # PREFIX (fixed length): no state pass ran; each segment builds its start state from the tokens before it
+    # (_prefix_state) and stores it in PBUF for a later pass to read (P_T there).
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -120,23 +160,32 @@ def _chunk_kernel(
 
     S = tl.zeros([BD, BE], dtype=tl.float32)
     shift = tl.full([], 0, tl.int32)
-    if begins:
-        if HAS_INIT:
-            p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
+    if HAS_INIT:  # where this program's recurrence starts from the initial state
+        p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
+        if PREFIX:  # every segment: its prefix starts there
             S = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
             shift = tl.full([], INIT_SHIFT, tl.int32)
-    else:
+        elif begins:
+            S = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
+            shift = tl.full([], INIT_SHIFT, tl.int32)
+    if not begins:
         if SEGMENTED and WRITE_O:
             if REVERSE:
                 slot = g + 1
             else:
                 slot = g - 1
-            p = PBUF + (slot.to(tl.int64) * H + h) * DK * DV
-            if P_T:
-                p += offs_d[:, None] + offs_e[None, :] * DK
+            ps = PBUF + (slot.to(tl.int64) * H + h) * DK * DV
+            if PREFIX:
+                S = _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d,
+                                  mask_e, ls, skv, t_start, t_end, T, C, REVERSE, PREC, UPCAST, ACT_K, ACT_V)
+                shift = shift * 0
+                tl.store(ps + offs_d[:, None] * DV + offs_e[None, :], S, mask=mask_s)
             else:
-                p += offs_d[:, None] * DV + offs_e[None, :]
-            S = tl.load(p, mask=mask_s, other=0.0)
+                if P_T:
+                    ps += offs_d[:, None] + offs_e[None, :] * DK
+                else:
+                    ps += offs_d[:, None] * DV + offs_e[None, :]
+                S = tl.load(ps, mask=mask_s, other=0.0)
 
     if WRITE_O:
         ii = offs_c[:, None]

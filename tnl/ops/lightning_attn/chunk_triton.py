@@ -99,9 +99,9 @@ class _Plan:
         elif cu_seqlens is None and ((large and 4 * units >= 3 * sms) or (small and 16 * units >= 7 * sms)):
             # no state pass while the unsegmented programs fill enough of a wave. D or E = 256: most of one (H100,
             # T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; at T=64k, B=1, 32
-            # programs, 256 segmented programs beat 128: 5.1 vs 6.4 ms fwd+bwd). D, E <= 64: from 7/16 of one
-            # (H100, D=64, B=4, T=16k, 64 programs: fwd+bwd 1.21 ms vs 1.39-1.50 in 2 or 4 segments; with 48
-            # programs 5 segments win, 0.91-1.38 vs 1.50; with 32, 1.38-1.77 vs 2.38)
+            # programs, 256 segmented programs beat 128: 5.1 vs 6.4 ms fwd+bwd). D, E <= 64: above half of one
+            # (below, two PREFIX segments; with a state pass and a scan, segments lost at 64 programs: H100, D=64,
+            # B=4, T=16k fwd+bwd 1.21 ms unsegmented vs 1.39-1.50 in 2 or 4 segments)
             seg_len = _round_seg(t)
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more

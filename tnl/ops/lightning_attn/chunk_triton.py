@@ -70,6 +70,14 @@ _SEG_ALIGN, _MIN_SEG = 256, 512
 _PREFIX_MAX_SEGS = 2
 
 
+def _prefix_chunk(c: int) -> int:
+    """Chunk of the PREFIX state-only loop: twice the main loop's, up to 128 (segment lengths are multiples of 256)."""
+    return min(2 * c, 128) if _PREFIX_WIDE else c
+
+
+_PREFIX_WIDE = True
+
+
 def _round_seg(n: int) -> int:
     return max(_MIN_SEG, _cdiv(n, _SEG_ALIGN) * _SEG_ALIGN)
 
@@ -280,7 +288,7 @@ def _chunk_pass(
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
             ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, P_T=starts_t is not None,
-            EARLY_UPDATE=bd >= 256, PREFIX=prefix and write_o,
+            EARLY_UPDATE=bd >= 256, PREFIX=prefix and write_o, PREFIX_C=_prefix_chunk(c),
             num_warps=w, num_stages=s,
         )
 

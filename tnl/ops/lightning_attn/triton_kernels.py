@@ -74,11 +74,13 @@ def _state_update(S, kk, vv, ls, n, shf, mt, offs_c, skv, REVERSE: tl.constexpr,
 
 
 @triton.jit
-def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d, mask_e, ls, skv,
+def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs_e, mask_d, mask_e, ls, skv,
                   t_start, t_end, T, C: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
                   UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
     """The state entering a segment, built from the sequence's start (its end in reverse) by the segment's own
-    program: the state-only loop over every token before it, from S (the initial state or zeros)."""
+    program: the state-only loop over every token before it, from S (the initial state or zeros), in chunks of C
+    (may be larger than the main loop's: the loop is bound by the latency of each step, not its size)."""
+    offs_c = tl.arange(0, C)
     if REVERSE:
         lo = t_end
         hi = T
@@ -127,13 +129,13 @@ def _chunk_kernel(
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
     DACT: tl.constexpr = False, P_T: tl.constexpr = False, EARLY_UPDATE: tl.constexpr = False,
-    PREFIX: tl.constexpr = False,
+    PREFIX: tl.constexpr = False, PREFIX_C: tl.constexpr = 16,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
     # P_T: PBUF holds segment start states built by another pass as [DV, DK] (the transpose of this pass's state).
     # PREFIX (fixed length): no state pass ran; each segment builds its start state from the tokens before it
-    # (_prefix_state) and stores it in PBUF for a later pass to read (P_T there).
+    # (_prefix_state, in chunks of PREFIX_C) and stores it in PBUF for a later pass to read (P_T there).
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -176,8 +178,8 @@ def _chunk_kernel(
                 slot = g - 1
             ps = PBUF + (slot.to(tl.int64) * H + h) * DK * DV
             if PREFIX:
-                S = _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d,
-                                  mask_e, ls, skv, t_start, t_end, T, C, REVERSE, PREC, UPCAST, ACT_K, ACT_V)
+                S = _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs_e, mask_d, mask_e,
+                                  ls, skv, t_start, t_end, T, PREFIX_C, REVERSE, PREC, UPCAST, ACT_K, ACT_V)
                 shift = shift * 0
                 tl.store(ps + offs_d[:, None] * DV + offs_e[None, :], S, mask=mask_s)
             else:

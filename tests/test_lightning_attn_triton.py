@@ -499,7 +499,8 @@ def test_autotune_leaves_out_configs_whose_results_disagree(tmp_path, monkeypatc
         return tuple(cfg) not in wrong and tuple(ref) not in wrong
 
     cands = [list(c) for c in ms]
-    with pytest.warns(UserWarning, match=r"configs \[\[64, 32\]\] for k5 disagree with config \[16, 32\]"):
+    with pytest.warns(UserWarning, match=r"configs for k5 disagree with the smallest-tile config, \[64, 32\] \(vs "
+                                         r"\[16, 32\]\), on"):
         assert autotune.pick("GPU Z-triton9", "k5", cands, lambda c: ms[tuple(c)], verify) == [64, 64]
     assert checks == [((64, 32), (16, 32)), ((64, 64), (16, 32))]
     # the smallest tile is the fastest: checked against the next smallest
@@ -508,6 +509,10 @@ def test_autotune_leaves_out_configs_whose_results_disagree(tmp_path, monkeypatc
     assert autotune.pick("GPU Z-triton9", "k6", [list(c) for c in fast_small], lambda c: fast_small[tuple(c)],
                          verify) == [16, 32]
     assert checks == [((16, 32), (32, 64))]
+    # the smallest tile itself disagrees: the warning names the config it was compared with
+    with pytest.warns(UserWarning, match=r"\[16, 32\] \(vs \[32, 64\]\)"):
+        assert autotune.pick("GPU Z-triton9", "k8", [list(c) for c in fast_small], lambda c: fast_small[tuple(c)],
+                             lambda cfg, ref: tuple(cfg) != (16, 32)) == [64, 64]
     # nothing agrees: a one-line error instead of a silent choice
     with pytest.raises(RuntimeError, match="no candidate config for k7 agrees"):
         autotune.pick("GPU Z-triton9", "k7", cands, lambda c: ms[tuple(c)], lambda cfg, ref: False)

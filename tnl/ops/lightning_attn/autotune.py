@@ -115,21 +115,22 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     best = timed[0][1]
     if verify is not None and len(timed) > 1:
         by_tile = sorted((cfg for _, cfg in timed), key=lambda c: c[0] * c[1])
-        rejected = []
+        rejected = []  # (config, the config it was compared with): the smallest tile's own check uses the next one
         for _, cfg in timed:
             ref = by_tile[0] if by_tile[0] != cfg else by_tile[1]
             if verify(cfg, ref):
                 best = cfg
                 break
-            rejected.append(cfg)
+            rejected.append(f"{cfg} (vs {ref})")
         else:
-            raise RuntimeError(f"lightning_attn autotune: no candidate config for {key} agrees with config {ref} on "
-                               f"this GPU and Triton version (miscompiled?); run scripts/probe_attn_configs.py, or set "
-                               "TNL_ATTN_BACKEND=torch")
+            raise RuntimeError(f"lightning_attn autotune: no candidate config for {key} agrees with the smallest-tile "
+                               f"config: {', '.join(rejected)} on this GPU and Triton version (miscompiled?); run "
+                               "scripts/probe_attn_configs.py, or set TNL_ATTN_BACKEND=torch")
         if rejected:
-            warnings.warn(f"lightning_attn autotune: configs {rejected} for {key} disagree with config {ref} on this "
-                          "GPU and Triton version (miscompiled?) and are left out; scripts/probe_attn_configs.py "
-                          "--excluded checks every config against float64", stacklevel=2)
+            warnings.warn(f"lightning_attn autotune: configs for {key} disagree with the smallest-tile config, "
+                          f"{', '.join(rejected)}, on this GPU and Triton version (miscompiled?) and are left out; "
+                          "scripts/probe_attn_configs.py --excluded checks every config against float64",
+                          stacklevel=2)
     with _LOCK:
         _MEMORY[full] = best
         _TUNED_HERE.add(full)

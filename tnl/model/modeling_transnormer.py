@@ -510,10 +510,11 @@ class NormLinearAttention(nn.Module, DecayMixin):
         # SiLU can run inside the attention op (the Triton kernels apply it as they load q and k, so SiLU(q),
         # SiLU(k) are never written or kept for backward); not with LRPE, which comes between SiLU and attention.
         # TNL_ATTN_FOLD_ACT: "auto" (default) folds it in eager mode only: under torch.compile Inductor fuses SiLU
-        # into neighbouring kernels for free, while the folded kernels spill registers (H100, tnl_385m: compiled
-        # 172.9k tokens/s unfolded vs 165.8k folded; eager 146.1k folded vs 143.3k, and 2.9 GiB less memory).
+        # into neighbouring kernels for free, while the folded kernels are slower (the activation puts q and k on
+        # the register path into the dots: H100, tnl_385m compiled 176.3k tokens/s unfolded vs 170.3k folded; eager
+        # within 1%, 146-151k either way, with 2.9 GiB less memory folded).
         # "1" always folds (under compile no memory saving since train.compile_recompute_pointwise recomputes SiLU
-        # in backward; 166.9k vs 173.2k tokens/s), "0" never.
+        # in backward), "0" never.
         fold_env = os.environ.get("TNL_ATTN_FOLD_ACT", "auto")
         if fold_env not in ("auto", "0", "1"):
             raise ValueError(f"TNL_ATTN_FOLD_ACT must be auto, 0 or 1, got {fold_env!r}")

@@ -502,7 +502,8 @@ def test_autotune_leaves_out_configs_whose_results_disagree(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match=r"configs for k5 disagree with the smallest-tile config, \[64, 32\] \(vs "
                                          r"\[16, 32\]\), on"):
         assert autotune.pick("GPU Z-triton9", "k5", cands, lambda c: ms[tuple(c)], verify) == [64, 64]
-    assert checks == [((64, 32), (16, 32)), ((64, 64), (16, 32))]
+    # a disagreement asks a third config; (64, 32) disagrees with it too
+    assert checks == [((64, 32), (16, 32)), ((64, 32), (32, 64)), ((64, 64), (16, 32))]
     # the smallest tile is the fastest: checked against the next smallest
     checks.clear()
     fast_small = {(16, 32): 0.5, (64, 64): 2.0, (32, 64): 3.0}
@@ -513,6 +514,15 @@ def test_autotune_leaves_out_configs_whose_results_disagree(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match=r"\[16, 32\] \(vs \[32, 64\]\)"):
         assert autotune.pick("GPU Z-triton9", "k8", [list(c) for c in fast_small], lambda c: fast_small[tuple(c)],
                              lambda cfg, ref: tuple(cfg) != (16, 32)) == [64, 64]
+    # the reference itself is wrong: a third config shows which side is (otherwise every config would be rejected)
+    ranked = {(64, 64): 1.0, (32, 64): 2.0, (16, 32): 3.0}
+
+    def agree(cfg, ref):
+        return (16, 32) not in (tuple(cfg), tuple(ref))
+
+    with pytest.warns(UserWarning, match=r"\[16, 32\] \(vs \[64, 64\] and \[32, 64\]\)"):
+        assert autotune.pick("GPU Z-triton9", "k9", [list(c) for c in ranked], lambda c: ranked[tuple(c)],
+                             agree) == [64, 64]
     # nothing agrees: a one-line error instead of a silent choice
     with pytest.raises(RuntimeError, match="no candidate config for k7 agrees"):
         autotune.pick("GPU Z-triton9", "k7", cands, lambda c: ms[tuple(c)], lambda cfg, ref: False)

@@ -87,7 +87,8 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
     """Return the fastest config for `key`; `bench(cfg)` runs it and returns ms (raises if it cannot run).
     `verify(cfg, ref)`: whether cfg's results agree with those of `ref`, the timed config with the smallest tile
     (product of its first two entries). A compiler can miscompile one config of a kernel (Triton 3.6 on sm_90 did:
-    chunk_triton._miscompiled), so the fastest config that agrees wins, and the ones that disagree are named."""
+    chunk_triton._miscompiled), so the fastest config that agrees wins, and the ones that disagree are named; when
+    the two disagree, a third config decides which of them is wrong."""
     full = f"{device_tag}|{key}"
     with _LOCK:
         _load(device_tag)
@@ -120,6 +121,12 @@ def pick(device_tag: str, key: str, configs: Sequence[dict], bench: Callable[[di
             ref = by_tile[0] if by_tile[0] != cfg else by_tile[1]
             if verify(cfg, ref):
                 best = cfg
+                break
+            # which of the two is wrong? a third config breaks the tie (else a broken reference would reject all)
+            third = next((c for c in by_tile if c != cfg and c != ref), None)
+            if third is not None and verify(cfg, third) and not verify(ref, third):
+                best = cfg
+                rejected.append(f"{ref} (vs {cfg} and {third})")
                 break
             rejected.append(f"{cfg} (vs {ref})")
         else:

@@ -305,27 +305,6 @@ def test_two_segments_build_their_start_states_in_the_main_pass(case, scans, mon
     assert len(scans) == (1 if bwd == "fused" else 0)
 
 
-def test_compiled_two_segments_match_recurrence(scans, monkeypatch):
-    """The custom ops keep the start states the forward's PREFIX pass left behind for the dq pass."""
-    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
-    q, k, v, decay, s0 = _inputs(2, 60, 2, 1, 16, 32)
-
-    def f(q, k, v, s0):
-        return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True)
-
-    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, s0)]
-    torch._dynamo.reset()
-    o, final = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves)
-    go, gf = torch.randn(o.shape), torch.randn(final.shape)
-    grads = torch.autograd.grad((o * go).sum() + (final * gf).sum(), leaves)
-    ref = [x.detach().double().requires_grad_() for x in (q, k, v, s0)]
-    o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3])
-    grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
-    for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
-        assert _rel(got, want) < 1e-5
-    assert not scans
-
-
 @pytest.mark.parametrize("seg", [None, "32"])
 def test_varlen_matches_per_sequence(seg, monkeypatch):
     if seg:
@@ -608,14 +587,17 @@ def test_compiled_custom_ops_match_eager_function():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("varlen", [False, True])
-def test_compiled_segmented_matches_recurrence(varlen, scans, monkeypatch):
+@pytest.mark.parametrize("case", ["fixed", "varlen", "two_segments"])
+def test_compiled_segmented_matches_recurrence(case, scans, monkeypatch):
     """The custom ops' segmented path against the float64 recurrence. Fixed-length plans hand the forward's segment
     states to backward (one scan fewer: counted); varlen plans cannot (their fake shapes would depend on
-    cu_seqlens' values), so their dq pass builds the states again."""
-    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+    cu_seqlens' values), so their dq pass builds the states again. Two segments (PREFIX): the states the forward's
+    main pass left behind are kept for the dq pass, and no scan runs."""
+    varlen = case == "varlen"
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32" if case == "two_segments" else "16")
     cu = torch.tensor([0, 7, 7, 40, 80], dtype=torch.int32) if varlen else None
-    q, k, v, decay, s0 = _inputs(*((1, 80) if varlen else (2, 40)), 2, 1, 16, 32, n=4 if varlen else None)
+    b, t = {"fixed": (2, 40), "varlen": (1, 80), "two_segments": (2, 60)}[case]
+    q, k, v, decay, s0 = _inputs(b, t, 2, 1, 16, 32, n=4 if varlen else None)
 
     def f(q, k, v, s0):
         return CT.triton_lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True,
@@ -631,7 +613,8 @@ def test_compiled_segmented_matches_recurrence(varlen, scans, monkeypatch):
     grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
     for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
         assert _rel(got, want) < 1e-5
-    assert len(scans) == (3 if varlen else 2)  # forward, dq (varlen only), dv (shared with dk)
+    # forward, dq (varlen only), dv (shared with dk); none with two segments
+    assert len(scans) == {"fixed": 2, "varlen": 3, "two_segments": 0}[case]
 
 
 def test_compiled_dynamic_shapes_follow_segment_count(monkeypatch):

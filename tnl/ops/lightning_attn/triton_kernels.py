@@ -74,6 +74,33 @@ def _state_update(S, kk, vv, ls, n, shf, mt, offs_c, skv, REVERSE: tl.constexpr,
 
 
 @triton.jit
+def _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d, mask_e, lo, hi, c, nc,
+                   C: tl.constexpr, REVERSE: tl.constexpr, UPCAST: tl.constexpr, ACT_K: tl.constexpr,
+                   ACT_V: tl.constexpr):
+    """Chunk c of nc over tokens [lo, hi) (from the end in reverse): (tokens in it, token mask, token indices, k, v),
+    k and v as the dots take them."""
+    if REVERSE:
+        cs = lo + (nc - 1 - c) * C
+    else:
+        cs = lo + c * C
+    n = tl.minimum(C, hi - cs)
+    mt = offs_c < n
+    t_idx = (cs + offs_c).to(tl.int64)
+    kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
+                 mask=mt[:, None] & mask_d[None, :], other=0.0)
+    vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
+                 mask=mt[:, None] & mask_e[None, :], other=0.0)
+    if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
+        kk = kk.to(tl.float32)
+        vv = vv.to(tl.float32)
+    if ACT_K:
+        kk = _silu(kk)
+    if ACT_V:
+        vv = _silu(vv)
+    return n, mt, t_idx, kk, vv
+
+
+@triton.jit
 def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs_e, mask_d, mask_e, ls, skv,
                   t_start, t_end, T, C: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
                   UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
@@ -89,24 +116,8 @@ def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs
         hi = t_start
     nc = tl.cdiv(hi - lo, C)
     for c in range(0, nc):
-        if REVERSE:
-            cs = lo + (nc - 1 - c) * C
-        else:
-            cs = lo + c * C
-        n = tl.minimum(C, hi - cs)
-        mt = offs_c < n
-        t_idx = (cs + offs_c).to(tl.int64)
-        kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
-                     mask=mt[:, None] & mask_d[None, :], other=0.0)
-        vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
-                     mask=mt[:, None] & mask_e[None, :], other=0.0)
-        if UPCAST:
-            kk = kk.to(tl.float32)
-            vv = vv.to(tl.float32)
-        if ACT_K:
-            kk = _silu(kk)
-        if ACT_V:
-            vv = _silu(vv)
+        n, mt, t_idx, kk, vv = _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d,
+                                              mask_e, lo, hi, c, nc, C, REVERSE, UPCAST, ACT_K, ACT_V)
         S = _state_update(S, kk, vv, ls, n, shift.to(tl.float32), mt, offs_c, skv, REVERSE, PREC)
         shift = shift * 0
     return S
@@ -204,24 +215,8 @@ def _chunk_kernel(
             n_tok = n_tok * 0  # state-only pass: the last segment's contribution is never read
     nc = tl.cdiv(n_tok, C)
     for c in range(0, nc):
-        if REVERSE:
-            cs = t_start + (nc - 1 - c) * C
-        else:
-            cs = t_start + c * C
-        n = tl.minimum(C, t_end - cs)
-        mt = offs_c < n
-        t_idx = (cs + offs_c).to(tl.int64)
-        kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
-                     mask=mt[:, None] & mask_d[None, :], other=0.0)
-        vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
-                     mask=mt[:, None] & mask_e[None, :], other=0.0)
-        if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
-            kk = kk.to(tl.float32)
-            vv = vv.to(tl.float32)
-        if ACT_K:
-            kk = _silu(kk)
-        if ACT_V:
-            vv = _silu(vv)
+        n, mt, t_idx, kk, vv = _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d,
+                                              mask_e, t_start, t_end, c, nc, C, REVERSE, UPCAST, ACT_K, ACT_V)
         shf = shift.to(tl.float32)
         if EARLY_UPDATE:
             # BD=256: the state update goes first; the output reads the chunk's start state from a copy in the

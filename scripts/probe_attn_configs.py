@@ -78,7 +78,7 @@ def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str, excluded: boo
         if ct._pow2(d) * ct._pow2(e) > ct._DKDV_MAX_TILE:
             sys.exit(f"--fused: D={d} x E={e} does not take the fused dK/dV pass (its D x E state must fit in "
                      f"{ct._DKDV_MAX_TILE} elements); drop the shape")
-        plan = ct._Plan(b, t, h, 64, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"), dims=(d, e))
+        plan = ct._dkdv_plan(b, t, h, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"), (d, e))
         return ct._dkdv_candidates(plan.seg_len, dtype == "float32")
     if excluded:
         ct._miscompiled = lambda *a: False

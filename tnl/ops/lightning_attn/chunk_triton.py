@@ -319,6 +319,12 @@ _DKDV_CONFIGS = [(32, 8, 2), (16, 8, 2), (64, 8, 2), (32, 4, 2), (16, 4, 2)]  # 
 _DKDV_MAX_TILE = 128 * 128  # the D x E state stays in registers
 
 
+def _dkdv_plan(b: int, t: int, h: int, cu_seqlens: torch.Tensor | None, device: torch.device,
+               dims: tuple[int, int]) -> _Plan:
+    """The fused dK/dV pass's plan: one program (all of E) per (head, segment), counted as one E-block."""
+    return _Plan(b, t, h, 64, cu_seqlens, device, dims=dims)
+
+
 def _dkdv_candidates(seg_len: int, fp32: bool) -> list[tuple]:
     if _interpret():
         return [(16, 4, 1)]
@@ -497,8 +503,7 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     fused = need_dkv and _fused_dkdv_enabled(d, e)
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
-        # one E-block (all of E) per (head, segment)
-        plan_f = _Plan(b, t, h, 64, cu_seqlens, q.device, dims=(d, e))
+        plan_f = _dkdv_plan(b, t, h, cu_seqlens, q.device, (d, e))
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)

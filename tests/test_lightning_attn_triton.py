@@ -152,6 +152,46 @@ def test_silu_folded_into_kernels_matches_silu_then_attention(case, monkeypatch)
         assert _rel(g, g_r) < 1e-5, f"d{name} {_rel(g, g_r)}"
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 37, 4, 2, 16, 32, None, False, "split"),
+        (1, 83, 4, 2, 16, 16, "32", True, "split"),
+        (2, 37, 4, 2, 16, 32, None, False, "fused"),
+    ],
+)
+def test_activated_q_k_given_by_the_caller(case, monkeypatch):
+    """qk_activated=(SiLU(q), SiLU(k)) with raw q, k: the kernels load the activated copies and backward applies
+    SiLU' to dq, dk; output, state and gradients (reaching the raw q, k once, not again through the copies) equal
+    the float64 recurrence on SiLU(q), SiLU(k)."""
+    b, t, h, hkv, d, e, seg, varlen, bwd = case
+    monkeypatch.setenv("TNL_ATTN_BWD", bwd)
+    if seg:
+        monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
+    cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32) if varlen else None
+    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e, n=4 if varlen else None)
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    silu = torch.nn.functional.silu
+    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True,
+                                        cu_seqlens=cu, qk_activation="silu", qk_activated=(silu(q), silu(k)))
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    o_r, f_r = recurrence(silu(ref[0]), silu(ref[1]), ref[2], decay, 0.7, ref[3], cu_seqlens=cu)
+    assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5
+    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
+    for name, g, g_r in zip("q k v s0".split(), grads, grads_r):
+        assert _rel(g, g_r) < 1e-5, f"d{name} {_rel(g, g_r)}"
+
+
+def test_activated_q_k_are_checked():
+    q, k, v, decay, _ = _inputs(1, 8, 2, 2, 16, 16)
+    with pytest.raises(ValueError, match="qk_activated needs qk_activation='silu'"):
+        CT.triton_lightning_attn(q, k, v, decay, qk_activated=(q, k))
+    with pytest.raises(ValueError, match=r"qk_activated must match q \(1, 8, 2, 16\)"):
+        CT.triton_lightning_attn(q, k, v, decay, qk_activation="silu", qk_activated=(q[:, :4], k))
+
+
 def test_backward_form_from_environment(monkeypatch):
     monkeypatch.delenv("TNL_ATTN_BWD", raising=False)
     assert not CT._fused_dkdv_enabled(64, 64)  # split by default
@@ -653,6 +693,8 @@ def test_custom_ops_pass_opcheck(varlen, monkeypatch):
     q, k, v, decay, s0 = _inputs(1 if varlen else 3, 40, 2, 2, 16, 16, n=3)
     q, k, v, s0 = (x.requires_grad_() for x in (q, k, v, s0))
     torch.library.opcheck(CT._fwd_op, (q, k, v, decay, 0.5, s0, True, cu, False))
+    qa, ka = (torch.nn.functional.silu(x).detach().requires_grad_() for x in (q, k))
+    torch.library.opcheck(CT._fwd_op, (q, k, v, decay, 0.5, s0, True, cu, True, qa, ka))
 
 
 def test_torch_compile_no_graph_break():

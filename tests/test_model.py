@@ -579,6 +579,39 @@ def test_fold_env_rejects_unknown_value(monkeypatch):
         make()
 
 
+def test_compiled_mixer_hands_activated_q_k_to_attention(monkeypatch):
+    """Under torch.compile (TNL_ATTN_FOLD_ACT=auto) the mixer computes SiLU(q), SiLU(k) and passes them with the
+    raw q, k (qk_activated), except on the LRPE layer; logits and gradients equal the plain mixer's (float64)."""
+    import tnl.model.modeling_transnormer as mt
+
+    torch.manual_seed(0)
+    hinted = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "0")
+    plain = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    plain.load_state_dict(hinted.state_dict())
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append((kw.get("qk_activation"), kw.get("qk_activated") is not None))
+        return lightning_attn(*args, **kw)
+
+    lightning_attn = mt.lightning_attn
+    monkeypatch.setattr(mt, "lightning_attn", spy)
+    ids = torch.randint(0, hinted.config.vocab_size, (2, 19))
+    outs = []
+    for model, compiling in ((hinted, True), (plain, True)):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        seen.clear()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        outs.append((out.logits, [p.grad.clone() for p in model.parameters()], list(seen)))
+    assert outs[0][2] == [(None, False), ("silu", True), ("silu", True)]  # layer 0 has LRPE
+    assert outs[1][2] == [(None, False)] * 3
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_silu_inside_attention_gives_the_same_model(monkeypatch):
     """SiLU applied by the attention op (default) or by the token mixer (TNL_ATTN_FOLD_ACT=0): same logits and
     gradients, with LRPE on layer 0 (never folded), packed documents and a padded batch (not folded)."""

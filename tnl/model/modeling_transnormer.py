@@ -512,9 +512,12 @@ class NormLinearAttention(nn.Module, DecayMixin):
         # TNL_ATTN_FOLD_ACT: "auto" (default) folds it in eager mode only: under torch.compile Inductor fuses SiLU
         # into neighbouring kernels for free, while the folded kernels are slower (the activation puts q and k on
         # the register path into the dots: H100, tnl_385m compiled 176.3k tokens/s unfolded vs 170.3k folded; eager
-        # within 1%, 146-151k either way, with 2.9 GiB less memory folded).
+        # within 1%, 146-151k either way, with 2.9 GiB less memory folded). Compiled, "auto" hands SiLU(q), SiLU(k)
+        # to the op beside the raw q, k (qk_activated): its backward applies SiLU' as it writes dq, dk, so the
+        # qkvu gradient is a plain concatenation instead of Inductor's SiLU backward over re-read q, k (H100,
+        # T=2048: 178.3k / 177.5k vs 175.5k / 174.0k tokens/s, same memory).
         # "1" always folds (under compile no memory saving since train.compile_recompute_pointwise recomputes SiLU
-        # in backward), "0" never.
+        # in backward), "0" never (SiLU and its backward left to PyTorch / Inductor).
         fold_env = os.environ.get("TNL_ATTN_FOLD_ACT", "auto")
         if fold_env not in ("auto", "0", "1"):
             raise ValueError(f"TNL_ATTN_FOLD_ACT must be auto, 0 or 1, got {fold_env!r}")
@@ -533,9 +536,12 @@ class NormLinearAttention(nn.Module, DecayMixin):
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state = layer.state if layer is not None else None
         decoding = state is not None and t == 1
-        fold = (self.act_in_attention and not self.use_lrpe and inp.key_mask is None and not decoding
-                and (self.act_in_attention_compiled or not torch.compiler.is_compiling()))
-        if not fold:
+        fusable = self.act_in_attention and not self.use_lrpe and inp.key_mask is None and not decoding
+        fold = fusable and (self.act_in_attention_compiled or not torch.compiler.is_compiling())
+        activated = None
+        if fusable and not fold:  # compiled: Inductor computes SiLU(q), SiLU(k); the op applies SiLU' in backward
+            activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, h, dh))
+        elif not fold:
             q, k = self.act(q), self.act(k)
         q, k, v = q.view(b, t, h, dh), k.view(b, t, h, dh), v.view(b, t, h, dh)
         if self.use_lrpe:
@@ -550,7 +556,8 @@ class NormLinearAttention(nn.Module, DecayMixin):
         else:
             o, new_state = lightning_attn(
                 q, k, v, decay, initial_state=state, output_final_state=layer is not None,
-                cu_seqlens=inp.cu_seqlens, backend=self.backend, qk_activation="silu" if fold else None,
+                cu_seqlens=inp.cu_seqlens, backend=self.backend,
+                qk_activation="silu" if fold or activated is not None else None, qk_activated=activated,
             )
         if layer is not None:
             if layer.static and state is not None:

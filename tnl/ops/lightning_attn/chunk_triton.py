@@ -403,8 +403,10 @@ def _check(q, k, v, decay, initial_state):
 _NS = "tnl" if __name__ == "tnl.ops.lightning_attn.chunk_triton" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
-def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
-    """(o, final state or an empty tensor, segment start states of a segmented plan or None)."""
+def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act=None,
+              k_act=None):
+    """(o, final state or an empty tensor, segment start states of a segmented plan or None). `q_act`, `k_act`:
+    SiLU(q), SiLU(k) computed by the caller (qk_silu), loaded as they are instead of activating q, k on load."""
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
@@ -412,9 +414,10 @@ def _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqle
     o = torch.empty(b, t, h, e, device=q.device, dtype=q.dtype)
     final = torch.empty(plan.n, h, d, e, device=q.device, dtype=torch.float32) if output_final_state else None
     init = initial_state.float() if initial_state is not None else None
-    starts = _chunk_pass(q, k, v, (1, group, group), decay, init, init.stride() if init is not None else None, o,
+    qa, ka, load_act = (q_act, k_act, False) if q_act is not None else (q, k, qk_silu)
+    starts = _chunk_pass(qa, ka, v, (1, group, group), decay, init, init.stride() if init is not None else None, o,
                          final, skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd",
-                         act=(qk_silu, qk_silu, False))
+                         act=(load_act, load_act, False))
     return o, (final if final is not None else q.new_empty(0, dtype=torch.float32)), starts
 
 
@@ -432,10 +435,11 @@ def _kept_starts_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tenso
 def _fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
-    qk_silu: bool,
+    qk_silu: bool, q_act: Optional[torch.Tensor] = None, k_act: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, final state, segment start states kept for the dq pass or an empty tensor)."""
-    o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
+    o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu,
+                                 q_act, k_act)
     if starts is None or cu_seqlens is not None:  # what _kept_starts_shape tells the fake implementation
         starts = q.new_empty(0, dtype=torch.float32)
     return o, final, starts
@@ -445,7 +449,7 @@ _fwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())
 
 
 @_fwd_op.register_fake
-def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
+def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act=None, k_act=None):
     b, t, h, d = q.shape
     e = v.shape[-1]
     n = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
@@ -460,9 +464,10 @@ def _bwd_impl(
     decay: torch.Tensor, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
     need_dq: bool, need_dkv: bool, qk_silu: bool, fwd_starts: torch.Tensor,
+    q_act: Optional[torch.Tensor] = None, k_act: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
     return _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
-                     fwd_starts=fwd_starts if fwd_starts.numel() else None)
+                     fwd_starts=fwd_starts if fwd_starts.numel() else None, q_act=q_act, k_act=k_act)
 
 
 def _backward_plans(b: int, t: int, h: int, d: int, e: int, cu_seqlens: torch.Tensor | None,
@@ -479,9 +484,11 @@ def _backward_plans(b: int, t: int, h: int, d: int, e: int, cu_seqlens: torch.Te
 
 
 def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
-              fwd_starts=None):
+              fwd_starts=None, q_act=None, k_act=None):
     """`fwd_starts`: the forward's segment start states, or None (varlen under the custom ops, whose fake
-    implementation cannot know a varlen plan's data-dependent segment count)."""
+    implementation cannot know a varlen plan's data-dependent segment count). `q_act`, `k_act` (with qk_silu):
+    SiLU(q), SiLU(k) as the forward loaded them; the passes load them as they are and only multiply their dq, dk
+    outputs by SiLU'(q), SiLU'(k) (gradients w.r.t. the raw q, k either way)."""
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
@@ -490,12 +497,13 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     dfin = dfinal.float() if dfinal is not None else None
     dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
     same_plan = plan_d.seg_len == plan_e.seg_len  # the forward's plan is plan_e
+    qa, ka, la = (q_act, k_act, False) if q_act is not None else (q, k, qk_silu)  # la: SiLU applied on load
     if need_dq:
         # dq_t = scale * do_t S_t^T: forward order on (do, v, k), state S^T (the forward built S's start states)
         st = (init.stride(0), init.stride(1), init.stride(3), init.stride(2)) if init is not None else None
-        _chunk_pass(do, v, k, (1, group, group), decay, init, st, dq, None,
+        _chunk_pass(do, v, ka, (1, group, group), decay, init, st, dq, None,
                     skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq",
-                    act=(False, False, qk_silu), dact=(q, 1) if qk_silu else None,
+                    act=(False, False, la), dact=(q, 1) if qk_silu else None,
                     starts_t=fwd_starts if same_plan else None)
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
@@ -506,26 +514,30 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
         plan_f = _dkdv_plan(b, t, h, cu_seqlens, q.device, (d, e))
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
-        _dkdv_pass(q, k, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=qk_silu)
+        _dkdv_pass(qa, ka, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=la)
     elif need_dkv or need_dinit:
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
         dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
-        r_starts = _chunk_pass(k, q, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
+        r_starts = _chunk_pass(ka, qa, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
                                dv, dinit, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
-                               act=(qk_silu, qk_silu, False))
+                               act=(la, la, False))
     if need_dkv and not fused:
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T; the dv pass built R's segment start states
         dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
-        _chunk_pass(v, do, q, (group, 1, 1), decay, dfin, st, dk, None,
+        _chunk_pass(v, do, qa, (group, 1, 1), decay, dfin, st, dk, None,
                     skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
-                    act=(False, False, qk_silu), dact=(k, group) if qk_silu else None,
+                    act=(False, False, la), dact=(k, group) if qk_silu else None,
                     starts_t=r_starts if same_plan else None)
     if not need_dkv:
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     elif group > 1:
         dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
         dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
+    if fused and qk_silu and q_act is not None:  # the fused pass's dk is w.r.t. SiLU(k) here
+        kf = k.float()
+        sk = torch.sigmoid(kf)
+        dk = (dk.float() * sk * (1 + kf * (1 - sk))).to(k.dtype)
     empty = q.new_empty(0, dtype=torch.float32)
     return dq, dk, dv, (dinit if dinit is not None else empty)
 
@@ -534,24 +546,25 @@ _bwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())
 
 
 @_bwd_op.register_fake
-def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu, fwd_starts):
+def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu, fwd_starts,
+              q_act=None, k_act=None):
     dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
              else q.new_empty(0, dtype=torch.float32))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu = inputs
+    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act = inputs
     # the forward's segment start states are the dq pass's (transposed): kept, backward skips a state pass and a
     # scan for B * segments * H * D * E fp32 (8 MiB per layer at tnl_385m, T=8k)
-    ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens, output[2])
+    ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens, output[2], q_act, k_act)
     ctx.scale = scale
     ctx.qk_silu = qk_silu
     ctx.init_dtype = initial_state.dtype if initial_state is not None else None
 
 
 def _backward_with(bwd, ctx, do, dfinal):
-    q, k, v, decay, initial_state, cu_seqlens, starts = ctx.saved_tensors
+    q, k, v, decay, initial_state, cu_seqlens, starts, q_act, k_act = ctx.saved_tensors
     if do is None:
         do = torch.zeros(*q.shape[:3], v.shape[-1], device=q.device, dtype=q.dtype)
     if dfinal is not None and dfinal.numel() == 0:
@@ -559,10 +572,10 @@ def _backward_with(bwd, ctx, do, dfinal):
     need = ctx.needs_input_grad
     dq, dk, dv, dinit = bwd(
         do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2], ctx.qk_silu,
-        starts if starts is not None else q.new_empty(0, dtype=torch.float32),
+        starts if starts is not None else q.new_empty(0, dtype=torch.float32), q_act, k_act,
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
-    return dq, dk, dv, None, None, dinit, None, None, None
+    return dq, dk, dv, None, None, dinit, None, None, None, None, None  # none for q_act, k_act: see _bwd_core
 
 
 def _backward(ctx, do, dfinal, dstarts):
@@ -577,11 +590,12 @@ class _EagerLightningAttn(torch.autograd.Function):
     a few hundred microseconds of CPU per call (measured on an H100), more than the kernels take at D=64."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu):
+    def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act):
         # eager keeps start states for varlen plans too (the custom ops cannot: see _kept_starts_shape)
-        o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu)
-        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu),
-                       (o, final, starts))
+        o, final, starts = _fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu,
+                                     q_act, k_act)
+        _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act,
+                             k_act), (o, final, starts))
         return o, final
 
     @staticmethod
@@ -603,19 +617,31 @@ def triton_lightning_attn(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     qk_activation: str | None = None,
+    qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked lightning attention in Triton; same contract as `lightning_attn` (inputs already validated).
-    `qk_activation="silu"`: q and k are raw and SiLU is applied inside the kernels (gradients are w.r.t. raw)."""
+    `qk_activation="silu"`: q and k are raw and SiLU is applied inside the kernels (gradients are w.r.t. raw).
+    `qk_activated`: (SiLU(q), SiLU(k)) when the caller has them: the kernels load those as they are, and backward
+    only multiplies dq, dk by SiLU'(q), SiLU'(k) as it writes them (no separate SiLU backward, and dq, dk come
+    out w.r.t. the raw q, k; no gradient flows into the activated copies)."""
     _check(q, k, v, decay, initial_state)
     if qk_activation not in (None, "silu"):
         _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
+    q_act = k_act = None
+    if qk_activated is not None:
+        if qk_activation != "silu":
+            _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
+        q_act, k_act = qk_activated
+        if q_act.shape != q.shape or k_act.shape != k.shape or q_act.dtype != q.dtype or k_act.dtype != k.dtype:
+            _fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
+                  f"{tuple(q_act.shape)}, {tuple(k_act.shape)}")
     decay = decay.detach().to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
     # torch.compile traces the custom op; eager calls skip its dispatch and autograd wrappers
     fn = _fwd_op if torch.compiler.is_compiling() else _EagerLightningAttn.apply
     o, final = fn(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
-                  qk_activation == "silu")[:2]
+                  qk_activation == "silu", q_act, k_act)[:2]
     return o, (final if output_final_state else None)
 
 

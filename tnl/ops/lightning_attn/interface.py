@@ -117,6 +117,7 @@ def lightning_attn(
     cu_seqlens: torch.Tensor | None = None,
     backend: str = "auto",
     qk_activation: str | None = None,
+    qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention with per-head exponential decay (Lightning Attention-2).
 
@@ -125,6 +126,9 @@ def lightning_attn(
     cu_seqlens: int32 offsets [N+1] of N sequences packed in B = 1; each has its own initial/final state.
     qk_activation: None, or "silu" to apply SiLU to q and k first (the TNL feature map); the Triton backend
     does it inside its kernels, so SiLU(q), SiLU(k) are never written or kept for backward.
+    qk_activated: (SiLU(q), SiLU(k)) already computed by the caller (with qk_activation="silu"; q, k stay raw).
+    The Triton backend then loads them as they are (faster than activating on load) and its backward multiplies
+    dq, dk by SiLU'(q), SiLU'(k) as it writes them; gradients reach the raw q, k, none the activated copies.
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
     _validate(q, k, v, decay, initial_state, cu_seqlens)
@@ -140,9 +144,12 @@ def lightning_attn(
         return triton_lightning_attn(
             q, k, v, decay, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens, qk_activation=qk_activation,
+            qk_activated=qk_activated,
         )
+    if qk_activated is not None and qk_activation != "silu":
+        _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
     if qk_activation == "silu":
-        q, k = F.silu(q), F.silu(k)
+        q, k = qk_activated if qk_activated is not None else (F.silu(q), F.silu(k))
     fn = naive_lightning_attn if name == "naive" else chunk_lightning_attn
     if cu_seqlens is not None:
         return _per_sequence(fn, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens)

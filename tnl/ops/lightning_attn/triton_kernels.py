@@ -209,8 +209,6 @@ def _chunk_kernel(
             dist = ii - jj
         mdec = tl.where(dist >= 0, tl.exp2(-ls * tl.maximum(dist, 0).to(tl.float32)) * skv, 0.0)
 
-    if DACT:
-        x_base = XRAW + b64 * sx_b + (h // GX).to(tl.int64) * sx_h
     n_tok = t_end - t_start
     if not WRITE_O:
         if ends:
@@ -234,9 +232,6 @@ def _chunk_kernel(
                 qq = qq.to(tl.float32)
             if ACT_Q:
                 qq = _silu(qq)
-            if DACT:  # loaded before the dots so that its latency hides behind them (it feeds only the store)
-                xr = tl.load(x_base + t_idx[:, None] * sx_t + offs_e[None, :] * sx_d,
-                             mask=mt[:, None] & mask_e[None, :], other=0.0)
             if REVERSE:
                 qexp = (n - offs_c).to(tl.float32) - shf
             else:
@@ -249,6 +244,9 @@ def _chunk_kernel(
             o = tl.dot(a.to(vv.dtype), vv, acc=o, input_precision=PREC)
             o = o * sout
             if DACT:
+                x_base = XRAW + b64 * sx_b + (h // GX).to(tl.int64) * sx_h
+                xr = tl.load(x_base + t_idx[:, None] * sx_t + offs_e[None, :] * sx_d,
+                             mask=mt[:, None] & mask_e[None, :], other=0.0)
                 o = o * _silu_grad(xr)
             tl.store(o_base + t_idx[:, None] * so_t + offs_e[None, :] * so_d, o.to(OUT.dtype.element_ty),
                      mask=mt[:, None] & mask_e[None, :])

@@ -64,7 +64,9 @@ def check_case(name, *args, **kwargs):
 
 
 def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=None, scale=1.0, tol=None,
-                noncontig=False, seg_len=None, silu=False, misaligned=False):
+                noncontig=False, seg_len=None, silu=False, misaligned=False, preact=False):
+    # preact: q, k, v are views of one packed projection (as the model's qkvu) and SiLU(q), SiLU(k) are passed
+    # beside them (qk_activated, the compiled model's path): backward applies SiLU' as it writes dq, dk
     dev = "cuda"
     if seg_len:
         os.environ["TNL_ATTN_SEG_LEN"] = str(seg_len)
@@ -80,14 +82,29 @@ def _check_case(name, b, t, h, hkv, d, e, dtype=torch.float32, init=True, cu=Non
     decay = slopes(h).to(dev)
     s0 = torch.randn(n, h, d, e, device=dev) if init else None
     cut = torch.tensor(cu, dtype=torch.int32, device=dev) if cu is not None else None
-    leaves = [x.requires_grad_() for x in (q, k, v, s0) if x is not None]
+    activated = None
+    if preact:
+        widths = (h * d, hkv * d, hkv * e)
+        packed = torch.cat([x.reshape(b, t, -1) for x in (q, k, v)], -1).requires_grad_()
+        q, k, v = (x.view(b, t, -1, dd) for x, dd in zip(packed.split(widths, -1), (d, d, e)))
+        activated = (torch.nn.functional.silu(q), torch.nn.functional.silu(k))
+        leaves = [x for x in (packed, s0) if x is not None]
+        if s0 is not None:
+            s0.requires_grad_()
+    else:
+        leaves = [x.requires_grad_() for x in (q, k, v, s0) if x is not None]
     poison = torch.full((2**28,), float("nan"), device=dev)  # freed blocks hold NaN: unwritten outputs show
     del poison
     o, final = triton_lightning_attn(q, k, v, decay, scale=scale, initial_state=s0, output_final_state=True,
-                                     cu_seqlens=cut, qk_activation="silu" if silu else None)
+                                     cu_seqlens=cut, qk_activation="silu" if silu or preact else None,
+                                     qk_activated=activated)
     go = torch.randn(o.shape, device=dev, dtype=torch.float64)
     gf = torch.randn(final.shape, device=dev, dtype=torch.float64)
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    if preact:  # back to separate q, k, v gradients and leaves for the reference
+        grads = [g.view(b, t, -1, dd) for g, dd in zip(grads[0].split(widths, -1), (d, d, e))] + list(grads[1:])
+        leaves = [q, k, v] + leaves[1:]
+        silu = True
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
     qr, kr = (torch.nn.functional.silu(x) for x in ref_leaves[:2]) if silu else ref_leaves[:2]
     o_r, f_r = reference(qr, kr, ref_leaves[2], decay, scale, ref_leaves[3] if init else None, cut)
@@ -214,6 +231,10 @@ def main() -> int:
                            misaligned=True),
         lambda: check_case("bf16 B8 T512 H4 D=128 E=64 (quickstart LRPE) SiLU folded", 8, 512, 4, 4, 128, 64, bf,
                            silu=True),
+        lambda: check_case("bf16 B16 T2048 H8 D=E=128 SiLU(q), SiLU(k) given (compiled model path), packed q, k, v",
+                           16, 2048, 8, 8, 128, 128, bf, init=False, preact=True),
+        lambda: check_case("fp32 B2 T3001 H4 grouped 4/2 D=64 E=32 SiLU(q), SiLU(k) given, segmented", 2, 3001, 4, 2,
+                           64, 32, f32, seg_len=512, preact=True),
         lambda: check_case("bf16 B2 T1024 H4 D=E=64 aligned", 2, 1024, 4, 4, 64, 64, bf),
         lambda: check_case("bf16 B2 T1024 H4 D=E=64 misaligned q, k, v addresses", 2,
                            1024, 4, 4, 64, 64, bf, misaligned=True),

@@ -1,16 +1,18 @@
 """GPU acceptance checks for the TNL model (tnl_385m, bf16). Run on a CUDA machine:
 
-    python scripts/check_model_gpu.py                 # all three checks
-    python scripts/check_model_gpu.py --only backends # one of: backends, memory, speed
+    python scripts/check_model_gpu.py                 # all four checks
+    python scripts/check_model_gpu.py --only compile  # one of: backends, compile, memory, speed
     python scripts/check_model_gpu.py --smoke         # tiny config on CPU (torch vs naive backend): script logic only
 
 1. backends: forward + backward of tnl_385m in bf16 with the Triton lightning-attention backend vs the PyTorch
    backend; loss, logits and gradients must agree within bf16 tolerance.
-2. memory: 256 greedy decode steps after a 32k-token prompt; allocated memory must stay flat (the state is
+2. compile: torch.compile as training uses it (two layers) vs eager; fp32 gradients must agree, autocast errors
+   may be at most 1.5x eager's (this caught zero q/k/v/u gradients under compile in fp32).
+3. memory: 256 greedy decode steps after a 32k-token prompt; allocated memory must stay flat (the state is
    [B, H, D, E] per layer whatever the context length).
-3. speed: decode tokens/s at 32k context next to a same-size HF Llama (SDPA + KV cache); target >= 5x Llama.
+4. speed: decode tokens/s at 32k context next to a same-size HF Llama (SDPA + KV cache); target >= 5x Llama.
    TNL is timed eager and with the decode step captured in a CUDA graph (its cache has a fixed size).
-Exit status 1 when a correctness check (1, 2) fails; the speed target is reported as PASS / MISS.
+Exit status 1 when a correctness check (1, 2, 3) fails; the speed target is reported as PASS / MISS.
 """
 
 from __future__ import annotations
@@ -97,6 +99,48 @@ def check_backends(cfg: TransnormerConfig, device: str, dtype: torch.dtype, pair
               f"(max over params {max(f_grad.values()):.1e} / {max(s_grad.values()):.1e}) "
               f"-> {'OK' if good else 'FAIL'}")
     del model
+    return ok
+
+
+def check_compile(cfg: TransnormerConfig, device: str, dtype: torch.dtype, batch: int, seq: int) -> bool:
+    """torch.compile as training uses it (tnl.train.compile) vs eager, on the same weights: in fp32 loss, logits and
+    every gradient must agree closely; under autocast the compiled run's error against the fp32 eager run may be
+    at most 1.5x the eager run's own (plus a small floor), per logits and per parameter gradient."""
+    from tnl.train.compile import compile_for_training
+
+    torch.manual_seed(0)
+    model = TransnormerForCausalLM(cfg).to(device=device, dtype=torch.float32).train()
+    compiled = compile_for_training(model)
+    kw = dict(input_ids=torch.randint(0, cfg.vocab_size, (batch, seq), device=device))
+
+    def run(fn, autocast):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+            out = fn(**kw, labels=kw["input_ids"])
+        out.loss.backward()
+        grads = {n: p.grad.detach().float().clone() if p.grad is not None else torch.zeros_like(p, dtype=torch.float)
+                 for n, p in model.named_parameters()}
+        return out.loss.detach().double(), out.logits.detach().float(), grads
+
+    ref = run(model, None)
+    loss_e, logit_e, grad_e = _errors(run(compiled, None), ref)
+    worst = max(grad_e, key=grad_e.get)
+    ok = loss_e < 1e-5 and logit_e < 1e-4 and grad_e[worst] < 1e-3
+    print(f"[compile] fp32 compiled vs eager (B={batch}, T={seq}, {cfg.decoder_layers} layers): loss rel "
+          f"{loss_e:.1e}, logits rel {logit_e:.1e}, worst grad rel {grad_e[worst]:.1e} ({worst}) -> "
+          f"{'OK' if ok else 'FAIL'}")
+    low = dtype if dtype != torch.float32 else None
+    if low is not None:
+        _, c_logit, c_grad = _errors(run(compiled, low), ref)
+        _, e_logit, e_grad = _errors(run(model, low), ref)
+        ratio = {n: (c_grad[n] + 1e-3) / (e_grad[n] + 1e-3) for n in e_grad}
+        worst = max(ratio, key=ratio.get)
+        good = (c_logit + 1e-3) <= 1.5 * (e_logit + 1e-3) and ratio[worst] <= 1.5
+        ok &= good
+        lo = str(low).replace("torch.", "")
+        print(f"[compile] {lo} autocast vs fp32 eager: logits rel compiled {c_logit:.1e} / eager {e_logit:.1e}; "
+              f"worst grad {worst}: compiled {c_grad[worst]:.1e} / eager {e_grad[worst]:.1e} -> "
+              f"{'OK' if good else 'FAIL'}")
     return ok
 
 
@@ -230,14 +274,14 @@ def check_speed(cfg: TransnormerConfig, device: str, dtype: torch.dtype, context
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["backends", "memory", "speed"], action="append")
+    p.add_argument("--only", choices=["backends", "compile", "memory", "speed"], action="append")
     p.add_argument("--config", default="tnl_385m")
     p.add_argument("--context", type=int, default=32768)
     p.add_argument("--decode-steps", type=int, default=256)
     p.add_argument("--batches", default="1,8,16", help="batch sizes for the speed table")
     p.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the script, not the GPU")
     args = p.parse_args(argv)
-    checks = args.only or ["backends", "memory", "speed"]
+    checks = args.only or (["backends", "memory"] if args.smoke else ["backends", "compile", "memory", "speed"])
     if args.smoke:
         cfg, device, dtype, pair = load_config("tiny"), "cpu", torch.bfloat16, ("naive", "torch")
         seq, context, steps = 200, 128, 8  # T > one 64-token block, so the backends really differ
@@ -250,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if "backends" in checks:
         ok &= check_backends(cfg, device, dtype, pair, batch=2, seq=seq)
+    if "compile" in checks:  # two layers (LRPE on the first): the compile takes seconds, not minutes
+        small = load_config("tiny" if args.smoke else args.config, decoder_layers=2)
+        ok &= check_compile(small, device, dtype, batch=2, seq=seq)
     if "memory" in checks:
         ok &= check_flat_memory(cfg, device, dtype, prompt=context, steps=steps)
     if "speed" in checks and device == "cuda":

@@ -135,10 +135,11 @@ GATE_NORM_EPS = 1e-6
 
 def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = GATE_NORM_EPS) -> torch.Tensor:
     """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7)."""
-    if torch.compiler.is_compiling():
-        # plain tensor ops: Inductor derives and fuses the backward. Traced through _GatedSRMSNorm, fp32 training
-        # under torch.compile on CUDA got zero gradients for o and u (so for qkvu_proj and LRPE) while the loss
-        # was right (torch 2.11, H100; bf16 autocast and CPU were right): scripts/check_model_gpu.py --only compile
+    if torch.compiler.is_compiling() and o.dtype == u.dtype == torch.float32:
+        # plain tensor ops (Inductor derives the backward): traced through _GatedSRMSNorm, fp32 training under
+        # torch.compile on CUDA got zero gradients for o and u, so for qkvu_proj and LRPE, with the loss right
+        # (torch 2.11, H100; bf16 autocast, whose measured speed this keeps, and CPU were right; cause not found).
+        # scripts/check_model_gpu.py --only compile compares compiled with eager training.
         return gated_norm_forward(o, u, eps)[0]
     if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad):
         return _GatedSRMSNorm.apply(o, u, eps)

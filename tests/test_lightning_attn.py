@@ -55,6 +55,21 @@ def test_qk_activation_silu_is_silu_then_attention(backend):
     torch.testing.assert_close(final, f_ref, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="qk_activation"):
         lightning_attn(q, k, v, decay, backend=backend, qk_activation="gelu")
+    # SiLU(q), SiLU(k) given by the caller: used as they are, gradients reach q, k through the caller's SiLU
+    leaves = [x.clone().requires_grad_() for x in (q, k)]
+    acts = tuple(torch.nn.functional.silu(x) for x in leaves)
+    o2 = lightning_attn(*leaves, v, decay, scale=0.7, initial_state=s0, backend=backend, qk_activation="silu",
+                        qk_activated=acts)[0]
+    torch.testing.assert_close(o2, o_ref, rtol=1e-9, atol=1e-9)
+    go = torch.randn_like(o2)
+    q_r, k_r = (x.clone().requires_grad_() for x in (q, k))
+    o_r2 = recurrence(torch.nn.functional.silu(q_r), torch.nn.functional.silu(k_r), v, decay, 0.7, s0)[0]
+    for g, g_r in zip(torch.autograd.grad((o2 * go).sum(), leaves), torch.autograd.grad((o_r2 * go).sum(), (q_r, k_r))):
+        torch.testing.assert_close(g, g_r, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="qk_activated needs qk_activation='silu'"):
+        lightning_attn(q, k, v, decay, backend=backend, qk_activated=(q, k))
+    with pytest.raises(ValueError, match="qk_activated must match q"):
+        lightning_attn(q, k, v, decay, backend=backend, qk_activation="silu", qk_activated=(q[:, :5], k))
 
 
 def test_low_precision_forward_is_close():

@@ -134,6 +134,13 @@ def lightning_attn(
     _validate(q, k, v, decay, initial_state, cu_seqlens)
     if qk_activation not in (None, "silu"):
         _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
+    if qk_activated is not None:
+        if qk_activation != "silu":
+            _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
+        qa, ka = qk_activated
+        if qa.shape != q.shape or ka.shape != k.shape or qa.dtype != q.dtype or ka.dtype != k.dtype:
+            _fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
+                  f"{tuple(qa.shape)}, {tuple(ka.shape)}")
     name = _resolve_backend(backend, q)
     if name == "triton":
         if not _triton_available(q):
@@ -146,8 +153,6 @@ def lightning_attn(
             output_final_state=output_final_state, cu_seqlens=cu_seqlens, qk_activation=qk_activation,
             qk_activated=qk_activated,
         )
-    if qk_activated is not None and qk_activation != "silu":
-        _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
     if qk_activation == "silu":
         q, k = qk_activated if qk_activated is not None else (F.silu(q), F.silu(k))
     fn = naive_lightning_attn if name == "naive" else chunk_lightning_attn

@@ -24,6 +24,14 @@ def test_check_model_gpu_smoke_passes_on_cpu():
     assert out.count("-> OK") == 5  # fp32 and bf16 backend checks, plain and packed, and flat memory
 
 
+def test_check_model_gpu_compile_check_passes_on_cpu():
+    """The compiled-vs-eager check (real torch.compile on the CPU: the mixer's compiled path, SiLU(q), SiLU(k)
+    handed to the attention op) in fp32 and bf16 autocast."""
+    out = _run("scripts/check_model_gpu.py", "--smoke", "--only", "compile")
+    assert "ALL CORRECTNESS CHECKS PASSED" in out
+    assert out.count("-> OK") == 2 and "[compile] fp32 compiled vs eager" in out
+
+
 def _design_bytes_per_block() -> int:
     cfg = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())
     d, h, g = cfg["decoder_embed_dim"], cfg.get("hidden_dim", cfg["decoder_embed_dim"]), cfg["glu_dim"]

@@ -8,6 +8,8 @@ ratios are to fla measured in the same run; memory is the peak allocated during 
         [--methods tnl tnl_split tnl_fused fla lightning-attn sdpa]
         (tnl: the default backward; tnl_split / tnl_fused force TNL_ATTN_BWD=split or fused)
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
+        [--kernels] (adds each method's GPU kernel time per fwd+bwd call, from the profiler: what the time would
+                     be without host overhead; do_bench above it means the call is host-bound)
 """
 
 from __future__ import annotations
@@ -104,6 +106,20 @@ def host_ms(fn, leaves, n: int = 20) -> float:
     return elapsed / n * 1e3
 
 
+def kernel_ms(fn, leaves, n: int = 10) -> float:
+    """GPU milliseconds per call of `fn` summed over the kernels it launches (CUDA activity of the profiler only,
+    so no CPU-side op is counted twice): the call's time when the host keeps up."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+            for x in leaves:
+                x.grad = None
+        torch.cuda.synchronize()
+    return sum(e.device_time_total for e in prof.key_averages()) / n / 1e3
+
+
 def warm_up_gpu(seconds: float = 2.0) -> None:
     """Run matrix products for a while first: an idle H100 sits at low clocks, and the first method timed in a
     process measured up to 3x slower than the same kernel timed later."""
@@ -115,7 +131,7 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
         torch.cuda.synchronize()
 
 
-def measure(name, impls, b, t, d, e, host: bool = False):
+def measure(name, impls, b, t, d, e, host: bool = False, kernels: bool = False):
     # TNL_ATTN_BWD is read at backward time: tnl = the default, tnl_split / tnl_fused force a form
     os.environ.pop("TNL_ATTN_BWD", None)
     if name in ("tnl_split", "tnl_fused"):
@@ -146,7 +162,13 @@ def measure(name, impls, b, t, d, e, host: bool = False):
         fwd_bwd()
         torch.cuda.synchronize()
         mem = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return f_ms, fb_ms, mem, (host_ms(fwd_bwd, leaves) if host else None)
+        kern = None
+        if kernels:  # a profiler failure costs this column only, not the row
+            try:
+                kern = kernel_ms(fwd_bwd, leaves)
+            except Exception as exc:  # noqa: BLE001
+                print(f"  {name} T={t}: kernel timing failed: {type(exc).__name__}: {str(exc)[:120]}")
+        return f_ms, fb_ms, mem, (host_ms(fwd_bwd, leaves) if host else None), kern
     except Exception as exc:  # noqa: BLE001
         print(f"  {name} T={t} D={d} E={e}: {type(exc).__name__}: {str(exc)[:160]}")
         return None
@@ -166,6 +188,7 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["tnl", "fla", "lightning-attn", "sdpa"])
     ap.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
     ap.add_argument("--host", action="store_true", help="also report host CPU ms per fwd+bwd call")
+    ap.add_argument("--kernels", action="store_true", help="also report GPU kernel ms per fwd+bwd call (profiler)")
     ap.add_argument("--heads", type=int, default=H, help="heads (tnl_385m trains with 8)")
     ap.add_argument("--tokens", type=int, default=TOKENS, help="B*T (tnl_385m trains with 32,768 per step)")
     args = ap.parse_args()
@@ -179,7 +202,8 @@ def main() -> int:
     lines = []
     header = ("| D,E | T | B | " + " | ".join(f"{m} fwd" for m in args.methods) + " | "
               + " | ".join(f"{m} fwd+bwd" for m in args.methods)
-              + "".join(f" | {m} host ms" for m in args.methods if args.host) + " | tnl mem MiB | fla mem MiB |")
+              + "".join(f" | {m} host ms" for m in args.methods if args.host)
+              + "".join(f" | {m} kernels ms" for m in args.methods if args.kernels) + " | tnl mem MiB | fla mem MiB |")
     lines.append(header)
     lines.append("|" + "---|" * (header.count("|") - 1))
     flat = {}
@@ -187,7 +211,7 @@ def main() -> int:
         d, e = (int(x) for x in dims.split(","))
         for t in args.T:
             b = max(1, TOKENS // t)
-            res = {m: measure(m, impls, b, t, d, e, args.host) for m in methods}
+            res = {m: measure(m, impls, b, t, d, e, args.host, args.kernels) for m in methods}
             for m in missing:
                 res[m] = None
             ref = res.get("fla")
@@ -196,7 +220,8 @@ def main() -> int:
             fb = [fmt(res[m][1] if res[m] else None, rfb if m != "fla" else None) for m in args.methods]
             mem = [f"{res[m][2]:.0f}" if res.get(m) else "n/a" for m in ("tnl", "fla")]
             hosts = [fmt(res[m][3] if res[m] else None) for m in args.methods] if args.host else []
-            line = f"| {d},{e} | {t} | {b} | " + " | ".join(fw + fb + hosts + mem) + " |"
+            kerns = [fmt(res[m][4] if res[m] else None) for m in args.methods] if args.kernels else []
+            line = f"| {d},{e} | {t} | {b} | " + " | ".join(fw + fb + hosts + kerns + mem) + " |"
             lines.append(line)
             print(line, flush=True)
             if res.get("tnl"):

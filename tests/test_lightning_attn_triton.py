@@ -119,51 +119,24 @@ def test_fused_dkdv_backward_matches_recurrence(case, monkeypatch):
     _check_all(q, k, v, decay, None, cu=cu)  # without initial state (no d initial_state output)
 
 
+_FOLDED = [  # B, T, H, Hkv, D, E, seg_len, varlen, bwd
+    (2, 37, 4, 2, 16, 32, None, False, "split"),  # grouped heads: dk's SiLU' uses the kv head's raw k
+    (2, 70, 2, 1, 16, 16, "32", False, "split"),  # segmented: the state passes apply SiLU too
+    (1, 83, 4, 2, 16, 16, "32", True, "split"),
+    (2, 37, 4, 2, 16, 32, None, False, "fused"),
+    (1, 83, 4, 2, 16, 16, "32", True, "fused"),
+]
+
+
 @pytest.mark.parametrize(
-    "case",
-    [  # B, T, H, Hkv, D, E, seg_len, varlen, bwd
-        (2, 37, 4, 2, 16, 32, None, False, "split"),  # grouped heads: dk's SiLU' uses the kv head's raw k
-        (2, 70, 2, 1, 16, 16, "32", False, "split"),  # segmented: the state passes apply SiLU too
-        (1, 83, 4, 2, 16, 16, "32", True, "split"),
-        (2, 37, 4, 2, 16, 32, None, False, "fused"),
-        (1, 83, 4, 2, 16, 16, "32", True, "fused"),
-    ],
+    "case,given",
+    [(c, False) for c in _FOLDED] + [(_FOLDED[i], True) for i in (0, 2, 3)],
 )
-def test_silu_folded_into_kernels_matches_silu_then_attention(case, monkeypatch):
+def test_silu_folded_into_kernels_matches_silu_then_attention(case, given, monkeypatch):
     """qk_activation="silu": raw q, k in; output, final state and gradients w.r.t. the raw q, k (and v, state)
-    equal the float64 recurrence applied to SiLU(q), SiLU(k)."""
-    b, t, h, hkv, d, e, seg, varlen, bwd = case
-    monkeypatch.setenv("TNL_ATTN_BWD", bwd)
-    if seg:
-        monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
-    cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32) if varlen else None
-    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e, n=4 if varlen else None)
-    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
-    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True,
-                                        cu_seqlens=cu, qk_activation="silu")
-    ref = [x.detach().double().requires_grad_() for x in leaves]
-    silu = torch.nn.functional.silu
-    o_r, f_r = recurrence(silu(ref[0]), silu(ref[1]), ref[2], decay, 0.7, ref[3], cu_seqlens=cu)
-    assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5
-    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
-    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
-    for name, g, g_r in zip("q k v s0".split(), grads, grads_r):
-        assert _rel(g, g_r) < 1e-5, f"d{name} {_rel(g, g_r)}"
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        (2, 37, 4, 2, 16, 32, None, False, "split"),
-        (1, 83, 4, 2, 16, 16, "32", True, "split"),
-        (2, 37, 4, 2, 16, 32, None, False, "fused"),
-    ],
-)
-def test_activated_q_k_given_by_the_caller(case, monkeypatch):
-    """qk_activated=(SiLU(q), SiLU(k)) with raw q, k: the kernels load the activated copies and backward applies
-    SiLU' to dq, dk; output, state and gradients (reaching the raw q, k once, not again through the copies) equal
-    the float64 recurrence on SiLU(q), SiLU(k)."""
+    equal the float64 recurrence applied to SiLU(q), SiLU(k). `given`: the caller also passes SiLU(q), SiLU(k)
+    (qk_activated): the kernels load those and backward applies SiLU' to dq, dk, so gradients reach the raw q, k
+    once, not again through the copies."""
     b, t, h, hkv, d, e, seg, varlen, bwd = case
     monkeypatch.setenv("TNL_ATTN_BWD", bwd)
     if seg:
@@ -173,7 +146,8 @@ def test_activated_q_k_given_by_the_caller(case, monkeypatch):
     leaves = [x.requires_grad_() for x in (q, k, v, s0)]
     silu = torch.nn.functional.silu
     o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True,
-                                        cu_seqlens=cu, qk_activation="silu", qk_activated=(silu(q), silu(k)))
+                                        cu_seqlens=cu, qk_activation="silu",
+                                        qk_activated=(silu(q), silu(k)) if given else None)
     ref = [x.detach().double().requires_grad_() for x in leaves]
     o_r, f_r = recurrence(silu(ref[0]), silu(ref[1]), ref[2], decay, 0.7, ref[3], cu_seqlens=cu)
     assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5

@@ -18,6 +18,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import autotune
 from . import triton_kernels as _k
+from .interface import check_qk_activation
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
@@ -625,16 +626,8 @@ def triton_lightning_attn(
     only multiplies dq, dk by SiLU'(q), SiLU'(k) as it writes them (no separate SiLU backward, and dq, dk come
     out w.r.t. the raw q, k; no gradient flows into the activated copies)."""
     _check(q, k, v, decay, initial_state)
-    if qk_activation not in (None, "silu"):
-        _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
-    q_act = k_act = None
-    if qk_activated is not None:
-        if qk_activation != "silu":
-            _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
-        q_act, k_act = qk_activated
-        if q_act.shape != q.shape or k_act.shape != k.shape or q_act.dtype != q.dtype or k_act.dtype != k.dtype:
-            _fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
-                  f"{tuple(q_act.shape)}, {tuple(k_act.shape)}")
+    check_qk_activation(q, k, qk_activation, qk_activated, _fail)
+    q_act, k_act = qk_activated if qk_activated is not None else (None, None)
     decay = decay.detach().to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)

@@ -65,6 +65,21 @@ def _validate(q, k, v, decay, initial_state, cu_seqlens) -> None:
             _fail(f"initial_state must have shape [{n}, {h}, {d}, {e}], got {tuple(initial_state.shape)}")
 
 
+def check_qk_activation(q: torch.Tensor, k: torch.Tensor, qk_activation: str | None,
+                        qk_activated: tuple[torch.Tensor, torch.Tensor] | None, fail: Callable[[str], None]) -> None:
+    """The activation arguments shared by every entry point; `fail` raises with the caller's prefix."""
+    if qk_activation not in (None, "silu"):
+        fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
+    if qk_activated is None:
+        return
+    if qk_activation != "silu":
+        fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
+    qa, ka = qk_activated
+    if qa.shape != q.shape or ka.shape != k.shape or qa.dtype != q.dtype or ka.dtype != k.dtype:
+        fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
+             f"{tuple(qa.shape)}, {tuple(ka.shape)}")
+
+
 def _triton_available(q: torch.Tensor) -> bool:
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
@@ -132,15 +147,7 @@ def lightning_attn(
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
     _validate(q, k, v, decay, initial_state, cu_seqlens)
-    if qk_activation not in (None, "silu"):
-        _fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
-    if qk_activated is not None:
-        if qk_activation != "silu":
-            _fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
-        qa, ka = qk_activated
-        if qa.shape != q.shape or ka.shape != k.shape or qa.dtype != q.dtype or ka.dtype != k.dtype:
-            _fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
-                  f"{tuple(qa.shape)}, {tuple(ka.shape)}")
+    check_qk_activation(q, k, qk_activation, qk_activated, _fail)
     name = _resolve_backend(backend, q)
     if name == "triton":
         if not _triton_available(q):

@@ -43,11 +43,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def _run(model, backend: str, kw: dict, autocast: torch.dtype | None):
-    set_backend(model, backend)
+def _run(model, backend: str | None, kw: dict, autocast: torch.dtype | None, fn=None):
+    """Loss, logits and gradients of one training step of `model`, called through `fn` (e.g. its compiled form)
+    when given; `backend`: set on the model first unless None."""
+    if backend is not None:
+        set_backend(model, backend)
     model.zero_grad(set_to_none=True)
     with torch.autocast(model.device.type, dtype=autocast, enabled=autocast is not None):
-        out = model(**kw, labels=kw["input_ids"])
+        out = (fn if fn is not None else model)(**kw, labels=kw["input_ids"])
     out.loss.backward()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach().double(), out.logits.detach().float(), grads
@@ -113,17 +116,8 @@ def check_compile(cfg: TransnormerConfig, device: str, dtype: torch.dtype, batch
     compiled = compile_for_training(model)
     kw = dict(input_ids=torch.randint(0, cfg.vocab_size, (batch, seq), device=device))
 
-    def run(fn, autocast):
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
-            out = fn(**kw, labels=kw["input_ids"])
-        out.loss.backward()
-        grads = {n: p.grad.detach().float().clone() if p.grad is not None else torch.zeros_like(p, dtype=torch.float)
-                 for n, p in model.named_parameters()}
-        return out.loss.detach().double(), out.logits.detach().float(), grads
-
-    ref = run(model, None)
-    loss_e, logit_e, grad_e = _errors(run(compiled, None), ref)
+    ref = _run(model, None, kw, None)
+    loss_e, logit_e, grad_e = _errors(_run(model, None, kw, None, fn=compiled), ref)
     worst = max(grad_e, key=grad_e.get)
     ok = loss_e < 1e-5 and logit_e < 1e-4 and grad_e[worst] < 1e-3
     print(f"[compile] fp32 compiled vs eager (B={batch}, T={seq}, {cfg.decoder_layers} layers): loss rel "
@@ -131,8 +125,8 @@ def check_compile(cfg: TransnormerConfig, device: str, dtype: torch.dtype, batch
           f"{'OK' if ok else 'FAIL'}")
     low = dtype if dtype != torch.float32 else None
     if low is not None:
-        _, c_logit, c_grad = _errors(run(compiled, low), ref)
-        _, e_logit, e_grad = _errors(run(model, low), ref)
+        _, c_logit, c_grad = _errors(_run(model, None, kw, low, fn=compiled), ref)
+        _, e_logit, e_grad = _errors(_run(model, None, kw, low), ref)
         ratio = {n: (c_grad[n] + 1e-3) / (e_grad[n] + 1e-3) for n in e_grad}
         worst = max(ratio, key=ratio.get)
         good = (c_logit + 1e-3) <= 1.5 * (e_logit + 1e-3) and ratio[worst] <= 1.5

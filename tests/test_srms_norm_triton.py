@@ -36,8 +36,10 @@ else:
         # the backward reads y as stored (rounded to out_dtype), as the model's Function does
         torch.testing.assert_close(dx.double(), ref, rtol=10 * tol, atol=10 * tol)
 
+    @pytest.mark.parametrize("into", [False, True])
+    @pytest.mark.parametrize("backend", ["auto", "torch"])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-    def test_gated_forward_backward_with_strided_gate(dtype):
+    def test_gated_forward_backward_with_strided_gate(dtype, backend, into, monkeypatch):
         torch.manual_seed(0)
         o = (torch.randn(2, 7, 96) * 2).to(dtype)
         u = torch.randn(2, 7, 4 * 96)[..., 96:192].to(dtype)  # a view of a wider projection, like the model's u
@@ -47,8 +49,19 @@ else:
         tol = 1e-6 if dtype == torch.float32 else 8e-3
         torch.testing.assert_close(y.double(), yd, rtol=tol, atol=tol)
         dy = torch.randn(2, 7, 96).to(dtype)
-        do, du = N.gated_norm_backward(dy, o, u, r)
+        monkeypatch.setenv("TNL_NORM_BACKEND", backend)
+        packed = torch.full((2, 7, 4 * 96), float("nan"), dtype=dtype)  # du_out: u's slice of a packed gradient
+        do, du = N.gated_norm_backward(dy, o, u, r, du_out=packed[..., 192:288] if into else None)
         ref_o, ref_u = torch.autograd.grad(yd, (od, ud), dy.double())
         assert do.dtype == dtype and du.dtype == dtype
+        if into:
+            assert du.data_ptr() == packed[..., 192:288].data_ptr()
+            assert packed[..., :192].isnan().all() and packed[..., 288:].isnan().all()  # nothing else written
         torch.testing.assert_close(do.double(), ref_o, rtol=tol, atol=tol)
         torch.testing.assert_close(du.double(), ref_u, rtol=tol, atol=tol)
+
+    def test_gated_backward_rejects_a_wrong_du_out():
+        o, u, dy = torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+        _, r = N.gated_norm_forward(o, u, 1e-6)
+        with pytest.raises(ValueError, match="du_out must be"):
+            N.gated_norm_backward(dy, o, u, r, du_out=torch.empty(2, 5, 32, dtype=torch.bfloat16))

@@ -27,9 +27,10 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..ops.cross_entropy import fused_linear_cross_entropy
-from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step
+from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step, resolve_backend
 from ..ops.srms_norm import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 from .configuration_transnormer import TransnormerConfig
+from .fused_mixer import gated_attention_output
 
 _TF_MAJOR = int(transformers.__version__.split(".")[0])
 
@@ -529,6 +530,13 @@ class NormLinearAttention(nn.Module, DecayMixin):
             raise ValueError(f"TNL_ATTN_FOLD_ACT must be auto, 0 or 1, got {fold_env!r}")
         self.act_in_attention = config.linear_act_fun in ("silu", "swish") and fold_env != "0"
         self.act_in_attention_compiled = self.act_in_attention and fold_env == "1"
+        # TNL_FUSED_MIXER: "auto" (default) runs attention, gate and output projection as one op when compiled
+        # with SiLU(q), SiLU(k) handed over (fused_mixer.py: no concatenation of dq, dk, dv, du in backward);
+        # "0" keeps them separate ops.
+        fused_env = os.environ.get("TNL_FUSED_MIXER", "auto")
+        if fused_env not in ("auto", "0"):
+            raise ValueError(f"TNL_FUSED_MIXER must be auto or 0, got {fused_env!r}")
+        self.fused_output = fused_env == "auto"
         self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
         if self.use_lrpe:
             self.lrpe = Lrpe(self.num_heads, self.head_dim)
@@ -538,7 +546,8 @@ class NormLinearAttention(nn.Module, DecayMixin):
     def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
         h, dh = self.num_heads, self.head_dim
-        q, k, v, u = self.qkvu_proj(x).chunk(4, dim=-1)
+        qkvu = self.qkvu_proj(x)
+        q, k, v, u = qkvu.chunk(4, dim=-1)
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state = layer.state if layer is not None else None
         decoding = state is not None and t == 1
@@ -547,6 +556,11 @@ class NormLinearAttention(nn.Module, DecayMixin):
         activated = None
         if fusable and not fold:  # compiled: Inductor computes SiLU(q), SiLU(k); the op applies SiLU' in backward
             activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, h, dh))
+            if self.fused_output and layer is None and resolve_backend(self.backend, q) == "triton":
+                w = self.out_proj.weight
+                out = gated_attention_output(qkvu, *activated, self.decay(x.device, x.dtype), w.to(qkvu.dtype), h,
+                                             GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens)
+                return out + self.out_proj.bias.to(out.dtype) if self.out_proj.bias is not None else out
         elif not fold:
             q, k = self.act(q), self.act(k)
         q, k, v = q.view(b, t, h, dh), k.view(b, t, h, dh), v.view(b, t, h, dh)

@@ -6,7 +6,7 @@
 """
 
 from .chunk import chunk_lightning_attn
-from .interface import BACKENDS, lightning_attn
+from .interface import BACKENDS, lightning_attn, resolve_backend
 from .naive import naive_lightning_attn
 from .recurrent import recurrent_lightning_attn_step
 
@@ -16,4 +16,5 @@ __all__ = [
     "lightning_attn",
     "naive_lightning_attn",
     "recurrent_lightning_attn_step",
+    "resolve_backend",
 ]

@@ -485,18 +485,24 @@ def _backward_plans(b: int, t: int, h: int, d: int, e: int, cu_seqlens: torch.Te
 
 
 def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
-              fwd_starts=None, q_act=None, k_act=None):
+              fwd_starts=None, q_act=None, k_act=None, out=None):
     """`fwd_starts`: the forward's segment start states, or None (varlen under the custom ops, whose fake
     implementation cannot know a varlen plan's data-dependent segment count). `q_act`, `k_act` (with qk_silu):
     SiLU(q), SiLU(k) as the forward loaded them; the passes load them as they are and only multiply their dq, dk
-    outputs by SiLU'(q), SiLU'(k) (gradients w.r.t. the raw q, k either way)."""
+    outputs by SiLU'(q), SiLU'(k) (gradients w.r.t. the raw q, k either way). `out`: (dq, dk, dv) tensors, any
+    strides, to write the gradients into (H == Hkv, all three needed)."""
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
+    if out is not None and (group != 1 or not (need_dq and need_dkv)):
+        raise ValueError("lightning_attn backward: out= needs H == Hkv and all of dq, dk, dv")
     plan_d, plan_e = _backward_plans(b, t, h, d, e, cu_seqlens, q.device)
     init = initial_state.float() if initial_state is not None else None
     dfin = dfinal.float() if dfinal is not None else None
-    dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
+    if out is not None:
+        dq = out[0]
+    else:
+        dq = torch.zeros_like(q) if not need_dq else torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
     same_plan = plan_d.seg_len == plan_e.seg_len  # the forward's plan is plan_e
     qa, ka, la = (q_act, k_act, False) if q_act is not None else (q, k, qk_silu)  # la: SiLU applied on load
     if need_dq:
@@ -513,18 +519,18 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
     if fused:
         # one reverse pass for both (TNL_ATTN_BWD=fused)
         plan_f = _dkdv_plan(b, t, h, cu_seqlens, q.device, (d, e))
-        dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
-        dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
+        dk, dv = out[1:] if out is not None else (torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype),
+                                                  torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype))
         _dkdv_pass(qa, ka, v, do, group, decay, dfin, dk, dv, dinit, scale=scale, plan=plan_f, qk_silu=la)
     elif need_dkv or need_dinit:
         # dv_j = k_j R_j, R_j = sum_{t>=j} lambda^(t-j) scale q_t^T do_t + lambda^(T-j) dfinal: reverse order
-        dv = torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
+        dv = out[2] if out is not None else torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         r_starts = _chunk_pass(ka, qa, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
                                dv, dinit, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
                                act=(la, la, False))
     if need_dkv and not fused:
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T; the dv pass built R's segment start states
-        dk = torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
+        dk = out[1] if out is not None else torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
         st = (dfin.stride(0), dfin.stride(1), dfin.stride(3), dfin.stride(2)) if dfin is not None else None
         _chunk_pass(v, do, qa, (group, 1, 1), decay, dfin, st, dk, None,
                     skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
@@ -539,6 +545,8 @@ def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need
         kf = k.float()
         sk = torch.sigmoid(kf)
         dk = (dk.float() * sk * (1 + kf * (1 - sk))).to(k.dtype)
+        if out is not None:
+            dk = out[1].copy_(dk)
     empty = q.new_empty(0, dtype=torch.float32)
     return dq, dk, dv, (dinit if dinit is not None else empty)
 
@@ -638,6 +646,47 @@ def triton_lightning_attn(
     return o, (final if output_final_state else None)
 
 
+def triton_attn_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None, qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernels without autograd, for ops that build their own backward around them (the compiled TNL
+    mixer, `tnl/model/fused_mixer.py`): (o, segment start states for `triton_attn_backward`, or an empty tensor;
+    its shape is `triton_attn_states_shape`). `qk_activated`: (SiLU(q), SiLU(k)), as in `triton_lightning_attn`.
+    No initial or final state."""
+    _check(q, k, v, decay, None)
+    check_qk_activation(q, k, "silu" if qk_activated is not None else None, qk_activated, _fail)
+    q_act, k_act = qk_activated if qk_activated is not None else (None, None)
+    cu = cu_seqlens.to(torch.int32) if cu_seqlens is not None else None
+    o, _, starts = _fwd_impl(q, k, v, decay.detach().to(torch.float32).contiguous(), float(scale), None, False, cu,
+                             qk_activated is not None, q_act, k_act)
+    return o, starts
+
+
+def triton_attn_states_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> tuple:
+    """Shape of the start states `triton_attn_forward` returns (for fake implementations): () when none."""
+    return _kept_starts_shape(q, v, cu_seqlens) or (0,)
+
+
+def triton_attn_backward(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, starts: torch.Tensor,
+    *, scale: float = 1.0, cu_seqlens: torch.Tensor | None = None,
+    qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernels of `triton_attn_forward`: (dq, dk, dv), w.r.t. the raw q, k when `qk_activated`.
+    `out`: three tensors of q's, k's and v's shapes, any strides (e.g. slices of one packed gradient), to write
+    into (H == Hkv only)."""
+    q_act, k_act = qk_activated if qk_activated is not None else (None, None)
+    cu = cu_seqlens.to(torch.int32) if cu_seqlens is not None else None
+    if out is not None and any(o_.shape != x.shape for o_, x in zip(out, (q, k, v))):
+        _fail(f"out shapes {[tuple(o_.shape) for o_ in out]} must be q's, k's and v's")
+    dq, dk, dv, _ = _bwd_core(do, None, q, k, v, decay.detach().to(torch.float32).contiguous(), None, cu,
+                              float(scale), True, True, qk_activated is not None,
+                              fwd_starts=starts if starts.numel() else None, q_act=q_act, k_act=k_act, out=out)
+    return dq, dk, dv
+
+
 def triton_lightning_attn_decode(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, state: torch.Tensor, scale: float = 1.0,
 ) -> torch.Tensor:
@@ -669,4 +718,7 @@ def triton_lightning_attn_decode(
     return o.unsqueeze(1) if squeeze else o
 
 
-__all__ = ["triton_lightning_attn", "triton_lightning_attn_decode"]
+__all__ = [
+    "triton_attn_backward", "triton_attn_forward", "triton_attn_states_shape", "triton_lightning_attn",
+    "triton_lightning_attn_decode",
+]

@@ -90,7 +90,8 @@ def _triton_available(q: torch.Tensor) -> bool:
     return True
 
 
-def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """The backend `lightning_attn(q, ..., backend=backend)` runs (after TNL_ATTN_BACKEND and 'auto')."""
     backend = os.environ.get("TNL_ATTN_BACKEND", backend) if backend == "auto" else backend
     if backend not in BACKENDS:
         _fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -148,7 +149,7 @@ def lightning_attn(
     """
     _validate(q, k, v, decay, initial_state, cu_seqlens)
     check_qk_activation(q, k, qk_activation, qk_activated, _fail)
-    name = _resolve_backend(backend, q)
+    name = resolve_backend(backend, q)
     if name == "triton":
         if not _triton_available(q):
             _fail("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and the Triton kernel; "

@@ -92,23 +92,28 @@ def gated_norm_forward(o: torch.Tensor, u: torch.Tensor, eps: float) -> tuple[to
     return (of * r * u.to(of.dtype)).to(out_dtype), r
 
 
-def gated_norm_backward(dy: torch.Tensor, o: torch.Tensor, u: torch.Tensor,
-                        r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of u * (o r) w.r.t. o and u, in their dtypes."""
+def gated_norm_backward(dy: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
+                        du_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of u * (o r) w.r.t. o and u, in their dtypes. `du_out`: a tensor of u's shape and dtype (any
+    row stride, unit stride within rows) to write u's gradient into; it is returned as the second result."""
+    if du_out is not None and (du_out.shape != u.shape or du_out.dtype != u.dtype or du_out.stride(-1) != 1):
+        raise ValueError(f"gated_norm_backward: du_out must be {u.dtype} {tuple(u.shape)} with unit stride in the "
+                         f"last dim, got {du_out.dtype} {tuple(du_out.shape)} strides {du_out.stride()}")
     if _use_triton(o) and o.shape == u.shape == dy.shape:
         from .triton_kernels import _gated_bwd_kernel
 
         dy2, o2, u2 = _rows(dy), _rows(o), _rows(u)
         do = torch.empty(o2.shape, device=o.device, dtype=o.dtype)
-        du = torch.empty(u2.shape, device=u.device, dtype=u.dtype)
+        du = du_out.view(u2.shape) if du_out is not None else torch.empty(u2.shape, device=u.device, dtype=u.dtype)
         block, warps = _block(o2.shape[1])
         _gated_bwd_kernel[(o2.shape[0],)](dy2, o2, u2, r.reshape(-1).contiguous(), do, du, dy2.stride(0),
                                           o2.stride(0), u2.stride(0), do.stride(0), du.stride(0), o2.shape[1],
                                           BLOCK=block, num_warps=warps)
-        return do.view(o.shape), du.view(u.shape)
+        return do.view(o.shape), (du_out if du_out is not None else du.view(u.shape))
     acc = r.dtype
     n = o.to(acc) * r
     dyf = dy.to(acc)
     dn = dyf * u.to(acc)
     do = r * (dn - n * (dn * n).mean(-1, keepdim=True))
-    return do.to(o.dtype), (dyf * n).to(u.dtype)
+    du = (dyf * n).to(u.dtype)
+    return do.to(o.dtype), (du_out.copy_(du) if du_out is not None else du)

@@ -1,0 +1,142 @@
+"""The compiled TNL mixer's fused op (tnl/model/fused_mixer.py) under TRITON_INTERPRET=1, against float64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.attn_reference import recurrence
+from tests.interpret import IN_CHILD, run_interpreted
+
+pytest.importorskip("triton")
+
+if not IN_CHILD:  # the kernel tests run in a child process under the interpreter (tests/interpret.py)
+
+    def test_fused_mixer_interpreted():
+        run_interpreted(__file__, timeout=900, TNL_AUTOTUNE="0")
+
+else:
+    from tnl.model import fused_mixer as FM
+
+    EPS = 1e-6
+
+    @pytest.fixture(autouse=True)
+    def _interpret(monkeypatch):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.delenv("TNL_ATTN_SEG_LEN", raising=False)
+
+    def _reference(qkvu, w, decay, heads, cu):
+        """float64: out = W (u * SRMSNorm(o)), o = attention of (SiLU(q), SiLU(k), v) by the recurrence."""
+        b, t, n = qkvu.shape
+        q, k, v, u = (x.reshape(b, t, heads, -1) for x in qkvu.chunk(4, dim=-1))
+        o, _ = recurrence(F.silu(q), F.silu(k), v, decay, cu_seqlens=cu)
+        o = o.flatten(-2)
+        y = u.flatten(-2) * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + EPS)
+        return y @ w.t()
+
+    def _fused(qkvu, w, decay, heads, cu):
+        b, t, n = qkvu.shape
+        q, k = (x.reshape(b, t, heads, -1) for x in qkvu.chunk(4, dim=-1)[:2])
+        # the activated copies stay in the autograd graph (as in the model): the op must give them no gradient
+        return FM.gated_attention_output(qkvu, F.silu(q), F.silu(k), decay, w, heads, EPS, cu_seqlens=cu)
+
+    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48"])
+    def test_fused_output_matches_float64(case, monkeypatch):
+        torch.manual_seed(0)
+        b, t, heads, dh = 2, 37, 2, 16
+        cu = None
+        if case == "segmented":
+            monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+            t = 48
+        if case == "varlen":
+            b, cu = 1, torch.tensor([0, 9, 9, 37], dtype=torch.int32)
+        if case == "head_dim_48":
+            dh = 48
+        qkvu = torch.randn(b, t, 4 * heads * dh, requires_grad=True)
+        w = (torch.randn(24, heads * dh) / 8).requires_grad_()
+        decay = torch.rand(heads) * 0.5
+        out = _fused(qkvu, w, decay, heads, cu)
+        ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
+        ref = _reference(*ref_in, decay, heads, cu)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn(ref.shape, dtype=torch.float64)
+        grads = torch.autograd.grad(out, (qkvu, w), g.float())
+        grads_ref = torch.autograd.grad(ref, ref_in, g)
+        for got, want in zip(grads, grads_ref):
+            assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
+
+    def test_fused_output_bf16_close_to_float64():
+        torch.manual_seed(1)
+        heads, dh = 2, 32
+        qkvu = torch.randn(2, 40, 4 * heads * dh).bfloat16().requires_grad_()
+        w = (torch.randn(48, heads * dh) / 8).bfloat16().requires_grad_()
+        decay = torch.rand(heads) * 0.5
+        out = _fused(qkvu, w, decay, heads, None)
+        ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
+        ref = _reference(*ref_in, decay, heads, None)
+        assert out.dtype == torch.bfloat16
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-2
+        g = torch.randn(ref.shape, dtype=torch.float64)
+        for got, want in zip(torch.autograd.grad(out, (qkvu, w), g.bfloat16()),
+                             torch.autograd.grad(ref, ref_in, g)):
+            assert got.dtype == torch.bfloat16
+            assert ((got.double() - want).norm() / want.norm()).item() < 3e-2
+
+    def test_fused_op_passes_opcheck(monkeypatch):
+        """Schema, fake implementation (start-state shape from the plan) and autograd registration, segmented."""
+        monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
+        heads, dh = 2, 16
+        qkvu = torch.randn(3, 40, 4 * heads * dh, requires_grad=True)
+        q, k = (x.reshape(3, 40, heads, dh) for x in qkvu.detach().chunk(4, dim=-1)[:2])
+        w = torch.randn(24, heads * dh, requires_grad=True)
+        torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS))
+
+    def test_fused_op_compiles_without_graph_breaks():
+        heads, dh = 2, 16
+        w = torch.randn(24, heads * dh, requires_grad=True)
+        decay = torch.rand(heads) * 0.5
+
+        def f(qkvu):
+            return _fused(qkvu, w, decay, heads, None).sum()
+
+        explain = torch._dynamo.explain(f)(torch.randn(2, 20, 4 * heads * dh, requires_grad=True))
+        assert explain.graph_break_count == 0
+
+    def test_bad_shapes_get_one_line_errors():
+        qkvu, w = torch.randn(2, 5, 128), torch.randn(8, 32)
+        with pytest.raises(ValueError, match=r"qkvu \[B, T, 4 \* heads \* head_dim\]"):
+            FM.gated_attention_output(qkvu, torch.randn(2, 5, 2, 8), torch.randn(2, 5, 2, 8), torch.rand(2), w, 2,
+                                      EPS)
+        q = torch.randn(2, 5, 2, 16)
+        with pytest.raises(ValueError, match="weight must be torch.float32"):
+            FM.gated_attention_output(qkvu, q, q, torch.rand(2), w.bfloat16(), 2, EPS)
+
+    def test_compiled_model_uses_the_fused_op_and_matches_float64(monkeypatch):
+        """A model 'under torch.compile' (is_compiling patched) with the Triton backend: the non-LRPE layers run
+        the fused op; logits and every parameter's gradient match the float64 model in eager mode."""
+        import tnl.model.modeling_transnormer as mt
+        from tnl.model import TransnormerConfig, TransnormerForCausalLM
+
+        torch.manual_seed(0)
+        cfg = dict(vocab_size=64, decoder_embed_dim=32, hidden_dim=32, glu_dim=48, decoder_layers=3,
+                   decoder_attention_heads=2, linear_use_lrpe_list=[1, 0, 0])
+        ref = TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="torch")).double().train()
+        model = TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton")).train()
+        model.load_state_dict(ref.state_dict())
+        calls = []
+        fused = mt.gated_attention_output
+        monkeypatch.setattr(mt, "gated_attention_output", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+        ids = torch.randint(0, 64, (2, 19))
+        out_ref = ref(input_ids=ids, labels=ids)
+        out_ref.loss.backward()
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        assert len(calls) == 2  # layers 1 and 2; layer 0 has LRPE
+        torch.testing.assert_close(out.logits.double(), out_ref.logits, rtol=1e-5, atol=1e-5)
+        for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+            rel = ((p.grad.double() - p_ref.grad).norm() / p_ref.grad.norm()).item()
+            assert rel < 1e-4, f"{name}: {rel}"
+        monkeypatch.setenv("TNL_FUSED_MIXER", "0")
+        calls.clear()
+        TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton"))(input_ids=ids)
+        assert not calls

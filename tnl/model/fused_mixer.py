@@ -9,7 +9,8 @@ kernels cannot write into its slices) with du's arithmetic fused in: nine bf16 a
 write straight into one d(qkvu) buffer. SiLU(q), SiLU(k) come in from the caller (Inductor computes them, and
 may recompute them for backward); the kernels load them and apply SiLU' as they write dq, dk, so the gradient is
 w.r.t. the raw q, k and none flows into the activated copies. As in eager mode's `_GatedNormLinear`, the gated,
-normalised product (W_o's input) is formed again in backward for W_o's gradient instead of being kept.
+normalised product (W_o's input) is formed again in backward (by the gate's backward kernel, from the same reads)
+for W_o's gradient instead of being kept.
 """
 
 from __future__ import annotations
@@ -69,14 +70,14 @@ def _backward_op(dout: torch.Tensor, qkvu: torch.Tensor, q_act: torch.Tensor, k_
     from ..ops.lightning_attn.chunk_triton import triton_attn_backward
 
     q, k, v, u = _split(qkvu, heads)
-    y, _ = gated_norm_forward(_flat(o), _flat(u), eps)  # the forward's rounding, formed again
-    with torch.autocast(qkvu.device.type, enabled=False):
-        d2 = dout.reshape(-1, dout.shape[-1]).to(weight.dtype)
-        dw = d2.t() @ y.reshape(-1, y.shape[-1])
-        dy = (d2 @ weight).view(y.shape)
     dqkvu = torch.empty(qkvu.shape, device=qkvu.device, dtype=qkvu.dtype)
     dq, dk, dv, du = _split(dqkvu, heads)
-    do, _ = gated_norm_backward(dy, _flat(o), _flat(u), r, du_out=_flat(du))
+    with torch.autocast(qkvu.device.type, enabled=False):
+        d2 = dout.reshape(-1, dout.shape[-1]).to(weight.dtype)
+        dy = (d2 @ weight).view(*o.shape[:2], -1)
+        # the gate's backward also gives the forward's output again (same rounding), for W_o's gradient
+        do, _, y = gated_norm_backward(dy, _flat(o), _flat(u), r, du_out=_flat(du), with_output=True)
+        dw = d2.t() @ y.reshape(-1, y.shape[-1])
     triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens,
                          qk_activated=(q_act, k_act), out=(dq, dk, dv))
     return dqkvu, dw

@@ -93,9 +93,11 @@ def gated_norm_forward(o: torch.Tensor, u: torch.Tensor, eps: float) -> tuple[to
 
 
 def gated_norm_backward(dy: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
-                        du_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        du_out: torch.Tensor | None = None,
+                        with_output: bool = False) -> tuple[torch.Tensor, ...]:
     """Gradients of u * (o r) w.r.t. o and u, in their dtypes. `du_out`: a tensor of u's shape and dtype (any
-    row stride, unit stride within rows) to write u's gradient into; it is returned as the second result."""
+    row stride, unit stride within rows) to write u's gradient into; it is returned as the second result.
+    `with_output`: also return the forward's output (as `gated_norm_forward` rounds it), from the same reads."""
     if du_out is not None and (du_out.shape != u.shape or du_out.dtype != u.dtype or du_out.stride(-1) != 1):
         raise ValueError(f"gated_norm_backward: du_out must be {u.dtype} {tuple(u.shape)} with unit stride in the "
                          f"last dim, got {du_out.dtype} {tuple(du_out.shape)} strides {du_out.stride()}")
@@ -105,15 +107,21 @@ def gated_norm_backward(dy: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: t
         dy2, o2, u2 = _rows(dy), _rows(o), _rows(u)
         do = torch.empty(o2.shape, device=o.device, dtype=o.dtype)
         du = du_out.view(u2.shape) if du_out is not None else torch.empty(u2.shape, device=u.device, dtype=u.dtype)
+        y = torch.empty(o2.shape, device=o.device, dtype=torch.promote_types(o.dtype, u.dtype)) if with_output \
+            else do
         block, warps = _block(o2.shape[1])
-        _gated_bwd_kernel[(o2.shape[0],)](dy2, o2, u2, r.reshape(-1).contiguous(), do, du, dy2.stride(0),
-                                          o2.stride(0), u2.stride(0), do.stride(0), du.stride(0), o2.shape[1],
-                                          BLOCK=block, num_warps=warps)
-        return do.view(o.shape), (du_out if du_out is not None else du.view(u.shape))
+        _gated_bwd_kernel[(o2.shape[0],)](dy2, o2, u2, r.reshape(-1).contiguous(), do, du, y, dy2.stride(0),
+                                          o2.stride(0), u2.stride(0), do.stride(0), du.stride(0), y.stride(0),
+                                          o2.shape[1], BLOCK=block, WRITE_Y=with_output, num_warps=warps)
+        grads = (do.view(o.shape), du_out if du_out is not None else du.view(u.shape))
+        return (*grads, y.view(o.shape)) if with_output else grads
     acc = r.dtype
     n = o.to(acc) * r
     dyf = dy.to(acc)
     dn = dyf * u.to(acc)
     do = r * (dn - n * (dn * n).mean(-1, keepdim=True))
     du = (dyf * n).to(u.dtype)
-    return do.to(o.dtype), (du_out.copy_(du) if du_out is not None else du)
+    grads = (do.to(o.dtype), du_out.copy_(du) if du_out is not None else du)
+    if with_output:
+        return (*grads, (n * u.to(acc)).to(torch.promote_types(o.dtype, u.dtype)))
+    return grads

@@ -43,8 +43,8 @@ def _gated_fwd_kernel(OIN, U, Y, R, stride_o, stride_u, stride_y, D, eps, BLOCK:
 
 
 @triton.jit
-def _gated_bwd_kernel(DY, OIN, U, R, DO, DU, stride_dy, stride_o, stride_u, stride_do, stride_du, D,
-                      BLOCK: tl.constexpr):
+def _gated_bwd_kernel(DY, OIN, U, R, DO, DU, Y, stride_dy, stride_o, stride_u, stride_do, stride_du, stride_y, D,
+                      BLOCK: tl.constexpr, WRITE_Y: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < D
@@ -57,3 +57,5 @@ def _gated_bwd_kernel(DY, OIN, U, R, DO, DU, stride_dy, stride_o, stride_u, stri
     do = r * (dn - n * (tl.sum(dn * n, 0) / D))
     tl.store(DO + row * stride_do + offs, do.to(DO.dtype.element_ty), mask=m)
     tl.store(DU + row * stride_du + offs, (dy * n).to(DU.dtype.element_ty), mask=m)
+    if WRITE_Y:  # the forward's output again (same fp32 arithmetic), for a Linear's weight gradient
+        tl.store(Y + row * stride_y + offs, (n * u).to(Y.dtype.element_ty), mask=m)

@@ -94,14 +94,6 @@ def test_decode_kernel_compiles():
              {"scale"}, dict(BD=128, BE=64))
 
 
-@pytest.mark.parametrize("one_pass,grad", [(True, True), (True, False), (False, True)])
-def test_cross_entropy_rows_kernel_compiles(one_pass, grad):
-    from tnl.ops.cross_entropy.triton_kernels import _ce_rows_kernel
-
-    build_ir(_ce_rows_kernel, {"logits_ptr": "*bf16", "targets_ptr": "*i64", "loss_ptr": "*fp32"}, set(),
-             dict(BLOCK_V=65536 if one_pass else 4096, WRITE_GRAD=grad, ONE_PASS=one_pass))
-
-
 def test_a_rebound_pointer_is_caught():
     """The check itself: the session-17 mistake, in a small kernel, fails to build."""
     import triton

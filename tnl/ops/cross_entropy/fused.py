@@ -20,9 +20,6 @@ import torch
 _NS = "tnl" if __name__ == "tnl.ops.cross_entropy.fused" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
-_ONE_PASS_BYTES = 128 * 1024
-
-
 def _use_triton(x: torch.Tensor) -> bool:
     if x.dtype == torch.float64:
         return False
@@ -41,13 +38,9 @@ def _rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, ignor
         from .triton_kernels import _ce_rows_kernel
 
         v = logits.shape[1]
-        whole = max(16, 1 << (v - 1).bit_length())
-        # a row of up to 128 KiB (64k bf16 logits) stays in the registers of 32 warps (32 per thread): one read
-        one_pass = whole * logits.element_size() <= _ONE_PASS_BYTES
-        block = whole if one_pass else min(4096, whole)
-        warps = max(8, min(32, whole * logits.element_size() // 4096)) if one_pass else 8
+        block = 4096 if v >= 4096 else max(16, 1 << (v - 1).bit_length())
         _ce_rows_kernel[(logits.shape[0],)](logits, logits.stride(0), targets, loss, v, ignore_index,
-                                            BLOCK_V=block, WRITE_GRAD=grad, ONE_PASS=one_pass, num_warps=warps)
+                                            BLOCK_V=block, WRITE_GRAD=grad, num_warps=8)
         return
     acc = _acc(logits.dtype)
     x = logits.to(acc)

@@ -94,6 +94,14 @@ def test_decode_kernel_compiles():
              {"scale"}, dict(BD=128, BE=64))
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_cross_entropy_rows_kernel_compiles(grad):
+    from tnl.ops.cross_entropy.triton_kernels import _ce_rows_kernel
+
+    build_ir(_ce_rows_kernel, {"logits_ptr": "*bf16", "targets_ptr": "*i64", "loss_ptr": "*fp32"}, set(),
+             dict(BLOCK_V=4096, WRITE_GRAD=grad))
+
+
 def test_a_rebound_pointer_is_caught():
     """The check itself: the session-17 mistake, in a small kernel, fails to build."""
     import triton

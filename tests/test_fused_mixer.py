@@ -33,14 +33,17 @@ else:
         y = u.flatten(-2) * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + EPS)
         return y @ w.t()
 
-    def _fused(qkvu, w, decay, heads, cu):
+    def _fused(qkvu, w, decay, heads, cu, given=True):
         b, t, n = qkvu.shape
         q, k = (x.reshape(b, t, heads, -1) for x in qkvu.chunk(4, dim=-1)[:2])
         # the activated copies stay in the autograd graph (as in the model): the op must give them no gradient
-        return FM.gated_attention_output(qkvu, F.silu(q), F.silu(k), decay, w, heads, EPS, cu_seqlens=cu)
+        acts = (F.silu(q), F.silu(k)) if given else (None, None)
+        return FM.gated_attention_output(qkvu, *acts, decay, w, heads, EPS, cu_seqlens=cu)
 
-    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48"])
-    def test_fused_output_matches_float64(case, monkeypatch):
+    @pytest.mark.parametrize("compiling", [False, True])  # the eager Function or the custom op
+    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48", "silu_in_kernels"])
+    def test_fused_output_matches_float64(case, compiling, monkeypatch):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         torch.manual_seed(0)
         b, t, heads, dh = 2, 37, 2, 16
         cu = None
@@ -54,7 +57,7 @@ else:
         qkvu = torch.randn(b, t, 4 * heads * dh, requires_grad=True)
         w = (torch.randn(24, heads * dh) / 8).requires_grad_()
         decay = torch.rand(heads) * 0.5
-        out = _fused(qkvu, w, decay, heads, cu)
+        out = _fused(qkvu, w, decay, heads, cu, given=case != "silu_in_kernels")
         ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
         ref = _reference(*ref_in, decay, heads, cu)
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -109,10 +112,13 @@ else:
         q = torch.randn(2, 5, 2, 16)
         with pytest.raises(ValueError, match="weight must be torch.float32"):
             FM.gated_attention_output(qkvu, q, q, torch.rand(2), w.bfloat16(), 2, EPS)
+        with pytest.raises(ValueError, match="both None or"):
+            FM.gated_attention_output(qkvu, q, None, torch.rand(2), w, 2, EPS)
 
-    def test_compiled_model_uses_the_fused_op_and_matches_float64(monkeypatch):
-        """A model 'under torch.compile' (is_compiling patched) with the Triton backend: the non-LRPE layers run
-        the fused op; logits and every parameter's gradient match the float64 model in eager mode."""
+    @pytest.mark.parametrize("compiling", [True, False])
+    def test_model_uses_the_fused_op_and_matches_float64(compiling, monkeypatch):
+        """A model with the Triton backend, eager or 'under torch.compile' (is_compiling patched): the non-LRPE
+        layers run the fused op; logits and every parameter's gradient match the float64 model (torch backend)."""
         import tnl.model.modeling_transnormer as mt
         from tnl.model import TransnormerConfig, TransnormerForCausalLM
 
@@ -128,7 +134,7 @@ else:
         ids = torch.randint(0, 64, (2, 19))
         out_ref = ref(input_ids=ids, labels=ids)
         out_ref.loss.backward()
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         assert len(calls) == 2  # layers 1 and 2; layer 0 has LRPE
@@ -136,6 +142,9 @@ else:
         for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
             rel = ((p.grad.double() - p_ref.grad).norm() / p_ref.grad.norm()).item()
             assert rel < 1e-4, f"{name}: {rel}"
+        with torch.no_grad():  # inference: the separate ops (nothing to write gradients into)
+            model(input_ids=ids)
+        assert len(calls) == (2 if not compiling else 4)  # compiled inference keeps the op
         monkeypatch.setenv("TNL_FUSED_MIXER", "0")
         calls.clear()
         TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton"))(input_ids=ids)

@@ -1,4 +1,4 @@
-"""The TNL token mixer after its input projection, as one custom op for torch.compile with the Triton kernels.
+"""The TNL token mixer after its input projection as one op (a custom op under torch.compile), Triton kernels only.
 
     out = W_o (u * SRMSNorm(lightning_attn(SiLU(q), SiLU(k), v)))   with [q | k | v | u] = qkvu
 
@@ -6,9 +6,10 @@ where qkvu is the packed input projection (paper eq. 5-7). Traced as separate op
 concatenation of dq, dk, dv and du that Inductor writes by copying the attention op's three outputs (the
 kernels cannot write into its slices) with du's arithmetic fused in: nine bf16 activation-sized passes per block
 (4.4 ms of a tnl_385m step at T=2048 on an H100). Here the attention backward kernels and the gate's backward
-write straight into one d(qkvu) buffer. SiLU(q), SiLU(k) come in from the caller (Inductor computes them, and
-may recompute them for backward); the kernels load them and apply SiLU' as they write dq, dk, so the gradient is
-w.r.t. the raw q, k and none flows into the activated copies. As in eager mode's `_GatedNormLinear`, the gated,
+write straight into one d(qkvu) buffer (eager autograd's SplitBackward makes the same copy). Compiled, SiLU(q),
+SiLU(k) come in from the caller (Inductor computes them, and may recompute them for backward); the kernels load
+them and apply SiLU' as they write dq, dk, so the gradient is w.r.t. the raw q, k and none flows into the
+activated copies. Eager, the kernels apply SiLU as they load q and k. As in `_GatedNormLinear`, the gated,
 normalised product (W_o's input) is formed again in backward (by the gate's backward kernel, from the same reads)
 for W_o's gradient instead of being kept.
 """
@@ -36,36 +37,30 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(-2)
 
 
-@torch.library.custom_op(f"{_NS}::gated_attn_out", mutates_args=())
-def _forward(qkvu: torch.Tensor, q_act: torch.Tensor, k_act: torch.Tensor, decay: torch.Tensor,
-             weight: torch.Tensor, cu_seqlens: Optional[torch.Tensor], heads: int,  # noqa: UP045 (op schema)
-             eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _acts(q_act: torch.Tensor | None, k_act: torch.Tensor | None) -> dict:
+    """The attention kernels' SiLU arguments: the given copies, or SiLU applied as the kernels load q and k."""
+    return dict(qk_activation="silu", qk_activated=(q_act, k_act) if q_act is not None else None)
+
+
+def _forward_impl(qkvu: torch.Tensor, q_act: Optional[torch.Tensor], k_act: Optional[torch.Tensor],  # noqa: UP045
+                  decay: torch.Tensor, weight: torch.Tensor, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+                  heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, o, r, attention start states): o and r (the norm's reciprocal RMS) and the states are for backward."""
     from ..ops.lightning_attn.chunk_triton import triton_attn_forward
 
     q, k, v, u = _split(qkvu, heads)
-    o, starts = triton_attn_forward(q, k, v, decay, cu_seqlens=cu_seqlens, qk_activated=(q_act, k_act))
+    o, starts = triton_attn_forward(q, k, v, decay, cu_seqlens=cu_seqlens, **_acts(q_act, k_act))
     y, r = gated_norm_forward(_flat(o), _flat(u), eps)
     with torch.autocast(qkvu.device.type, enabled=False):
         out = y @ weight.t()
     return out, o, r, starts
 
 
-@_forward.register_fake
-def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
-    from ..ops.lightning_attn.chunk_triton import triton_attn_states_shape
-
-    b, t, _ = qkvu.shape
-    q, _, v, _ = _split(qkvu, heads)
-    return (qkvu.new_empty(b, t, weight.shape[0]), torch.empty_like(q), qkvu.new_empty(b, t, 1, dtype=torch.float32),
-            qkvu.new_empty(triton_attn_states_shape(q, v, cu_seqlens), dtype=torch.float32))
-
-
-@torch.library.custom_op(f"{_NS}::gated_attn_out_bwd", mutates_args=())
-def _backward_op(dout: torch.Tensor, qkvu: torch.Tensor, q_act: torch.Tensor, k_act: torch.Tensor,
-                 decay: torch.Tensor, weight: torch.Tensor, o: torch.Tensor, r: torch.Tensor, starts: torch.Tensor,
-                 cu_seqlens: Optional[torch.Tensor], heads: int,  # noqa: UP045 (op schema)
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward_impl(dout: torch.Tensor, qkvu: torch.Tensor, q_act: Optional[torch.Tensor],  # noqa: UP045
+                   k_act: Optional[torch.Tensor], decay: torch.Tensor, weight: torch.Tensor,  # noqa: UP045
+                   o: torch.Tensor, r: torch.Tensor, starts: torch.Tensor,
+                   cu_seqlens: Optional[torch.Tensor], heads: int,  # noqa: UP045
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkvu, d weight)."""
     from ..ops.lightning_attn.chunk_triton import triton_attn_backward
 
@@ -78,9 +73,23 @@ def _backward_op(dout: torch.Tensor, qkvu: torch.Tensor, q_act: torch.Tensor, k_
         # the gate's backward also gives the forward's output again (same rounding), for W_o's gradient
         do, _, y = gated_norm_backward(dy, _flat(o), _flat(u), r, du_out=_flat(du), with_output=True)
         dw = d2.t() @ y.reshape(-1, y.shape[-1])
-    triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens,
-                         qk_activated=(q_act, k_act), out=(dq, dk, dv))
+    triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens, out=(dq, dk, dv),
+                         **_acts(q_act, k_act))
     return dqkvu, dw
+
+
+_forward = torch.library.custom_op(f"{_NS}::gated_attn_out", mutates_args=())(_forward_impl)
+_backward_op = torch.library.custom_op(f"{_NS}::gated_attn_out_bwd", mutates_args=())(_backward_impl)
+
+
+@_forward.register_fake
+def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
+    from ..ops.lightning_attn.chunk_triton import triton_attn_states_shape
+
+    b, t, _ = qkvu.shape
+    q, _, v, _ = _split(qkvu, heads)
+    return (qkvu.new_empty(b, t, weight.shape[0]), torch.empty_like(q), qkvu.new_empty(b, t, 1, dtype=torch.float32),
+            qkvu.new_empty(triton_attn_states_shape(q, v, cu_seqlens), dtype=torch.float32))
 
 
 @_backward_op.register_fake
@@ -95,28 +104,50 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.heads, ctx.eps = heads, eps
 
 
-def _backward(ctx, dout, _do, _dr, _dstarts):
+def _backward_with(bwd, ctx, dout):
     qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens = ctx.saved_tensors
-    dqkvu, dw = _backward_op(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, ctx.heads, ctx.eps)
+    dqkvu, dw = bwd(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, ctx.heads, ctx.eps)
     return dqkvu, None, None, None, dw, None, None, None
+
+
+def _backward(ctx, dout, _do, _dr, _dstarts):
+    return _backward_with(_backward_op, ctx, dout)
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gated_attention_output(qkvu: torch.Tensor, q_act: torch.Tensor, k_act: torch.Tensor, decay: torch.Tensor,
-                           weight: torch.Tensor, heads: int, eps: float,
+class _EagerGatedAttnOut(torch.autograd.Function):
+    """The same forward and backward for eager mode, without torch.library's per-call dispatch overhead."""
+
+    @staticmethod
+    def forward(ctx, qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
+        output = _forward_impl(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps)
+        _setup_context(ctx, (qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps), output)
+        return output[0]
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward_with(_backward_impl, ctx, dout)
+
+
+def gated_attention_output(qkvu: torch.Tensor, q_act: torch.Tensor | None, k_act: torch.Tensor | None,
+                           decay: torch.Tensor, weight: torch.Tensor, heads: int, eps: float,
                            cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """W_o (u * SRMSNorm(lightning_attn(q_act, k_act, v))) for qkvu = [q | k | v | u] ([B, T, 4 H Dh]),
-    q_act = SiLU(q), k_act = SiLU(k) ([B, T, H, Dh]); gradients flow to qkvu (w.r.t. the raw q, k) and weight
-    ([out, H Dh], in qkvu's dtype). Triton kernels only: CUDA tensors, or the Triton interpreter."""
+    """W_o (u * SRMSNorm(lightning_attn(SiLU(q), SiLU(k), v))) for qkvu = [q | k | v | u] ([B, T, 4 H Dh]);
+    q_act, k_act: SiLU(q), SiLU(k) ([B, T, H, Dh]) computed by the caller, or None to have the kernels apply
+    SiLU as they load q and k. Gradients flow to qkvu (w.r.t. the raw q, k) and weight ([out, H Dh], in qkvu's
+    dtype). Triton kernels only: CUDA tensors, or the Triton interpreter."""
     b, t, n = qkvu.shape
-    if n % (4 * heads) or q_act.shape != (b, t, heads, n // (4 * heads)) or k_act.shape != q_act.shape:
-        raise ValueError(f"gated_attention_output: qkvu [B, T, 4 * heads * head_dim] with q_act, k_act "
-                         f"[B, T, heads, head_dim]; got {tuple(qkvu.shape)}, {tuple(q_act.shape)}, "
-                         f"{tuple(k_act.shape)} for {heads} heads")
+    dh = n // (4 * heads)
+    if n % (4 * heads) or (q_act is None) != (k_act is None) or (
+            q_act is not None and (q_act.shape != (b, t, heads, dh) or k_act.shape != q_act.shape)):
+        raise ValueError(f"gated_attention_output: qkvu [B, T, 4 * heads * head_dim] with q_act, k_act both None or "
+                         f"[B, T, heads, head_dim]; got {tuple(qkvu.shape)}, "
+                         f"{None if q_act is None else tuple(q_act.shape)}, "
+                         f"{None if k_act is None else tuple(k_act.shape)} for {heads} heads")
     if weight.dtype != qkvu.dtype or weight.shape[1] != n // 4:
         raise ValueError(f"gated_attention_output: weight must be {qkvu.dtype} [out, {n // 4}], got "
                          f"{weight.dtype} {tuple(weight.shape)}")
-    return _forward(qkvu.contiguous(), q_act, k_act, decay.detach().to(torch.float32), weight, cu_seqlens, heads,
-                    float(eps))[0]
+    args = (qkvu.contiguous(), q_act, k_act, decay.detach().to(torch.float32), weight, cu_seqlens, heads, float(eps))
+    return _forward(*args)[0] if torch.compiler.is_compiling() else _EagerGatedAttnOut.apply(*args)

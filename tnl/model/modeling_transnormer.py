@@ -556,12 +556,14 @@ class NormLinearAttention(nn.Module, DecayMixin):
         activated = None
         if fusable and not fold:  # compiled: Inductor computes SiLU(q), SiLU(k); the op applies SiLU' in backward
             activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, h, dh))
-            if self.fused_output and layer is None and resolve_backend(self.backend, q) == "triton":
-                w = self.out_proj.weight
-                out = gated_attention_output(qkvu, *activated, self.decay(x.device, x.dtype), w.to(qkvu.dtype), h,
-                                             GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens)
-                return out + self.out_proj.bias.to(out.dtype) if self.out_proj.bias is not None else out
-        elif not fold:
+        if fusable and self.fused_output and layer is None and (activated is not None or torch.is_grad_enabled()) \
+                and resolve_backend(self.backend, q) == "triton":
+            # attention, gate and output projection as one op (fused_mixer.py); eager: SiLU inside the kernels
+            w = self.out_proj.weight
+            out = gated_attention_output(qkvu, *(activated or (None, None)), self.decay(x.device, x.dtype),
+                                         w.to(qkvu.dtype), h, GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens)
+            return out + self.out_proj.bias.to(out.dtype) if self.out_proj.bias is not None else out
+        if not fold and activated is None:
             q, k = self.act(q), self.act(k)
         q, k, v = q.view(b, t, h, dh), k.view(b, t, h, dh), v.view(b, t, h, dh)
         if self.use_lrpe:

@@ -648,18 +648,19 @@ def triton_lightning_attn(
 
 def triton_attn_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float = 1.0,
-    cu_seqlens: torch.Tensor | None = None, qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cu_seqlens: torch.Tensor | None = None, qk_activation: str | None = None,
+    qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward kernels without autograd, for ops that build their own backward around them (the compiled TNL
-    mixer, `tnl/model/fused_mixer.py`): (o, segment start states for `triton_attn_backward`, or an empty tensor;
-    its shape is `triton_attn_states_shape`). `qk_activated`: (SiLU(q), SiLU(k)), as in `triton_lightning_attn`.
-    No initial or final state."""
+    """The forward kernels without autograd, for ops that build their own backward around them (the TNL mixer's,
+    `tnl/model/fused_mixer.py`): (o, segment start states for `triton_attn_backward`, or an empty tensor; its
+    shape is `triton_attn_states_shape`). `qk_activation`, `qk_activated`: as in `triton_lightning_attn`. No
+    initial or final state."""
     _check(q, k, v, decay, None)
-    check_qk_activation(q, k, "silu" if qk_activated is not None else None, qk_activated, _fail)
+    check_qk_activation(q, k, qk_activation, qk_activated, _fail)
     q_act, k_act = qk_activated if qk_activated is not None else (None, None)
     cu = cu_seqlens.to(torch.int32) if cu_seqlens is not None else None
     o, _, starts = _fwd_impl(q, k, v, decay.detach().to(torch.float32).contiguous(), float(scale), None, False, cu,
-                             qk_activated is not None, q_act, k_act)
+                             qk_activation == "silu", q_act, k_act)
     return o, starts
 
 
@@ -670,11 +671,11 @@ def triton_attn_states_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch
 
 def triton_attn_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, starts: torch.Tensor,
-    *, scale: float = 1.0, cu_seqlens: torch.Tensor | None = None,
+    *, scale: float = 1.0, cu_seqlens: torch.Tensor | None = None, qk_activation: str | None = None,
     qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward kernels of `triton_attn_forward`: (dq, dk, dv), w.r.t. the raw q, k when `qk_activated`.
+    """The backward kernels of `triton_attn_forward`: (dq, dk, dv), w.r.t. the raw q, k with qk_activation.
     `out`: three tensors of q's, k's and v's shapes, any strides (e.g. slices of one packed gradient), to write
     into (H == Hkv only)."""
     q_act, k_act = qk_activated if qk_activated is not None else (None, None)
@@ -682,7 +683,7 @@ def triton_attn_backward(
     if out is not None and any(o_.shape != x.shape for o_, x in zip(out, (q, k, v))):
         _fail(f"out shapes {[tuple(o_.shape) for o_ in out]} must be q's, k's and v's")
     dq, dk, dv, _ = _bwd_core(do, None, q, k, v, decay.detach().to(torch.float32).contiguous(), None, cu,
-                              float(scale), True, True, qk_activated is not None,
+                              float(scale), True, True, qk_activation == "silu",
                               fwd_starts=starts if starts.numel() else None, q_act=q_act, k_act=k_act, out=out)
     return dq, dk, dv
 

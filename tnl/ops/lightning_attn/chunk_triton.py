@@ -665,7 +665,7 @@ def triton_attn_forward(
 
 
 def triton_attn_states_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> tuple:
-    """Shape of the start states `triton_attn_forward` returns (for fake implementations): () when none."""
+    """Shape of the start states `triton_attn_forward` returns (for fake implementations): (0,) when none."""
     return _kept_starts_shape(q, v, cu_seqlens) or (0,)
 
 

@@ -92,6 +92,8 @@ else:
         q, k = (x.reshape(3, 40, heads, dh) for x in qkvu.detach().chunk(4, dim=-1)[:2])
         w = torch.randn(24, heads * dh, requires_grad=True)
         torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS))
+        # SiLU in the kernels (TNL_ATTN_FOLD_ACT=1 under compile)
+        torch.library.opcheck(FM._forward, (qkvu, None, None, torch.rand(heads), w, None, heads, EPS))
 
     def test_fused_op_compiles_without_graph_breaks():
         heads, dh = 2, 16

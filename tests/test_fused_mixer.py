@@ -151,3 +151,32 @@ else:
         calls.clear()
         TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton"))(input_ids=ids)
         assert not calls
+
+    def test_exported_copy_runs_the_same_op(tmp_path, monkeypatch):
+        """The Hugging Face export's flattened copy of the op (its own namespace, rewritten imports) gives the
+        same output and gradients as tnl's, as the eager Function and as the custom op."""
+        import importlib
+
+        from tnl.export.code import write_model_code
+
+        pkg = tmp_path / "exported_tnl"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        write_model_code(pkg)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        exported = importlib.import_module("exported_tnl.fused_mixer")
+        assert exported._NS != FM._NS
+        torch.manual_seed(3)
+        heads, dh = 2, 16
+        qkvu = torch.randn(2, 21, 4 * heads * dh, requires_grad=True)
+        w = torch.randn(24, heads * dh, requires_grad=True)
+        decay = torch.rand(heads) * 0.5
+        results = []
+        for mod in (FM, exported):
+            for compiling in (False, True):
+                monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+                out = mod.gated_attention_output(qkvu, None, None, decay, w, heads, EPS)
+                results.append((out, *torch.autograd.grad(out.square().sum(), (qkvu, w))))
+        for got, want in ((results[2], results[0]), (results[3], results[1])):  # same code, same numbers
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -521,9 +521,9 @@ class NormLinearAttention(nn.Module, DecayMixin):
         # into neighbouring kernels for free, while the folded kernels are slower (the activation puts q and k on
         # the register path into the dots: H100, tnl_385m compiled 176.3k tokens/s unfolded vs 170.3k folded; eager
         # within 1%, 146-151k either way, with 2.9 GiB less memory folded). Compiled, "auto" hands SiLU(q), SiLU(k)
-        # to the op beside the raw q, k (qk_activated): its backward applies SiLU' as it writes dq, dk, so the
-        # qkvu gradient is a plain concatenation instead of Inductor's SiLU backward over re-read q, k (H100,
-        # T=2048: 178.3k / 177.5k vs 175.5k / 174.0k tokens/s, same memory).
+        # to the op beside the raw q, k (qk_activated): its backward applies SiLU' as it writes dq, dk, instead of
+        # Inductor's SiLU backward over re-read q, k (H100, T=2048, separate ops: 178.3k / 177.5k vs 175.5k /
+        # 174.0k tokens/s, same memory).
         # "1" always folds (under compile no memory saving since train.compile_recompute_pointwise recomputes SiLU
         # in backward), "0" never (SiLU and its backward left to PyTorch / Inductor).
         fold_env = os.environ.get("TNL_ATTN_FOLD_ACT", "auto")

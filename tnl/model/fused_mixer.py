@@ -42,6 +42,20 @@ def _acts(q_act: torch.Tensor | None, k_act: torch.Tensor | None) -> dict:
     return dict(qk_activation="silu", qk_activated=(q_act, k_act) if q_act is not None else None)
 
 
+def gated_linear_backward(dout: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
+                          weight: torch.Tensor,
+                          du_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(do, du, dW) of linear(u * SRMSNorm(o), W) from o, u and the forward's r, the matmuls in W's dtype. The
+    gated product (the Linear's input) is formed again by the gate's backward kernel from the reads it makes
+    anyway (the forward's rounding), for dW. `du_out`: where to write du (see `gated_norm_backward`)."""
+    with torch.autocast(o.device.type, enabled=False):
+        d2 = dout.reshape(-1, dout.shape[-1]).to(weight.dtype)
+        dy = (d2 @ weight).view(*o.shape[:-1], weight.shape[1])
+        do, du, y = gated_norm_backward(dy, o, u, r, du_out=du_out, with_output=True)
+        dw = d2.t() @ y.reshape(-1, y.shape[-1]).to(weight.dtype)
+    return do, du, dw
+
+
 def _forward_impl(qkvu: torch.Tensor, q_act: Optional[torch.Tensor], k_act: Optional[torch.Tensor],  # noqa: UP045
                   decay: torch.Tensor, weight: torch.Tensor, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
                   heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,12 +81,7 @@ def _backward_impl(dout: torch.Tensor, qkvu: torch.Tensor, q_act: Optional[torch
     q, k, v, u = _split(qkvu, heads)
     dqkvu = torch.empty(qkvu.shape, device=qkvu.device, dtype=qkvu.dtype)
     dq, dk, dv, du = _split(dqkvu, heads)
-    with torch.autocast(qkvu.device.type, enabled=False):
-        d2 = dout.reshape(-1, dout.shape[-1]).to(weight.dtype)
-        dy = (d2 @ weight).view(*o.shape[:2], -1)
-        # the gate's backward also gives the forward's output again (same rounding), for W_o's gradient
-        do, _, y = gated_norm_backward(dy, _flat(o), _flat(u), r, du_out=_flat(du), with_output=True)
-        dw = d2.t() @ y.reshape(-1, y.shape[-1])
+    do, _, dw = gated_linear_backward(dout, _flat(o), _flat(u), r, weight, du_out=_flat(du))
     triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens, out=(dq, dk, dv),
                          **_acts(q_act, k_act))
     return dqkvu, dw

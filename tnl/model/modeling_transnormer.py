@@ -30,7 +30,7 @@ from ..ops.cross_entropy import fused_linear_cross_entropy
 from ..ops.lightning_attn import lightning_attn, recurrent_lightning_attn_step, resolve_backend
 from ..ops.srms_norm import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 from .configuration_transnormer import TransnormerConfig
-from .fused_mixer import gated_attention_output
+from .fused_mixer import gated_attention_output, gated_linear_backward
 
 _TF_MAJOR = int(transformers.__version__.split(".")[0])
 
@@ -91,7 +91,7 @@ class _GatedNormLinear(torch.autograd.Function):
     def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None):
         y, r = gated_norm_forward(o, u, eps)
         dtype = _autocast_dtype(o) or y.dtype
-        ctx.dtype, ctx.eps, ctx.has_bias = dtype, eps, bias is not None
+        ctx.dtype, ctx.has_bias = dtype, bias is not None
         ctx.save_for_backward(o, u, r, weight)
         with torch.autocast(o.device.type, enabled=False):
             return F.linear(y.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
@@ -99,10 +99,10 @@ class _GatedNormLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         o, u, r, weight = ctx.saved_tensors
-        y, _ = gated_norm_forward(o, u, ctx.eps)  # the same rounding as in forward
-        dy, dw, dbias = _linear_backward(dout, y, weight, ctx.dtype, ctx.has_bias)
-        do, du = gated_norm_backward(dy, o, u, r)
-        return do, du, None, dw, dbias
+        # the fused mixer's backward (the gated product formed again by the gate's backward kernel), in ctx.dtype
+        do, du, dw = gated_linear_backward(dout, o, u, r, weight.to(ctx.dtype))
+        dbias = dout.reshape(-1, dout.shape[-1]).to(ctx.dtype).sum(0).to(weight.dtype) if ctx.has_bias else None
+        return do, du, None, dw.to(weight.dtype), dbias
 
 
 def _linear_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype,

@@ -108,7 +108,7 @@ class _GatedNormLinear(torch.autograd.Function):
 def _linear_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype,
                      has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(dx, dW, dbias) of linear(x, W, bias) computed in `dtype` (the autocast dtype of the forward), for the
-    Functions above that form a Linear's input again in backward instead of keeping it."""
+    Functions here that form a Linear's input again in backward instead of keeping it (SGLU's)."""
     with torch.autocast(x.device.type, enabled=False):
         dout = dout.to(dtype)
         d2 = dout.reshape(-1, dout.shape[-1])

@@ -4,7 +4,7 @@ The LM head of tnl_385m in training: hidden [tokens, 1024] (bf16), tied fp32 wei
 softmax in fp32. Methods: `fused` (tnl.ops.cross_entropy, chunks of 8192 tokens), `torch` (F.linear then
 F.cross_entropy on the fp32 logits: the anchor), `checkpointed` (torch per chunk under activation checkpointing,
 tnl's previous loss). Forward+backward time (do_bench median, ms), ratio to torch in the same run, peak memory
-above the inputs.
+above the inputs; printed beside it, each method's gradient errors against float64.
 
     python scripts/bench_cross_entropy.py [--tokens 8192 32768] [--write-md]
 """
@@ -47,6 +47,25 @@ METHODS = {"torch": torch_ce, "checkpointed": checkpointed_ce,
            "fused": lambda h, w, t: fused_linear_cross_entropy(h, w, t, chunk_size=CHUNK)}
 
 
+def grad_errors(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> tuple[float, float]:
+    """Relative errors of h.grad and w.grad against float64 gradients of the mean cross-entropy of h @ w^T (the
+    same inputs, chunked so the float64 logits fit)."""
+    h64, w64 = h.detach().double(), w.detach().double()
+    dh = torch.empty_like(h64)
+    dw = torch.zeros_like(w64)
+    for s in range(0, h.shape[0], 2048):
+        g = torch.softmax(h64[s : s + 2048] @ w64.t(), dim=-1)
+        g[torch.arange(g.shape[0], device=g.device), t[s : s + 2048]] -= 1.0
+        g /= h.shape[0]
+        dh[s : s + 2048] = g @ w64
+        dw += g.t() @ h64[s : s + 2048]
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    return rel(h.grad, dh), rel(w.grad, dw)
+
+
 def measure(fn, n: int, d: int, v: int):
     torch.cuda.empty_cache()
     torch.manual_seed(n)  # the same inputs for every method: their losses must agree
@@ -69,7 +88,8 @@ def measure(fn, n: int, d: int, v: int):
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        return ms, (torch.cuda.max_memory_allocated() - base) / 2**30, loss
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        return ms, peak, loss, grad_errors(h, w, t)
     except torch.OutOfMemoryError:
         return None
 
@@ -95,7 +115,8 @@ def main() -> int:
             ratio = f" ({r[0] / ref:.2f}x)" if ref and m != "torch" else ""
             cells.append(f"{r[0]:.2f}{ratio} ({r[1]:.2f})")
         losses = {m: f"{r[2]:.5f}" for m, r in res.items() if r}
-        print(f"tokens {n}: losses {losses}")
+        errors = {m: f"dh {r[3][0]:.1e} dw {r[3][1]:.1e}" for m, r in res.items() if r}
+        print(f"tokens {n}: losses {losses}; gradient errors vs float64 {errors}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

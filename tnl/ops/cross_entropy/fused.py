@@ -60,6 +60,19 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_ADDMM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()  # torch >= 2.8
+
+
+def _add_weight_grad(dw: torch.Tensor, g: torch.Tensor, hc: torch.Tensor) -> None:
+    """dw += g^T @ hc. On CUDA with bf16/fp16 operands the GEMM adds into the fp32 buffer itself (addmm with
+    out_dtype): each chunk's product is not rounded to bf16 first, and no separate fp32 add re-reads dw (H100,
+    tnl_385m: 4 adds of 0.27 ms per step)."""
+    if _ADDMM_OUT_DTYPE and dw.is_cuda and dw.dtype == torch.float32 and g.dtype in (torch.bfloat16, torch.float16):
+        torch.addmm(dw, g.t(), hc, out_dtype=torch.float32, out=dw)
+    else:
+        dw += g.t() @ hc
+
+
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           compute_dtype: torch.dtype, chunk_size: int, ignore_index: int,
@@ -79,7 +92,7 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
             _rows(logits, t[start : start + chunk_size], loss[start : start + chunk_size], ignore_index, need_grad)
             if need_grad:
                 dh[start : start + chunk_size] = logits @ w
-                dw += logits.t() @ hc
+                _add_weight_grad(dw, logits, hc)
     dw = dw.to(weight.dtype) if need_grad else dw
     return loss.sum(), dh.view_as(hidden) if need_grad else dh, dw
 

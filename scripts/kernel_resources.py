@@ -4,8 +4,9 @@
     python scripts/kernel_resources.py [--arch 90] [--dims 128,128 64,64 256,128]
 
 A stack frame above a few bytes at 255 registers means spills to local memory; compare configurations here
-before spending device time on them. The numbers come from the installed Triton, which may differ from the
-GPU machine's version.
+before spending device time on them. Kernels are compiled as the JIT compiles the usual call (contiguous head
+dims, 16-byte aligned pointers and strides). The numbers come from the installed Triton, which may differ from
+the GPU machine's version.
 """
 
 from __future__ import annotations
@@ -47,8 +48,26 @@ def _signature(fn, constexprs: dict, dtype: str) -> dict:
     return sig
 
 
+_UNIT_STRIDES = ("sq_d", "sk_d", "sv_d", "so_d", "sx_d", "sg_d", "sdk_d", "sdv_d")
+_ALIGNED_INTS = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
+                 "sg_b", "sg_t", "sg_h", "sdk_b", "sdk_t", "sdk_h", "sdv_b", "sdv_t", "sdv_h", "DK", "DV", "H")
+
+
+def _specialised(fn, constexprs: dict, dtype: str) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as the JIT compiles the common call: contiguous head dims (stride 1 becomes
+    a constant), pointers, strides and head dims divisible by 16. Without this the compiler cannot vectorise or
+    pipeline the tile loads (cp.async needs 16-byte groups) and reports spills the real kernels do not have."""
+    ce = dict(constexprs)
+    ce.update({n: 1 for n in _UNIT_STRIDES if n in fn.arg_names})
+    sig = _signature(fn, ce, dtype)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if n not in ce and (sig[n].startswith("*") or n in _ALIGNED_INTS)}
+    return sig, ce, attrs
+
+
 def resources(fn, constexprs: dict, warps: int, stages: int, arch: int, dtype: str = "bf16") -> str:
-    src = ASTSource(fn=fn, signature=_signature(fn, constexprs, dtype), constexprs=constexprs)
+    sig, ce, attrs = _specialised(fn, constexprs, dtype)
+    src = ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps,
                                                                               "num_stages": stages})
     tool = Path(triton.backends.nvidia.__file__).parent / "bin" / "cuobjdump"

@@ -45,8 +45,8 @@ TUNED: dict[str, dict[str, tuple[int, int, int, int]]] = {
         # D or E = 256 with at most one wave of programs (`|few`), retuned at B=4, T=16384 (128 programs) on
         # 2026-11-24 without the miscompiled (64, 32, 4, *) configs; dq and dk (4 E-blocks of 64: 256 programs
         # there) not measured apart, their seg0 choice
-        "fwd|256x128|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 2),
-        "dv|256x128|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 2),
+        "fwd|256x128|bfloat16|rev0|init0|seg0|few": (32, 64, 8, 3),  # retuned 2026-11-24 (session 21)
+        "dv|256x128|bfloat16|rev1|init0|seg0|few": (32, 64, 8, 3),  # retuned 2026-11-24 (session 21)
         "dq|128x256|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 2),
         "dk|128x256|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 2),
     },

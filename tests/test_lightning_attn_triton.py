@@ -182,7 +182,8 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     monkeypatch.delenv("TNL_ATTN_PROGRAMS", raising=False)
     cpu = torch.device("cpu")
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 128 programs
-    assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 2
+    assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 1  # 128 programs: most of a wave
+    assert CT._Plan(4, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 4  # 64 programs: 256 segmented
     assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).nseg == 8
     # 64 and 48 programs: two segments, the second building its start state in the main pass (PREFIX)
     for b in (4, 3):
@@ -192,24 +193,26 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert not CT._Plan(8, 8192, 16, 128, None, cpu, dims=(128, 128)).prefix  # larger tiles: state pass + scan
     assert not CT._Plan(2, 40, 4, 16, torch.tensor([0, 30, 80], dtype=torch.int32), cpu, dims=(16, 16)).prefix  # varlen
     assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
-    # D or E = 256: no segments while the unsegmented programs fill most of a wave; below, two per SM
-    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 2
+    # D or E > 64: no segments while the unsegmented programs fill most of a wave; below, two per SM
+    assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 1  # 128 programs
+    assert CT._Plan(2, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 4  # 64 programs
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(256, 128)).nseg == 1  # 128 programs
     assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).nseg == 4  # 64 programs
     assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(256, 128)).nseg == 8  # 32 programs
     assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
-def test_large_tiles_with_one_wave_are_tuned_apart(monkeypatch):
+def test_tiles_over_64_with_one_wave_are_tuned_apart(monkeypatch):
     keys = []
     real = CT._launch_tuned
     monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or real(device, key, *a))
-    for d, e in ((256, 32), (128, 32)):
+    for d, e in ((256, 32), (128, 32), (64, 32)):
         q, k, v, decay, _ = _inputs(1, 20, 1, 1, d, e, state=False)
         CT.triton_lightning_attn(q.requires_grad_(), k, v, decay)[0].sum().backward()
-    large, medium = keys[:2], keys[2:]  # fwd and dq passes each (k, v need no gradient)
-    assert [x.split("|")[0] for x in large] == ["fwd", "dq"] and all(x.endswith("|few") for x in large)
-    assert medium and not any(x.endswith("|few") for x in medium)
+    large, medium, small = keys[:2], keys[2:4], keys[4:]  # fwd and dq passes each (k, v need no gradient)
+    for tiles in (large, medium):
+        assert [x.split("|")[0] for x in tiles] == ["fwd", "dq"] and all(x.endswith("|few") for x in tiles)
+    assert small and not any(x.endswith("|few") for x in small)
 
 
 def test_candidates_leave_out_miscompiled_configs(monkeypatch):

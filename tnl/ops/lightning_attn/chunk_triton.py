@@ -88,7 +88,7 @@ class _Plan:
     def __init__(self, b: int, t: int, h: int, dv: int, cu_seqlens: torch.Tensor | None, device: torch.device,
                  dims: tuple[int, int]):
         # dv: this pass's E (its E-blocks); dims: the call's (D, E), whose tile class sets the rules below
-        small, large = _small_tiles(*dims), _large_tiles(*dims)
+        small = _small_tiles(*dims)
         env = os.environ.get("TNL_ATTN_SEG_LEN")
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
@@ -104,10 +104,12 @@ class _Plan:
             # small tiles filling 7/16 to 1/2 of a wave: two segments, the second building its own start state
             # (PREFIX: no state pass, scan or extra launch); at most one program per SM
             seg_len = _round_seg(_cdiv(t, 2))
-        elif cu_seqlens is None and ((large and 4 * units >= 3 * sms) or (small and 16 * units >= 7 * sms)):
-            # no state pass while the unsegmented programs fill enough of a wave. D or E = 256: most of one (H100,
-            # T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; at T=64k, B=1, 32
-            # programs, 256 segmented programs beat 128: 5.1 vs 6.4 ms fwd+bwd). D, E <= 64: above half of one
+        elif cu_seqlens is None and ((not small and 4 * units >= 3 * sms) or (small and 16 * units >= 7 * sms)):
+            # no state pass while the unsegmented programs fill enough of a wave. D or E >= 128: most of one (H100,
+            # D=256, T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; D=128 there:
+            # attention kernels 0.55 / 2.14 vs 0.59 / 2.10, and at the training shape (H=8, B=8, T=4k) 0.14 / 0.54
+            # vs 0.16 / 0.55; at T=64k, B=1, D=256, 32 programs, 256 segmented beat 128: 5.1 vs 6.4 ms fwd+bwd).
+            # D, E <= 64: above half of one
             # (below, two PREFIX segments; with a state pass and a scan, segments lost at 64 programs: H100, D=64,
             # B=4, T=16k fwd+bwd 1.21 ms unsegmented vs 1.39-1.50 in 2 or 4 segments)
             seg_len = _round_seg(t)
@@ -143,9 +145,10 @@ class _Plan:
             self.segmented = any(ns > 1 for _, ns, _ in info)
             self.segs = torch.tensor(segs, dtype=torch.int32).to(device)
             self.seqinfo = torch.tensor(info, dtype=torch.int32).to(device)
-        # tuned apart: large tiles with at most one wave of programs, where the configs that win with many programs
-        # lose (H100, D=256 fwd: C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs, 1.26 vs 1.19 at 128)
-        self.key_suffix = "|few" if large and self.g_total * h * eblocks <= sms else ""
+        # tuned apart: tiles over 64 with at most one wave of programs, where the configs that win with many programs
+        # lose (H100, D=256 fwd: C=32, 4 warps 0.91 vs 1.17 ms for 8 warps at 2048 programs; at 128, one per SM,
+        # 8 warps and 3 stages win: 1.05 vs 1.09; D=128 at 128 programs: 3 stages, 0.55 vs 0.64 with 2)
+        self.key_suffix = "|few" if not small and self.g_total * h * eblocks <= sms else ""
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -2,7 +2,7 @@
 
 Measured by `autotune.pick` (do_bench medians over the candidates in chunk_triton.py) on the GPU named, with
 scripts/bench_attention.py and scripts/bench_train.py shapes; keys are `role|DxE|dtype|revR|initI|segS` as in
-`chunk_triton._chunk_pass`, plus `|few` for D or E = 256 with at most one program per SM; values (chunk C,
+`chunk_triton._chunk_pass`, plus `|few` for D or E >= 128 with at most one program per SM; values (chunk C,
 E-block BE, num_warps, num_stages). A user's own tuning results (`$TNL_CACHE_DIR/autotune/`) take precedence while
 they are still candidates; `TNL_AUTOTUNE=retune` ignores this table and tunes.
 """
@@ -47,6 +47,12 @@ TUNED: dict[str, dict[str, tuple[int, int, int, int]]] = {
         # there) not measured apart, their seg0 choice
         "fwd|256x128|bfloat16|rev0|init0|seg0|few": (32, 64, 8, 3),  # retuned 2026-11-24 (session 21)
         "dv|256x128|bfloat16|rev1|init0|seg0|few": (32, 64, 8, 3),  # retuned 2026-11-24 (session 21)
+        # D = E = 128 with at most one wave unsegmented (B=4, T=16384, H=16; B=8, T=4096, H=8), retuned 2026-11-24
+        # (session 21) with three stages, the four passes agreeing over three tuning rounds
+        "fwd|128x128|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 3),
+        "dq|128x128|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 3),
+        "dv|128x128|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 3),
+        "dk|128x128|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 3),
         "dq|128x256|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 2),
         "dk|128x256|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 2),
     },

@@ -199,7 +199,6 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(256, 128)).nseg == 1  # 128 programs
     assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).nseg == 4  # 64 programs
     assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(256, 128)).nseg == 8  # 32 programs
-    assert CT._large_tiles(256, 128) and CT._large_tiles(96, 192) and not CT._large_tiles(128, 128)
 
 
 def test_tiles_over_64_with_one_wave_are_tuned_apart(monkeypatch):

@@ -105,7 +105,7 @@ class _Plan:
             # (PREFIX: no state pass, scan or extra launch); at most one program per SM
             seg_len = _round_seg(_cdiv(t, 2))
         elif cu_seqlens is None and ((not small and 4 * units >= 3 * sms) or (small and 16 * units >= 7 * sms)):
-            # no state pass while the unsegmented programs fill enough of a wave. D or E >= 128: most of one (H100,
+            # no state pass while the unsegmented programs fill enough of a wave. D or E over 64: most of one (H100,
             # D=256, T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; D=128 there:
             # attention kernels 0.55 / 2.14 vs 0.59 / 2.10, and at the training shape (H=8, B=8, T=4k) 0.14 / 0.54
             # vs 0.16 / 0.55; at T=64k, B=1, D=256, 32 programs, 256 segmented beat 128: 5.1 vs 6.4 ms fwd+bwd).
@@ -338,10 +338,6 @@ def _dkdv_candidates(seg_len: int, fp32: bool) -> list[tuple]:
 
 def _small_tiles(dk: int, dv: int) -> bool:
     return _pow2(dk) <= 64 and _pow2(dv) <= 64
-
-
-def _large_tiles(dk: int, dv: int) -> bool:
-    return max(_pow2(dk), _pow2(dv)) >= 256
 
 
 def _fused_dkdv_enabled(dk: int, dv: int) -> bool:

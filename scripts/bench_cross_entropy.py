@@ -53,12 +53,13 @@ def grad_errors(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> tuple[floa
     h64, w64 = h.detach().double(), w.detach().double()
     dh = torch.empty_like(h64)
     dw = torch.zeros_like(w64)
-    for s in range(0, h.shape[0], 2048):
-        g = torch.softmax(h64[s : s + 2048] @ w64.t(), dim=-1)
-        g[torch.arange(g.shape[0], device=g.device), t[s : s + 2048]] -= 1.0
+    for start in range(0, h.shape[0], 2048):
+        rows = slice(start, start + 2048)
+        g = torch.softmax(h64[rows] @ w64.t(), dim=-1)
+        g[torch.arange(g.shape[0], device=g.device), t[rows]] -= 1.0
         g /= h.shape[0]
-        dh[s : s + 2048] = g @ w64
-        dw += g.t() @ h64[s : s + 2048]
+        dh[rows] = g @ w64
+        dw += g.t() @ h64[rows]
 
     def rel(a, b):
         return ((a.double() - b).norm() / b.norm()).item()

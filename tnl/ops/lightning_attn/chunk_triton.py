@@ -109,9 +109,8 @@ class _Plan:
             # D=256, T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; D=128 there:
             # attention kernels 0.55 / 2.14 vs 0.59 / 2.10, and at the training shape (H=8, B=8, T=4k) 0.14 / 0.54
             # vs 0.16 / 0.55; at T=64k, B=1, D=256, 32 programs, 256 segmented beat 128: 5.1 vs 6.4 ms fwd+bwd).
-            # D, E <= 64: above half of one
-            # (below, two PREFIX segments; with a state pass and a scan, segments lost at 64 programs: H100, D=64,
-            # B=4, T=16k fwd+bwd 1.21 ms unsegmented vs 1.39-1.50 in 2 or 4 segments)
+            # D, E <= 64: above half of one (below, two PREFIX segments; with a state pass and a scan, segments lost
+            # at 64 programs: H100, D=64, B=4, T=16k fwd+bwd 1.21 ms unsegmented vs 1.39-1.50 in 2 or 4 segments)
             seg_len = _round_seg(t)
         elif cu_seqlens is None:
             # whole waves: cut each sequence into floor(target / programs) segments (a partial extra wave costs more

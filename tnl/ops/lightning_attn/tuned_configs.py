@@ -2,7 +2,7 @@
 
 Measured by `autotune.pick` (do_bench medians over the candidates in chunk_triton.py) on the GPU named, with
 scripts/bench_attention.py and scripts/bench_train.py shapes; keys are `role|DxE|dtype|revR|initI|segS` as in
-`chunk_triton._chunk_pass`, plus `|few` for D or E >= 128 with at most one program per SM; values (chunk C,
+`chunk_triton._chunk_pass`, plus `|few` for D or E over 64 with at most one program per SM; values (chunk C,
 E-block BE, num_warps, num_stages). A user's own tuning results (`$TNL_CACHE_DIR/autotune/`) take precedence while
 they are still candidates; `TNL_AUTOTUNE=retune` ignores this table and tunes.
 """

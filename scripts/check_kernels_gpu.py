@@ -249,6 +249,13 @@ def main() -> int:
         lambda: check_case("fp32 varlen segmented seg=512", 1, 4000, 4, 2, 64, 64, f32, cu=cu, seg_len=512),
         lambda: check_case("bf16 B2 T2048 H8 grouped D=E=128", 2, 2048, 8, 4, 128, 128, bf),
         lambda: check_case("fp16 B2 T1024 H4 D=64 E=128", 2, 1024, 4, 4, 64, 128, torch.float16),
+        # one wave of long programs: the H100 table's TMA configs (D=128 every pass, D=256 forward and dv)
+        lambda: check_case("bf16 B4 T4097 H16 D=E=128 one wave (TMA), odd T", 4, 4097, 16, 16, 128, 128, bf),
+        lambda: check_case("bf16 B4 T4096 H16 grouped 16/4 D=E=128 one wave (TMA) SiLU folded", 4, 4096, 16, 4, 128,
+                           128, bf, silu=True),
+        lambda: check_case("bf16 B4 T4000 H16 D=256 E=128 one wave (TMA)", 4, 4000, 16, 16, 256, 128, bf),
+        lambda: check_case("bf16 B1 T20000 H16 D=256 E=128 segmented (TMA state and main passes)", 1, 20000, 16, 16,
+                           256, 128, bf),
     ]
     if not args.error_table_only:
         for case in cases[args.skip:]:

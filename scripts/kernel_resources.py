@@ -30,7 +30,8 @@ from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
 from tnl.ops.lightning_attn import triton_kernels as K  # noqa: E402
 
 _POINTERS = {"S_INIT": "*fp32", "PBUF": "*fp32", "S_OUT": "*fp32", "DECAY": "*fp32", "SEGS": "*i32"}
-_TENSORS = {"QR", "KR", "VR", "OUT", "XRAW", "Q", "K", "V", "DO", "DKO", "DVO"}  # in the input dtype
+_DESCRIPTORS = {"QD", "KD", "VD", "OD"}  # TMA descriptors in a TMA config, else pointers
+_TENSORS = {"QR", "KR", "VR", "OUT", "XRAW", "Q", "K", "V", "DO", "DKO", "DVO"} | _DESCRIPTORS  # in the input dtype
 _FLOATS = {"skv", "sout", "scale"}
 
 
@@ -41,6 +42,9 @@ def _signature(fn, constexprs: dict, dtype: str) -> dict:
             sig[name] = "constexpr"
         elif name in _POINTERS:
             sig[name] = _POINTERS[name]
+        elif name in _DESCRIPTORS and constexprs.get("TMA"):
+            width = constexprs["BD"] if name in ("QD", "KD") else constexprs["BE"]
+            sig[name] = f"tensordesc<{dtype}[1,{constexprs['C']},1,{width}]>"
         elif name in _TENSORS:
             sig[name] = f"*{dtype}"
         else:
@@ -85,21 +89,21 @@ def main() -> int:
     ap.add_argument("--dims", nargs="+", default=["128,128", "64,64", "256,128"])
     args = ap.parse_args()
     print(f"triton {triton.__version__}, sm_{args.arch}, bf16")
-    print(f"{'kernel':<22} {'D,E':>8} {'C,BE,warps,stages':>18}  resources")
+    print(f"{'kernel':<22} {'D,E':>8} {'C,BE,warps,stages':>18}  resources (',tma': TMA descriptors)")
     for dims in args.dims:
         d, e = (int(x) for x in dims.split(","))
         bd = CT._pow2(d)
         for role, reverse, act, dact in (("fwd", False, True, False), ("dq", False, False, True),
                                          ("dv", True, True, False)):
-            for c, be, w, s in CT._MAIN_CONFIGS:
+            for c, be, w, s, *tma in CT._MAIN_CONFIGS + CT._TMA_CONFIGS:
                 be = min(be, CT._pow2(e))
                 ce = dict(BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
                           STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32",
                           UPCAST=False, ACT_Q=act and not reverse, ACT_K=act, ACT_V=False, DACT=dact, P_T=False,
-                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=CT._prefix_chunk(c, False))
+                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=CT._prefix_chunk(c, False), TMA=bool(tma))
                 res = resources(K._chunk_kernel, ce, w, s, args.arch)
                 print(f"{'chunk ' + role + (' +silu' if act or dact else ''):<22} {dims:>8} "
-                      f"{f'{c},{be},{w},{s}':>18}  {res}", flush=True)
+                      f"{f'{c},{be},{w},{s}' + (',tma' if tma else ''):>18}  {res}", flush=True)
         if CT._pow2(d) * CT._pow2(e) <= CT._DKDV_MAX_TILE:
             for c, w, s in CT._DKDV_CONFIGS:
                 ce = dict(BD=bd, BE=CT._pow2(e), C=c, HAS_INIT=False, STORE_FINAL=False, IS_VARLEN=False,

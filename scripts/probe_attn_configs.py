@@ -8,6 +8,7 @@ memory access) loses the CUDA context, so the error surfaces later, at some othe
 config) runs forward + backward alone with CUDA_LAUNCH_BLOCKING=1 in its own process and is compared with the
 float64 blockwise reference: the table names the configs that fault or give wrong results. Shapes are
 B,T,H,D,E with an optional ",silu" (q and k activated inside the kernels, as the model does in eager mode).
+On sm_90+ the TMA variants (a fifth entry, 1) are probed too; with --misaligned they run through pointers.
 Without CUDA it runs under TRITON_INTERPRET=1 (one config: the interpreter's).
 """
 
@@ -87,7 +88,8 @@ def candidates(b: int, t: int, h: int, d: int, e: int, dtype: str, excluded: boo
     out = []
     for dk, dv in ((d, e), (e, d)):
         plan = ct._Plan(b, t, h, dv, None, dev, dims=(d, e))
-        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, plan.seg_len, dtype == "float32"):
+        for cfg in ct._candidates(ct._MAIN_CONFIGS, dk, dv, plan.seg_len, dtype == "float32",
+                                  tma=ct._tma_capable(dev)):
             if cfg not in out:
                 out.append(cfg)
     return out

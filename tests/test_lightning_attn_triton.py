@@ -219,9 +219,13 @@ def test_candidates_leave_out_miscompiled_configs(monkeypatch):
     inputs, on H100 and H200): no candidate list holds one, whatever E caps the E-block to, nor the shipped table."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     seen = 0
-    for (dk, dv), fp32 in itertools.product(((64, 64), (64, 32), (128, 128), (256, 128), (48, 16)), (False, True)):
-        cands = CT._candidates(CT._MAIN_CONFIGS, dk, dv, 16384, fp32)
-        assert cands and not any(c >= 64 and be <= 32 and w == 4 for c, be, w, _ in cands), (dk, dv)
+    for (dk, dv), fp32, tma in itertools.product(((64, 64), (64, 32), (128, 128), (256, 128), (48, 16)),
+                                                 (False, True), (False, True)):
+        cands = CT._candidates(CT._MAIN_CONFIGS, dk, dv, 16384, fp32, tma=tma)
+        assert cands and not any(c >= 64 and be <= 32 and w == 4 for c, be, w, *_ in cands), (dk, dv)
+        # TMA variants come last (untuned defaults unchanged), never for fp32 (3xTF32 compiles too slowly)
+        flags = [len(c) == 5 for c in cands]
+        assert flags == sorted(flags) and (any(flags) == (tma and not fp32)), (dk, dv, fp32, tma)
         seen += len(cands)
     assert seen > 20
     from tnl.ops.lightning_attn.tuned_configs import TUNED
@@ -341,6 +345,66 @@ def test_non_contiguous_inputs():
     q = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, T, H, D] view with H-major strides
     k = torch.randn(1, 24, 4, 32)[..., ::2]  # last-dim stride 2
     _check_all(q, k, v, decay, s0)
+
+
+@pytest.fixture
+def tma_launches(monkeypatch):
+    """Every pass runs the interpreter's config as a TMA config; returns the (rows, cols) of each descriptor built."""
+    monkeypatch.setattr(CT, "_INTERPRET_CONFIG", CT._INTERPRET_CONFIG + (1,))
+    monkeypatch.setattr(CT, "_CHOSEN", {})  # earlier tests' choices (the plain config) are remembered per key
+    made = []
+    real = CT._descriptor
+    monkeypatch.setattr(CT, "_descriptor", lambda x, rows, cols: made.append((rows, cols)) or real(x, rows, cols))
+    return made
+
+
+@pytest.mark.parametrize(
+    "case",
+    [  # B, T, H, Hkv, D, E, seg_len, SiLU folded
+        (2, 37, 4, 2, 16, 32, None, False),  # odd T (the last chunk runs past T), grouped heads, D != E
+        (1, 50, 2, 1, 48, 24, None, True),  # D and E below their tiles (zero-filled columns), SiLU folded
+        (2, 70, 2, 1, 16, 16, "32", False),  # 3 segments: the state pass reads through descriptors too
+        (2, 50, 2, 2, 32, 16, "32", True),  # 2 segments: PREFIX (its loop reads through pointers)
+    ],
+)
+def test_tma_configs_match_recurrence(case, tma_launches, scans, monkeypatch):
+    """The chunk loop's tiles through TMA descriptors (copy engine; zero fill outside the tensor instead of masks):
+    same outputs and gradients as the float64 recurrence, in both directions, with and without segments."""
+    b, t, h, hkv, d, e, seg, silu = case
+    if seg:
+        monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
+    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e)
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.6, initial_state=s0, output_final_state=True,
+                                        qk_activation="silu" if silu else None)
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    act = torch.nn.functional.silu if silu else (lambda x: x)
+    o_r, f_r = recurrence(act(ref[0]), act(ref[1]), ref[2], decay, 0.6, ref[3])
+    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
+    for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
+        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+    # q, k, v, o descriptors for the forward and each of the dq, dv, dk passes (plus k, v for state passes)
+    assert len(tma_launches) >= 16 and (16, 32 if d > 16 else 16) in tma_launches
+    assert len(scans) == (2 if seg and t > 2 * int(seg) else 0)
+
+
+def test_tma_config_runs_through_pointers_where_descriptors_cannot(tma_launches, monkeypatch):
+    """A TMA choice (shipped or cached) stays valid for any call: inputs off 16-byte alignment, varlen (a chunk may
+    cross a sequence end, which TMA cannot mask) and TNL_ATTN_TMA=0 run the same config through pointers."""
+    q, k, v, decay, s0 = _inputs(1, 24, 2, 2, 16, 16)
+    q, k, v = (torch.randn(x.numel() + 1)[1:].view(x.shape) for x in (q, k, v))  # 4 bytes past 16-byte boundaries
+    assert not CT._tma_ok(q) and CT._tma_ok(s0)
+    _check_all(q, k, v, decay, s0)  # every pass reads two of q, k, v
+    cu = torch.tensor([0, 5, 24], dtype=torch.int32)
+    _check_all(*_inputs(1, 24, 2, 2, 16, 16, n=2), cu=cu)
+    monkeypatch.setenv("TNL_ATTN_TMA", "0")
+    _check_all(*_inputs(1, 24, 2, 2, 16, 16))
+    assert tma_launches == []
+    monkeypatch.setenv("TNL_ATTN_TMA", "yes")
+    with pytest.raises(ValueError, match="TNL_ATTN_TMA='yes' is not 0 or 1"):
+        CT.triton_lightning_attn(*_inputs(1, 24, 2, 2, 16, 16)[:4])
 
 
 def test_low_precision_error():
@@ -555,7 +619,7 @@ def test_launch_tuning_compares_real_outputs(tmp_path, monkeypatch):
 def test_shipped_configs_are_kernel_candidates():
     from tnl.ops.lightning_attn.tuned_configs import TUNED
 
-    allowed = {tuple(c) for c in CT._MAIN_CONFIGS + CT._STATE_CONFIGS + CT._SMALL_CONFIGS}
+    allowed = {tuple(c) for c in CT._MAIN_CONFIGS + CT._STATE_CONFIGS + CT._SMALL_CONFIGS + CT._TMA_CONFIGS}
     for gpu, table in TUNED.items():
         assert table, gpu
         for key, cfg in table.items():
@@ -571,7 +635,7 @@ def test_launch_choice_made_once_per_shape_class(monkeypatch):
     time of small forward+backward calls on an H100); a new shape class still gets its own choice."""
     calls = []
     real = CT._candidates
-    monkeypatch.setattr(CT, "_candidates", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(CT, "_candidates", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     CT._CHOSEN.clear()
     q, k, v, decay, _ = _inputs(1, 40, 2, 2, 16, 16, state=False)
     o1 = CT.triton_lightning_attn(q, k, v, decay)[0]

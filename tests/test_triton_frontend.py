@@ -40,9 +40,14 @@ def build_ir(fn, pointers: dict[str, str], floats: set[str], constexprs: dict) -
     src.make_ir(*((target, *rest) if "target" in inspect.signature(src.make_ir).parameters else rest))
 
 
-def _chunk_pointers(dtype: str) -> dict[str, str]:
-    return {**{n: f"*{dtype}" for n in ("QR", "KR", "VR", "OUT", "XRAW")},
+def _chunk_pointers(dtype: str, tma: tuple[int, int, int] | None = None) -> dict[str, str]:
+    """Argument types; `tma` = (C, BD, BE): QD, KD, VD, OD are TMA descriptors of those blocks, else pointers."""
+    args = {**{n: f"*{dtype}" for n in ("QR", "KR", "VR", "OUT", "XRAW", "QD", "KD", "VD", "OD")},
             **{n: "*fp32" for n in ("S_INIT", "PBUF", "S_OUT", "DECAY")}, "SEGS": "*i32"}
+    if tma:
+        c, bd, be = tma
+        args |= {n: f"tensordesc<{dtype}[1,{c},1,{w}]>" for n, w in (("QD", bd), ("KD", bd), ("VD", be), ("OD", be))}
+    return args
 
 
 def _chunk_variants():
@@ -60,6 +65,12 @@ def _chunk_variants():
     yield dict(IS_VARLEN=True, SEGMENTED=True, HAS_INIT=True), "bf16"
     yield dict(BD=256, EARLY_UPDATE=True, SEGMENTED=True, PREFIX=True), "bf16"
     yield dict(PREC="tf32x3", SEGMENTED=True, PREFIX=True, PREFIX_C=128, HAS_INIT=True), "fp32"
+    # TMA descriptors in the chunk loop: forward with a prefix, reverse with SiLU' and transposed start states,
+    # the state-only pass, D=256
+    yield dict(TMA=True, SEGMENTED=True, PREFIX=True, HAS_INIT=True, ACT_Q=True, ACT_K=True), "bf16"
+    yield dict(TMA=True, REVERSE=True, SEGMENTED=True, P_T=True, DACT=True, HAS_INIT=True, INIT_SHIFT=1), "fp16"
+    yield dict(TMA=True, WRITE_O=False, SEGMENTED=True), "bf16"
+    yield dict(TMA=True, BD=256, EARLY_UPDATE=True), "bf16"
 
 
 @pytest.mark.parametrize("variant", list(_chunk_variants()), ids=lambda v: "-".join(
@@ -69,9 +80,10 @@ def test_chunk_kernel_variant_compiles(variant):
     constexprs = dict(BD=64, BE=64, C=64, REVERSE=False, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
                       STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32", UPCAST=False,
                       ACT_Q=False, ACT_K=False, ACT_V=False, DACT=False, P_T=False, EARLY_UPDATE=False, PREFIX=False,
-                      PREFIX_C=256)
+                      PREFIX_C=256, TMA=False)
     constexprs.update(extra)
-    build_ir(K._chunk_kernel, _chunk_pointers(dtype), {"skv", "sout"}, constexprs)
+    tma = (constexprs["C"], constexprs["BD"], constexprs["BE"]) if constexprs.get("TMA") else None
+    build_ir(K._chunk_kernel, _chunk_pointers(dtype, tma), {"skv", "sout"}, constexprs)
 
 
 @pytest.mark.parametrize("reverse,init,varlen", [(False, False, False), (True, True, False), (False, True, True)])

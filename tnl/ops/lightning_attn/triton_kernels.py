@@ -101,6 +101,31 @@ def _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_
 
 
 @triton.jit
+def _load_kv_chunk_tma(KD, VD, b, hk, hv, e0, offs_c, lo, hi, c, nc, C: tl.constexpr, BD: tl.constexpr,
+                       BE: tl.constexpr, REVERSE: tl.constexpr, UPCAST: tl.constexpr, ACT_K: tl.constexpr,
+                       ACT_V: tl.constexpr):
+    """`_load_kv_chunk` through TMA descriptors over [B, T, H, dim] (fixed-length plans only: a chunk crosses
+    no segment end but T, where the copy engine fills the rows and columns outside the tensor with zeros).
+    Returns (tokens in it, token mask, first token, k, v)."""
+    if REVERSE:
+        cs = lo + (nc - 1 - c) * C
+    else:
+        cs = lo + c * C
+    n = tl.minimum(C, hi - cs)
+    mt = offs_c < n
+    kk = KD.load([b, cs, hk, 0]).reshape(C, BD)
+    vv = VD.load([b, cs, hv, e0]).reshape(C, BE)
+    if UPCAST:
+        kk = kk.to(tl.float32)
+        vv = vv.to(tl.float32)
+    if ACT_K:
+        kk = _silu(kk)
+    if ACT_V:
+        vv = _silu(vv)
+    return n, mt, cs, kk, vv
+
+
+@triton.jit
 def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs_e, mask_d, mask_e, ls, skv,
                   t_start, t_end, T, C: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
                   UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
@@ -125,7 +150,7 @@ def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs
 
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _chunk_kernel(
-    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW,
+    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW, QD, KD, VD, OD,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
@@ -140,13 +165,15 @@ def _chunk_kernel(
     IS_VARLEN: tl.constexpr, SEGMENTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
     DACT: tl.constexpr = False, P_T: tl.constexpr = False, EARLY_UPDATE: tl.constexpr = False,
-    PREFIX: tl.constexpr = False, PREFIX_C: tl.constexpr = 16,
+    PREFIX: tl.constexpr = False, PREFIX_C: tl.constexpr = 16, TMA: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
     # P_T: PBUF holds segment start states built by another pass as [DV, DK] (the transpose of this pass's state).
     # PREFIX (fixed length): no state pass ran; each segment builds its start state from the tokens before it
     # (_prefix_state, in chunks of PREFIX_C) and stores it in PBUF for a later pass to read (P_T there).
+    # TMA (fixed length): the chunk loop's q, k, v tiles and o come through the tensor descriptors QD, KD, VD, OD
+    # (the copy engine; no address or mask registers), the rest through the pointers.
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -215,8 +242,14 @@ def _chunk_kernel(
             n_tok = n_tok * 0  # state-only pass: the last segment's contribution is never read
     nc = tl.cdiv(n_tok, C)
     for c in range(0, nc):
-        n, mt, t_idx, kk, vv = _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d,
-                                              mask_e, t_start, t_end, c, nc, C, REVERSE, UPCAST, ACT_K, ACT_V)
+        if TMA:
+            n, mt, cs, kk, vv = _load_kv_chunk_tma(KD, VD, b, h // GK, h // GV, pid_e * BE, offs_c, t_start, t_end,
+                                                   c, nc, C, BD, BE, REVERSE, UPCAST, ACT_K, ACT_V)
+            t_idx = (cs + offs_c).to(tl.int64)
+        else:
+            n, mt, t_idx, kk, vv = _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e,
+                                                  mask_d, mask_e, t_start, t_end, c, nc, C, REVERSE, UPCAST, ACT_K,
+                                                  ACT_V)
         shf = shift.to(tl.float32)
         if EARLY_UPDATE:
             # BD=256: the state update goes first; the output reads the chunk's start state from a copy in the
@@ -226,8 +259,11 @@ def _chunk_kernel(
         else:
             s_start = S
         if WRITE_O:
-            qq = tl.load(q_base + t_idx[:, None] * sq_t + offs_d[None, :] * sq_d,
-                         mask=mt[:, None] & mask_d[None, :], other=0.0)
+            if TMA:
+                qq = QD.load([b, cs, h // GQ, 0]).reshape(C, BD)
+            else:
+                qq = tl.load(q_base + t_idx[:, None] * sq_t + offs_d[None, :] * sq_d,
+                             mask=mt[:, None] & mask_d[None, :], other=0.0)
             if UPCAST:
                 qq = qq.to(tl.float32)
             if ACT_Q:
@@ -248,8 +284,11 @@ def _chunk_kernel(
                 xr = tl.load(x_base + t_idx[:, None] * sx_t + offs_e[None, :] * sx_d,
                              mask=mt[:, None] & mask_e[None, :], other=0.0)
                 o = o * _silu_grad(xr)
-            tl.store(o_base + t_idx[:, None] * so_t + offs_e[None, :] * so_d, o.to(OUT.dtype.element_ty),
-                     mask=mt[:, None] & mask_e[None, :])
+            if TMA:
+                OD.store([b, cs, h, pid_e * BE], o.to(OUT.dtype.element_ty).reshape(1, C, 1, BE))
+            else:
+                tl.store(o_base + t_idx[:, None] * so_t + offs_e[None, :] * so_d, o.to(OUT.dtype.element_ty),
+                         mask=mt[:, None] & mask_e[None, :])
         if not EARLY_UPDATE:
             S = _state_update(S, kk, vv, ls, n, shf, mt, offs_c, skv, REVERSE, PREC)
         shift = shift * 0

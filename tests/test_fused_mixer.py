@@ -41,12 +41,20 @@ else:
         return FM.gated_attention_output(qkvu, *acts, decay, w, heads, EPS, cu_seqlens=cu)
 
     @pytest.mark.parametrize("compiling", [False, True])  # the eager Function or the custom op
-    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48", "silu_in_kernels"])
+    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48", "silu_in_kernels", "tma"])
     def test_fused_output_matches_float64(case, compiling, monkeypatch):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         torch.manual_seed(0)
         b, t, heads, dh = 2, 37, 2, 16
         cu = None
+        made = []
+        if case == "tma":  # TMA descriptors over the packed q, k, v views and the packed gradient's slices
+            from tnl.ops.lightning_attn import chunk_triton as CT
+
+            monkeypatch.setattr(CT, "_INTERPRET_CONFIG", CT._INTERPRET_CONFIG + (1,))
+            monkeypatch.setattr(CT, "_CHOSEN", {})
+            real = CT._descriptor
+            monkeypatch.setattr(CT, "_descriptor", lambda x, r, c: made.append(x.shape) or real(x, r, c))
         if case == "segmented":
             monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
             t = 48
@@ -66,6 +74,7 @@ else:
         grads_ref = torch.autograd.grad(ref, ref_in, g)
         for got, want in zip(grads, grads_ref):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
+        assert (len(made) >= 16) == (case == "tma")  # forward, dq, dv and dk passes: four descriptors each
 
     def test_fused_output_bf16_close_to_float64():
         torch.manual_seed(1)

@@ -5,8 +5,9 @@ Times are triton.testing.do_bench medians (ms) of the forward and of forward+bac
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
     python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
-        [--methods tnl tnl_split tnl_fused fla lightning-attn sdpa]
-        (tnl: the default backward; tnl_split / tnl_fused force TNL_ATTN_BWD=split or fused)
+        [--methods tnl tnl_split tnl_fused tnl_ptr fla lightning-attn sdpa]
+        (tnl: the default backward; tnl_split / tnl_fused force TNL_ATTN_BWD=split or fused; tnl_ptr runs tnl's
+         configs without TMA descriptors, TNL_ATTN_TMA=0)
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
         [--kernels] (adds each method's GPU kernel time per fwd+bwd call, from the profiler: what the time would
                      be without host overhead; do_bench above it means the call is host-bound)
@@ -60,11 +61,11 @@ def make_fns(name, impls, b, t, d, e):
     """Returns (fwd_fn, leaves) or None when the method does not apply to this shape."""
     dev, dt = "cuda", torch.bfloat16
     decay = slopes(H).to(dev)
-    if name in ("tnl", "tnl_split", "tnl_fused", "fla"):
+    if name in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr", "fla"):
         q = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
-        if name in ("tnl", "tnl_split", "tnl_fused"):
+        if name in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr"):
             return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
         fla = impls["fla"]
         g_gamma = -decay
@@ -132,10 +133,14 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
 
 
 def measure(name, impls, b, t, d, e, host: bool = False, kernels: bool = False):
-    # TNL_ATTN_BWD is read at backward time: tnl = the default, tnl_split / tnl_fused force a form
+    # TNL_ATTN_BWD and TNL_ATTN_TMA are read at each launch: tnl = the defaults, tnl_split / tnl_fused force a
+    # backward form, tnl_ptr the pointer loads
     os.environ.pop("TNL_ATTN_BWD", None)
+    os.environ.pop("TNL_ATTN_TMA", None)
     if name in ("tnl_split", "tnl_fused"):
         os.environ["TNL_ATTN_BWD"] = name[4:]
+    if name == "tnl_ptr":
+        os.environ["TNL_ATTN_TMA"] = "0"
     torch.cuda.empty_cache()
     try:
         made = make_fns(name, impls, b, t, d, e)
@@ -196,7 +201,7 @@ def main() -> int:
     torch.manual_seed(0)
     impls = load_impls()
     warm_up_gpu()
-    methods = [m for m in args.methods if m in ("tnl", "tnl_split", "tnl_fused", "sdpa") or m in impls]
+    methods = [m for m in args.methods if m in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr", "sdpa") or m in impls]
     missing = [m for m in args.methods if m not in methods]
     device = torch.cuda.get_device_name()
     lines = []

@@ -80,6 +80,22 @@ def _check_all(q, k, v, decay, s0, scale=1.0, cu=None, tol=1e-5, grad=True):
         assert _rel(g, g_ref) < tol, f"d{name} {_rel(g, g_ref)}"
 
 
+def _check_silu_fold(q, k, v, decay, s0, silu: bool, scale: float = 0.6):
+    """o, final state and every gradient against the float64 recurrence, with SiLU on q and k folded into the
+    kernels when `silu`."""
+    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
+    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=scale, initial_state=s0, output_final_state=True,
+                                        qk_activation="silu" if silu else None)
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    act = torch.nn.functional.silu if silu else (lambda x: x)
+    o_r, f_r = recurrence(act(ref[0]), act(ref[1]), ref[2], decay, scale, ref[3])
+    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
+    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
+    for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
+        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+
+
 @pytest.mark.parametrize(
     "shape",
     [  # B, T, H, Hkv, D, E
@@ -310,18 +326,7 @@ def test_two_segments_build_their_start_states_in_the_main_pass(case, scans, mon
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
     monkeypatch.setenv("TNL_ATTN_BWD", bwd)
     assert CT._Plan(b, t, h, e, None, torch.device("cpu"), dims=(d, e)).prefix
-    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e)
-    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
-    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.6, initial_state=s0, output_final_state=True,
-                                        qk_activation="silu" if silu else None)
-    ref = [x.detach().double().requires_grad_() for x in leaves]
-    act = torch.nn.functional.silu if silu else (lambda x: x)
-    o_r, f_r = recurrence(act(ref[0]), act(ref[1]), ref[2], decay, 0.6, ref[3])
-    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
-    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
-    for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
-        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+    _check_silu_fold(*_inputs(b, t, h, hkv, d, e), silu)
     assert len(scans) == (1 if bwd == "fused" else 0)
 
 
@@ -373,18 +378,7 @@ def test_tma_configs_match_recurrence(case, tma_launches, scans, monkeypatch):
     b, t, h, hkv, d, e, seg, silu = case
     if seg:
         monkeypatch.setenv("TNL_ATTN_SEG_LEN", seg)
-    q, k, v, decay, s0 = _inputs(b, t, h, hkv, d, e)
-    leaves = [x.requires_grad_() for x in (q, k, v, s0)]
-    o, final = CT.triton_lightning_attn(q, k, v, decay, scale=0.6, initial_state=s0, output_final_state=True,
-                                        qk_activation="silu" if silu else None)
-    ref = [x.detach().double().requires_grad_() for x in leaves]
-    act = torch.nn.functional.silu if silu else (lambda x: x)
-    o_r, f_r = recurrence(act(ref[0]), act(ref[1]), ref[2], decay, 0.6, ref[3])
-    go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
-    grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
-    for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
-        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+    _check_silu_fold(*_inputs(b, t, h, hkv, d, e), silu)
     # q, k, v, o descriptors for the forward and each of the dq, dv, dk passes (plus k, v for state passes)
     assert len(tma_launches) >= 16 and (16, 32 if d > 16 else 16) in tma_launches
     assert len(scans) == (2 if seg and t > 2 * int(seg) else 0)

@@ -186,15 +186,19 @@ def _tma_capable(device: torch.device) -> bool:
     return _interpret() or (device.type == "cuda" and _cuda_properties(_cuda_index(device)).major >= 9)
 
 
-def _tma_ok(*xs: torch.Tensor) -> bool:
-    """Whether this call may run a TMA config through descriptors: Triton has them, TNL_ATTN_TMA is not 0, and the
-    [B, T, H, dim] tensors have 16-byte aligned bases and strides and unit stride along dim. Otherwise the same
-    config runs through pointers (so a shipped or cached TMA choice stays valid and nothing is re-tuned)."""
+def _tma_allowed() -> bool:
+    """TMA configs may use descriptors: Triton has them and TNL_ATTN_TMA is not 0 (checked on every pass, so a
+    bad value fails whichever config runs)."""
     mode = os.environ.get("TNL_ATTN_TMA", "1")
     if mode not in ("0", "1"):
         _fail(f"TNL_ATTN_TMA={mode!r} is not 0 or 1; unset it for the default (1: TMA where it was tuned in)")
-    if mode == "0" or TensorDescriptor is None:
-        return False
+    return mode == "1" and TensorDescriptor is not None
+
+
+def _tma_ok(*xs: torch.Tensor) -> bool:
+    """Whether TMA descriptors can address these [B, T, H, dim] tensors: 16-byte aligned bases and strides, unit
+    stride along dim. Where they cannot (or `_tma_allowed` says no) a TMA config runs through pointers, so a
+    shipped or cached TMA choice stays valid and nothing is re-tuned."""
     return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0
                and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1]) for x in xs)
 
@@ -311,11 +315,12 @@ def _chunk_pass(
     sx = xraw.stride() if dact is not None else (0, 0, 0, 0)
 
     tiles = (qr, kr, vr, out) if not state_only else (kr, vr)
-    tma_ok = not plan.varlen and _tma_ok(*tiles)
+    tma_allowed = _tma_allowed() and not plan.varlen
 
     def launch(cfg, write_o: bool):
         c, be, w, s, *rest = cfg
-        tma = bool(rest and rest[0]) and tma_ok
+        # the alignment check only for TMA configs: pointer configs (D=64, launch-bound) skip it
+        tma = bool(rest and rest[0]) and tma_allowed and _tma_ok(*tiles)
         grid = (_cdiv(dv, be), h, plan.g_total)
         if tma:
             kd, vd = _descriptor(kr, c, bd), _descriptor(vr, c, be)

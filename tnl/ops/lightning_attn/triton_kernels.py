@@ -74,22 +74,19 @@ def _state_update(S, kk, vv, ls, n, shf, mt, offs_c, skv, REVERSE: tl.constexpr,
 
 
 @triton.jit
-def _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d, mask_e, lo, hi, c, nc,
-                   C: tl.constexpr, REVERSE: tl.constexpr, UPCAST: tl.constexpr, ACT_K: tl.constexpr,
-                   ACT_V: tl.constexpr):
-    """Chunk c of nc over tokens [lo, hi) (from the end in reverse): (tokens in it, token mask, token indices, k, v),
-    k and v as the dots take them."""
+def _chunk_span(offs_c, lo, hi, c, nc, C: tl.constexpr, REVERSE: tl.constexpr):
+    """Chunk c of nc over tokens [lo, hi), from the end in reverse: (first token, tokens in it, token mask)."""
     if REVERSE:
         cs = lo + (nc - 1 - c) * C
     else:
         cs = lo + c * C
     n = tl.minimum(C, hi - cs)
-    mt = offs_c < n
-    t_idx = (cs + offs_c).to(tl.int64)
-    kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
-                 mask=mt[:, None] & mask_d[None, :], other=0.0)
-    vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
-                 mask=mt[:, None] & mask_e[None, :], other=0.0)
+    return cs, n, offs_c < n
+
+
+@triton.jit
+def _kv_operands(kk, vv, UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
+    """Loaded k and v tiles as the dots take them."""
     if UPCAST:  # the CPU interpreter cannot do bf16 arithmetic
         kk = kk.to(tl.float32)
         vv = vv.to(tl.float32)
@@ -97,6 +94,22 @@ def _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_
         kk = _silu(kk)
     if ACT_V:
         vv = _silu(vv)
+    return kk, vv
+
+
+@triton.jit
+def _load_kv_chunk(k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_c, offs_d, offs_e, mask_d, mask_e, lo, hi, c, nc,
+                   C: tl.constexpr, REVERSE: tl.constexpr, UPCAST: tl.constexpr, ACT_K: tl.constexpr,
+                   ACT_V: tl.constexpr):
+    """Chunk c of nc over tokens [lo, hi) (from the end in reverse): (tokens in it, token mask, token indices, k, v),
+    k and v as the dots take them."""
+    cs, n, mt = _chunk_span(offs_c, lo, hi, c, nc, C, REVERSE)
+    t_idx = (cs + offs_c).to(tl.int64)
+    kk = tl.load(k_base + t_idx[:, None] * sk_t + offs_d[None, :] * sk_d,
+                 mask=mt[:, None] & mask_d[None, :], other=0.0)
+    vv = tl.load(v_base + t_idx[:, None] * sv_t + offs_e[None, :] * sv_d,
+                 mask=mt[:, None] & mask_e[None, :], other=0.0)
+    kk, vv = _kv_operands(kk, vv, UPCAST, ACT_K, ACT_V)
     return n, mt, t_idx, kk, vv
 
 
@@ -107,21 +120,10 @@ def _load_kv_chunk_tma(KD, VD, b, hk, hv, e0, offs_c, lo, hi, c, nc, C: tl.const
     """`_load_kv_chunk` through TMA descriptors over [B, T, H, dim] (fixed-length plans only: a chunk crosses
     no segment end but T, where the copy engine fills the rows and columns outside the tensor with zeros).
     Returns (tokens in it, token mask, first token, k, v)."""
-    if REVERSE:
-        cs = lo + (nc - 1 - c) * C
-    else:
-        cs = lo + c * C
-    n = tl.minimum(C, hi - cs)
-    mt = offs_c < n
+    cs, n, mt = _chunk_span(offs_c, lo, hi, c, nc, C, REVERSE)
     kk = KD.load([b, cs, hk, 0]).reshape(C, BD)
     vv = VD.load([b, cs, hv, e0]).reshape(C, BE)
-    if UPCAST:
-        kk = kk.to(tl.float32)
-        vv = vv.to(tl.float32)
-    if ACT_K:
-        kk = _silu(kk)
-    if ACT_V:
-        vv = _silu(vv)
+    kk, vv = _kv_operands(kk, vv, UPCAST, ACT_K, ACT_V)
     return n, mt, cs, kk, vv
 
 

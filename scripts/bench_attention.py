@@ -34,6 +34,7 @@ from tnl.ops.lightning_attn.chunk_triton import triton_lightning_attn  # noqa: E
 
 TOKENS = 65536
 H = 16
+TNL_METHODS = ("tnl", "tnl_split", "tnl_fused", "tnl_ptr")  # tnl's kernel under different settings
 
 
 def slopes(h: int) -> torch.Tensor:
@@ -61,11 +62,11 @@ def make_fns(name, impls, b, t, d, e):
     """Returns (fwd_fn, leaves) or None when the method does not apply to this shape."""
     dev, dt = "cuda", torch.bfloat16
     decay = slopes(H).to(dev)
-    if name in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr", "fla"):
+    if name in (*TNL_METHODS, "fla"):
         q = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
-        if name in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr"):
+        if name in TNL_METHODS:
             return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
         fla = impls["fla"]
         g_gamma = -decay
@@ -201,7 +202,7 @@ def main() -> int:
     torch.manual_seed(0)
     impls = load_impls()
     warm_up_gpu()
-    methods = [m for m in args.methods if m in ("tnl", "tnl_split", "tnl_fused", "tnl_ptr", "sdpa") or m in impls]
+    methods = [m for m in args.methods if m in (*TNL_METHODS, "sdpa") or m in impls]
     missing = [m for m in args.methods if m not in methods]
     device = torch.cuda.get_device_name()
     lines = []

@@ -254,8 +254,12 @@ def main() -> int:
         lambda: check_case("bf16 B4 T4096 H16 grouped 16/4 D=E=128 one wave (TMA) SiLU folded", 4, 4096, 16, 4, 128,
                            128, bf, silu=True),
         lambda: check_case("bf16 B4 T4000 H16 D=256 E=128 one wave (TMA)", 4, 4000, 16, 16, 256, 128, bf),
-        lambda: check_case("bf16 B1 T20000 H16 D=256 E=128 segmented (TMA state and main passes)", 1, 20000, 16, 16,
-                           256, 128, bf),
+        lambda: check_case("bf16 B1 T20000 H16 D=256 E=128 segmented (TMA; state pass split in 4, partial last)", 1,
+                           20000, 16, 16, 256, 128, bf),
+        # one wave of segments whose state pass is cut into sub-segments (R=2 with odd T; R=4 at the benchmark's 64k)
+        lambda: check_case("fp32 B1 T30001 H16 D=E=128 init, state pass split in 2, odd T", 1, 30001, 16, 16, 128, 128,
+                           f32),
+        lambda: check_case("bf16 B1 T65536 H16 D=E=128 state pass split in 4", 1, 65536, 16, 16, 128, 128, bf),
     ]
     if not args.error_table_only:
         for case in cases[args.skip:]:

@@ -199,7 +199,7 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     cpu = torch.device("cpu")
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 128 programs
     assert CT._Plan(8, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 1  # 128 programs: most of a wave
-    assert CT._Plan(4, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 4  # 64 programs: 256 segmented
+    assert CT._Plan(4, 8192, 16, 64, None, cpu, dims=(128, 128)).nseg == 2  # 64 programs: 128 segmented
     assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).nseg == 8
     # 64 and 48 programs: two segments, the second building its start state in the main pass (PREFIX)
     for b in (4, 3):
@@ -208,13 +208,21 @@ def test_plan_segments_small_tiles_less(monkeypatch):
     assert CT._Plan(5, 16384, 16, 64, None, cpu, dims=(64, 64)).nseg == 1  # 80 programs: over half a wave
     assert not CT._Plan(8, 8192, 16, 128, None, cpu, dims=(128, 128)).prefix  # larger tiles: state pass + scan
     assert not CT._Plan(2, 40, 4, 16, torch.tensor([0, 30, 80], dtype=torch.int32), cpu, dims=(16, 16)).prefix  # varlen
-    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 8  # 2 E-blocks x 16 heads x 8 = 256 programs
-    # D or E > 64: no segments while the unsegmented programs fill most of a wave; below, two per SM
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).nseg == 4  # 2 E-blocks x 16 heads x 4 = 128 programs
+    # D or E > 64: no segments while the unsegmented programs fill most of a wave; below, one wave of segments
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 1  # 128 programs
-    assert CT._Plan(2, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 4  # 64 programs
+    assert CT._Plan(2, 16384, 16, 128, None, cpu, dims=(128, 128)).nseg == 2  # 64 programs
     assert CT._Plan(4, 16384, 16, 128, None, cpu, dims=(256, 128)).nseg == 1  # 128 programs
-    assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).nseg == 4  # 64 programs
-    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(256, 128)).nseg == 8  # 32 programs
+    assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).nseg == 2  # 64 programs
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(256, 128)).nseg == 4  # 32 programs
+    # varlen plans over 64 still aim at two programs per SM
+    cu = torch.tensor([0, 30000, 65536], dtype=torch.int32)
+    assert CT._Plan(1, 65536, 16, 128, cu, cpu, dims=(128, 128)).seg_len == 8192  # 2 x 65,536 x 16 / 264 rounded
+    # the state pass cuts finer until about 3 programs per SM have tokens to read, within 16 sub-segments per row
+    assert CT._Plan(1, 65536, 16, 128, None, cpu, dims=(128, 128)).state_split == 4  # 3 x 4 x 32 = 384 programs
+    assert CT._Plan(2, 32768, 16, 128, None, cpu, dims=(256, 128)).state_split == 8  # 2 x 1 x 8 x 32 = 512
+    assert CT._Plan(1, 65536, 16, 64, None, cpu, dims=(64, 64)).state_split == 2  # 8 segments: 16 sub-segments
+    assert CT._Plan(4, 16384, 16, 64, None, cpu, dims=(64, 64)).state_split == 1  # PREFIX: no state pass
 
 
 def test_tiles_over_64_with_one_wave_are_tuned_apart(monkeypatch):
@@ -308,6 +316,46 @@ def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypa
     q, k, v, decay, s0 = _inputs(1, 256, 1, 1, 16, 80)
     _check_all(q, k, v, decay, s0, scale=0.3)
     assert len(scans) == 1 + 1  # forward (reused by dq) and dv (reused by dk)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [  # B, T, H, Hkv, D, E, segment length, sub-segments per segment, backward form
+        (2, 70, 2, 1, 32, 16, 32, 2, "split"),  # grouped heads, D != E; the last segment is 6 tokens
+        (1, 150, 2, 2, 16, 48, 64, 4, "split"),  # E > D; the last segment's second sub-segment is partial
+        (2, 100, 2, 2, 16, 16, 32, 2, "fused"),  # the fused dK/dV pass's state pass splits too
+    ],
+)
+def test_state_pass_split_into_sub_segments(case, scans, monkeypatch):
+    """A state-only pass with too few programs cuts each segment into sub-segments; the scan chains them and writes
+    only the segment start states (initial state and dfinal entering at either end)."""
+    b, t, h, hkv, d, e, seg, r, bwd = case
+    monkeypatch.setenv("TNL_ATTN_SEG_LEN", str(seg))
+    monkeypatch.setenv("TNL_ATTN_BWD", bwd)
+    monkeypatch.setattr(CT, "_SEG_ALIGN", 16)
+    monkeypatch.setattr(CT, "_MIN_STATE_SUB", 16)
+    monkeypatch.setattr(CT, "_STATE_PROGRAMS_PER_SM", 64)
+    plan = CT._Plan(b, t, h, e, None, torch.device("cpu"), dims=(d, e))
+    assert (plan.nseg, plan.state_split, plan.prefix) == (-(-t // seg), r, False)
+    launches = []
+    real = CT._k._chunk_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def go(*args, **kw):
+                launches.append((grid[2], kw["WRITE_O"]))
+                return real[grid](*args, **kw)
+            return go
+
+    monkeypatch.setattr(CT._k, "_chunk_kernel", Spy())
+    keys = []
+    tuned = CT._launch_tuned
+    monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or tuned(device, key, *a))
+    _check_all(*_inputs(b, t, h, hkv, d, e), scale=0.8)
+    assert len(scans) == 2  # forward (S, reused by dq) and the dv pass's R
+    assert sorted(x.split("|")[3] for x in keys if x.startswith("state|") and x.endswith("|sub")) == ["rev0", "rev1"]
+    state_grids = [g for g, write_o in launches if not write_o]
+    assert state_grids and all(g == b * -(-t // (seg // r)) for g in state_grids)
 
 
 @pytest.mark.parametrize(
@@ -620,7 +668,7 @@ def test_shipped_configs_are_kernel_candidates():
             role, dims, dtype, rev, init, seg, *suffix = key.split("|")
             assert role in ("fwd", "dq", "dk", "dv", "state") and dtype in ("bfloat16", "float16", "float32")
             assert [int(x) for x in dims.split("x")] and rev[:3] == "rev" and init[:4] == "init" and seg[:3] == "seg"
-            assert suffix in ([], ["few"]), key
+            assert suffix in ([], ["few"]) or (role == "state" and suffix == ["sub"]), key
             assert tuple(cfg) in allowed or (cfg[0], min(cfg[1], 64), cfg[2], cfg[3]) in allowed, (key, cfg)
 
 

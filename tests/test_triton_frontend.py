@@ -88,7 +88,7 @@ def test_chunk_kernel_variant_compiles(variant):
 
 @pytest.mark.parametrize("reverse,init,varlen", [(False, False, False), (True, True, False), (False, True, True)])
 def test_scan_kernel_compiles(reverse, init, varlen):
-    build_ir(K._scan_kernel, {n: "*fp32" for n in ("PBUF", "S_INIT", "DECAY")} | {"SEQINFO": "*i32"}, set(),
+    build_ir(K._scan_kernel, {n: "*fp32" for n in ("SUB", "PBUF", "S_INIT", "DECAY")} | {"SEQINFO": "*i32"}, set(),
              dict(BD=64, BE=64, REVERSE=reverse, HAS_INIT=init, INIT_SHIFT=int(reverse and init), IS_VARLEN=varlen))
 
 

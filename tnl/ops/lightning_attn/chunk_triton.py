@@ -91,6 +91,24 @@ def _round_seg(n: int) -> int:
     return max(_MIN_SEG, _cdiv(n, _SEG_ALIGN) * _SEG_ALIGN)
 
 
+# The state-only pass cuts segments into R sub-segments (the scan chains them) until it has this many programs per
+# SM with work: one program streams its tokens chunk after chunk, bound by each step's latency, so one per SM reads
+# k and v far below HBM bandwidth (H100, D=E=128, B=2, T=32k, 64 of them: 0.16 ms for 134 MB, 0.84 TB/s).
+# Each sub-segment is one serial step of the scan (about a microsecond): at most _MAX_STATE_SUBS per sequence, of at
+# least _MIN_STATE_SUB tokens.
+_STATE_PROGRAMS_PER_SM, _MIN_STATE_SUB, _MAX_STATE_SUBS = 3, 1024, 16
+
+
+def _state_split(seg_len: int, nseg: int, working_programs: int, sms: int) -> int:
+    """Sub-segments per segment for the state-only pass (a power of two; 1: no split). `working_programs`: its
+    programs that have tokens to read at R = 1 (all but the last segment's)."""
+    r = 1
+    while (working_programs * r < _STATE_PROGRAMS_PER_SM * sms and seg_len % (2 * r * _SEG_ALIGN) == 0
+           and seg_len // (2 * r) >= _MIN_STATE_SUB and nseg * 2 * r <= _MAX_STATE_SUBS):
+        r *= 2
+    return r
+
+
 class _Plan:
     """How sequences are cut into segments; shared by every pass of one call."""
 
@@ -104,7 +122,10 @@ class _Plan:
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
         # and v); larger tiles are latency-bound per chunk and want two per SM once they segment at all.
         sms = _num_sms(device)
-        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small else 2) * sms
+        # fixed-length plans over 64 fill one wave too: one program per SM with its `|few` configs (TMA, 3 stages),
+        # and a state pass split finer (`_state_split`), beat two per SM (H100, D=E=128, T=64k, B=1: fwd kernels
+        # 0.583 vs 0.621 ms, fwd+bwd 2.76 vs 2.93; T=32k: 0.569 vs 0.605; D=256 x E=128, T=64k: 1.017 vs 1.051)
+        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small or cu_seqlens is None else 2) * sms
         eblocks = _cdiv(dv, 64)  # E-blocks of 64 per (row, head)
         units = b * h * eblocks  # unsegmented programs
         if env:
@@ -117,7 +138,7 @@ class _Plan:
             # no state pass while the unsegmented programs fill enough of a wave. D or E over 64: most of one (H100,
             # D=256, T=16k, B=4, 128 programs: 1.19 / 3.94 ms fwd / fwd+bwd vs 1.40 / 4.41 cut into 256; D=128 there:
             # attention kernels 0.55 / 2.14 vs 0.59 / 2.10, and at the training shape (H=8, B=8, T=4k) 0.14 / 0.54
-            # vs 0.16 / 0.55; at T=64k, B=1, D=256, 32 programs, 256 segmented beat 128: 5.1 vs 6.4 ms fwd+bwd).
+            # vs 0.16 / 0.55).
             # D, E <= 64: above half of one (below, two PREFIX segments; with a state pass and a scan, segments lost
             # at 64 programs: H100, D=64, B=4, T=16k fwd+bwd 1.21 ms unsegmented vs 1.39-1.50 in 2 or 4 segments)
             seg_len = _round_seg(t)
@@ -132,12 +153,15 @@ class _Plan:
         self.varlen = cu_seqlens is not None
         self.segs = self.seqinfo = None
         self.prefix = False
+        self.state_split = 1  # sub-segments per segment in the state-only pass (fixed length)
         if cu_seqlens is None:
             self.n = b
             self.nseg = _cdiv(t, seg_len)
             self.g_total = b * self.nseg
             self.segmented = self.nseg > 1
             self.prefix = small and 1 < self.nseg <= _PREFIX_MAX_SEGS
+            if self.segmented and not self.prefix:
+                self.state_split = _state_split(seg_len, self.nseg, b * (self.nseg - 1) * h * eblocks, sms)
         else:
             bounds = cu_seqlens.tolist()
             self.n = len(bounds) - 1
@@ -317,11 +341,20 @@ def _chunk_pass(
     tiles = (qr, kr, vr, out) if not state_only else (kr, vr)
     tma_allowed = _tma_allowed() and not plan.varlen
 
+    # the state-only pass may cut each segment into sub-segments (plan.state_split): (programs per head, their
+    # length, per sequence); the main pass runs the plan's segments
+    r = plan.state_split
+    cuts = {True: (plan.g_total, plan.seg_len, plan.nseg)}
+    cuts[False] = (plan.n * _cdiv(t, plan.seg_len // r), plan.seg_len // r, _cdiv(t, plan.seg_len // r)) if r > 1 \
+        else cuts[True]
+    sub = None  # the sub-segments' contributions when split (else they go into pbuf, chained in place)
+
     def launch(cfg, write_o: bool):
         c, be, w, s, *rest = cfg
         # the alignment check only for TMA configs: pointer configs (D=64, launch-bound) skip it
         tma = bool(rest and rest[0]) and tma_allowed and _tma_ok(*tiles)
-        grid = (_cdiv(dv, be), h, plan.g_total)
+        g_total, seg_len, nseg = cuts[write_o]
+        grid = (_cdiv(dv, be), h, g_total)
         if tma:
             kd, vd = _descriptor(kr, c, bd), _descriptor(vr, c, be)
             qd, od = (_descriptor(qr, c, bd), _descriptor(out, c, be)) if write_o else (kd, vd)
@@ -329,10 +362,11 @@ def _chunk_pass(
             qd = kd = vd = od = None
         _k._chunk_kernel[grid](
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
-            (final if write_o else pbuf) if (final is not None or not write_o) else decay, decay, segs, xraw,
+            (final if write_o else (sub if sub is not None else pbuf)) if (final is not None or not write_o)
+            else decay, decay, segs, xraw,
             qd, kd, vd, od,
             *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
-            t, h, gq, gk, gv, gx, dk, dv, plan.seg_len, plan.nseg, skv, sout,
+            t, h, gq, gk, gv, gx, dk, dv, seg_len, nseg, plan.seg_len, skv, sout,
             BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=has_init and write_o,
             INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
             FINAL_DECAY=final_decay,
@@ -343,21 +377,27 @@ def _chunk_pass(
         )
 
     def run(configs, write_o: bool, tag: str):
+        g_total, seg_len, _ = cuts[write_o]
+        # a state pass cut into sub-segments has several short programs per SM: tuned apart
+        suffix = plan.key_suffix if write_o or r == 1 else "|sub"
         key = (f"{tag}|{dk}x{dv}|{dtype_tag}|rev{int(reverse)}|init{int(has_init)}|seg{int(plan.segmented)}"
-               + plan.key_suffix)
-        written = ([out] + ([final] if final is not None else [])) if write_o else [pbuf]
-        _launch_tuned(out.device, key, plan.seg_len,
-                      lambda: _candidates(configs, dk, dv, plan.seg_len, qr.dtype == torch.float32,
+               + suffix)
+        written = ([out] + ([final] if final is not None else [])) if write_o else [sub if sub is not None else pbuf]
+        _launch_tuned(out.device, key, seg_len,
+                      lambda: _candidates(configs, dk, dv, seg_len, qr.dtype == torch.float32,
                                           tma=_tma_capable(out.device)),
                       lambda cfg: launch(cfg, write_o), lambda: written, qr.dtype == torch.float32)
 
     if plan.segmented and starts_t is None and not prefix:
+        nsub = cuts[False][2]
+        if r > 1:
+            sub = torch.empty(plan.n * nsub, h, dk, dv, device=out.device, dtype=torch.float32)
         run(_STATE_CONFIGS, False, "state")
         bde, bee = min(bd, 64), min(_pow2(dv), 64)
         grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
         _k._scan_kernel[grid](
-            pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
-            t, h, dk, dv, plan.seg_len, plan.nseg,
+            sub if sub is not None else pbuf, pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
+            t, h, dk, dv, cuts[False][1], nsub, plan.nseg, r,
             BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
             IS_VARLEN=plan.varlen, num_warps=4,
         )
@@ -525,10 +565,12 @@ def _backward_plans(b: int, t: int, h: int, d: int, e: int, cu_seqlens: torch.Te
     each building its own (a state pass over two tensors and a scan each; D=256, E=128, T=64k, B=1 cut at 16k
     and 8k before)."""
     plan_e = _Plan(b, t, h, e, cu_seqlens, device, dims=(d, e))
-    plan_d = _Plan(b, t, h, d, cu_seqlens, device, dims=(d, e)) if d != e else plan_e
-    if plan_d.segmented and plan_e.segmented:
-        plan_d = plan_e
-    return plan_d, plan_e
+    if plan_e.segmented or d == e:
+        # the forward's cut gives dq and dk their start states for free, even where their own plan would not cut
+        # (H100, D=256 x E=128, B=2, T=32k: 128 unsegmented dq/dk programs of 32k tokens, one per SM, 4.5 ms
+        # fwd+bwd against 3.3 at T=16k)
+        return plan_e, plan_e
+    return _Plan(b, t, h, d, cu_seqlens, device, dims=(d, e)), plan_e
 
 
 def _bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,

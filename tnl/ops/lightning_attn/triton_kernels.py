@@ -9,7 +9,8 @@ chunk with the D x BE state P in registers:
 
 Roles: out = (q, k, v); dq = (do, v, k); dk = (v, do, q) reversed; dv = (k, q, do) reversed.
 Long sequences are cut into segments: a state-only pass (WRITE_O=False) gives each segment's
-contribution, `_scan_kernel` chains them into start states, then the main pass runs in parallel.
+contribution (or each sub-segment's: that pass may cut finer, so it has enough programs to stream k and v at
+bandwidth), `_scan_kernel` chains them into start states, then the main pass runs in parallel.
 """
 
 import triton
@@ -18,7 +19,7 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 # Lengths change from call to call (eval windows, stream chunks, varlen): without this, every new T % 16 or
 # segment count compiles another variant (2-5 s each on an H100). They only enter masks and loop bounds.
-_LENGTH_ARGS = ["T", "SEG_LEN", "NSEG"]
+_LENGTH_ARGS = ["T", "SEG_LEN", "NSEG", "KEEP_LEN", "SUB_LEN", "NSUB", "R"]
 
 
 @triton.jit
@@ -159,7 +160,7 @@ def _chunk_kernel(
     so_b, so_t, so_h, so_d,
     si_n, si_h, si_r, si_c,
     sx_b, sx_t, sx_h, sx_d,
-    T, H, GQ, GK, GV, GX, DK, DV, SEG_LEN, NSEG,
+    T, H, GQ, GK, GV, GX, DK, DV, SEG_LEN, NSEG, KEEP_LEN,
     skv, sout,
     BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
     REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr,
@@ -176,6 +177,7 @@ def _chunk_kernel(
     # (_prefix_state, in chunks of PREFIX_C) and stores it in PBUF for a later pass to read (P_T there).
     # TMA (fixed length): the chunk loop's q, k, v tiles and o come through the tensor descriptors QD, KD, VD, OD
     # (the copy engine; no address or mask registers), the rest through the pointers.
+    # KEEP_LEN (state-only, fixed length): the main pass's segment length; SEG_LEN may be a sub-segment of it.
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -240,8 +242,15 @@ def _chunk_kernel(
 
     n_tok = t_end - t_start
     if not WRITE_O:
-        if ends:
-            n_tok = n_tok * 0  # state-only pass: the last segment's contribution is never read
+        # state-only pass: contributions inside the main pass's last segment (the first in reverse) are never read
+        if IS_VARLEN:
+            unused = ends
+        elif REVERSE:
+            unused = t_end <= KEEP_LEN
+        else:
+            unused = t_start >= ((T - 1) // KEEP_LEN) * KEEP_LEN
+        if unused:
+            n_tok = n_tok * 0
     nc = tl.cdiv(n_tok, C)
     for c in range(0, nc):
         if TMA:
@@ -309,13 +318,15 @@ def _chunk_kernel(
 
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _scan_kernel(
-    PBUF, S_INIT, DECAY, SEQINFO,
+    SUB, PBUF, S_INIT, DECAY, SEQINFO,
     si_n, si_h, si_r, si_c,
-    T, H, DK, DV, SEG_LEN, NSEG,
+    T, H, DK, DV, SUB_LEN, NSUB, NSEG, R,
     BD: tl.constexpr, BE: tl.constexpr,
     REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """Chain segment contributions into start states, in place: slot k gets the state after segment k."""
+    """Chain the contributions of sub-segments (SUB; R per segment, of SUB_LEN tokens) into segment start states:
+    PBUF slot k gets the state after segment k (in reverse: from the sequence's end through segment k). With R = 1,
+    SUB may be PBUF itself (chained in place); varlen plans have R = 1."""
     pid_e = tl.program_id(0)
     pid_d = tl.program_id(1)
     nh = tl.program_id(2)
@@ -325,13 +336,18 @@ def _scan_kernel(
         g0 = tl.load(SEQINFO + n * 3)
         ns = tl.load(SEQINFO + n * 3 + 1)
         seq_len = tl.load(SEQINFO + n * 3 + 2)
+        s0 = g0
+        nsub = ns
     else:
         g0 = n * NSEG
         ns = NSEG
         seq_len = T
+        s0 = n * NSUB
+        nsub = NSUB
     ls = tl.load(DECAY + h).to(tl.float32) * LOG2E
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_e = pid_e * BE + tl.arange(0, BE)
+    tile = offs_d[:, None] * DV + offs_e[None, :]
     mask_s = (offs_d < DK)[:, None] & (offs_e < DV)[None, :]
     P = tl.zeros([BD, BE], dtype=tl.float32)
     shift = tl.full([], 0, tl.int32)
@@ -339,15 +355,27 @@ def _scan_kernel(
         p = S_INIT + n.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
         P = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
         shift = tl.full([], INIT_SHIFT, tl.int32)
-    for i in range(0, ns - 1):
+    # forward: sub-segments 0 .. (ns-1) R - 1 (all before the last segment); reverse: nsub - 1 down to R
+    if REVERSE:
+        steps = nsub - R
+    else:
+        steps = (ns - 1) * R
+    for i in range(0, steps):
         if REVERSE:
-            k = ns - 1 - i
+            k = nsub - 1 - i
         else:
             k = i
-        ln = tl.minimum(SEG_LEN, seq_len - k * SEG_LEN)
-        p = PBUF + ((g0 + k).to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :]
+        ln = tl.minimum(SUB_LEN, seq_len - k * SUB_LEN)
+        p = SUB + ((s0 + k).to(tl.int64) * H + h) * DK * DV + tile
         P = P * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0)
-        tl.store(p, P, mask=mask_s)
+        if REVERSE:
+            slot = k // R
+            done = k % R == 0  # P covers the segment's first sub-segment and all after it
+        else:
+            slot = (k + 1) // R - 1
+            done = (k + 1) % R == 0
+        if done:
+            tl.store(PBUF + ((g0 + slot).to(tl.int64) * H + h) * DK * DV + tile, P, mask=mask_s)
         shift = shift * 0
 
 

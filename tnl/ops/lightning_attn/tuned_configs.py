@@ -2,7 +2,8 @@
 
 Measured by `autotune.pick` (do_bench medians over the candidates in chunk_triton.py) on the GPU named, with
 scripts/bench_attention.py and scripts/bench_train.py shapes; keys are `role|DxE|dtype|revR|initI|segS` as in
-`chunk_triton._chunk_pass`, plus `|few` for D or E over 64 with at most one program per SM; values (chunk C,
+`chunk_triton._chunk_pass`, plus `|few` for D or E over 64 with at most one program per SM (`|sub` for a state
+pass cut into sub-segments); values (chunk C,
 E-block BE, num_warps, num_stages[, 1: the chunk loop's tiles through TMA descriptors]). A user's own tuning
 results (`$TNL_CACHE_DIR/autotune/`) take precedence while they are still candidates; `TNL_AUTOTUNE=retune`
 ignores this table and tunes.
@@ -56,5 +57,21 @@ TUNED: dict[str, dict[str, tuple[int, ...]]] = {
         "dk|128x128|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 3, 1),
         "dq|128x256|bfloat16|rev0|init0|seg0|few": (64, 64, 4, 2),
         "dk|128x256|bfloat16|rev1|init0|seg0|few": (64, 64, 4, 2),
+        # one wave of segments (T=32k and 64k at B*T=65,536, H=16), tuned on first use on 2026-11-25 (session 23)
+        "fwd|128x128|bfloat16|rev0|init0|seg1|few": (64, 64, 4, 3, 1),
+        "dq|128x128|bfloat16|rev0|init0|seg1|few": (64, 64, 4, 3, 1),
+        "dv|128x128|bfloat16|rev1|init0|seg1|few": (64, 64, 4, 3, 1),
+        "dk|128x128|bfloat16|rev1|init0|seg1|few": (64, 64, 4, 3, 1),
+        "fwd|256x128|bfloat16|rev0|init0|seg1|few": (64, 64, 8, 3, 1),
+        "dv|256x128|bfloat16|rev1|init0|seg1|few": (64, 64, 8, 3, 1),
+        "dq|128x256|bfloat16|rev0|init0|seg1|few": (64, 64, 4, 2),
+        "dk|128x256|bfloat16|rev1|init0|seg1|few": (64, 64, 4, 2),
+        # state passes cut into sub-segments (`|sub`: 192-512 programs of 2k-4k tokens at T=32k/64k), session 23
+        "state|128x128|bfloat16|rev0|init0|seg1|sub": (64, 64, 4, 2, 1),
+        "state|128x128|bfloat16|rev1|init0|seg1|sub": (32, 64, 8, 3, 1),
+        "state|256x128|bfloat16|rev0|init0|seg1|sub": (64, 64, 8, 3, 1),
+        "state|256x128|bfloat16|rev1|init0|seg1|sub": (64, 64, 8, 3, 1),
+        "state|64x64|bfloat16|rev0|init0|seg1|sub": (64, 64, 8, 3, 1),
+        "state|64x64|bfloat16|rev1|init0|seg1|sub": (128, 64, 8, 2, 1),
     },
 }

@@ -494,6 +494,12 @@ def test_bad_input_one_line_error(monkeypatch):
         CT.triton_lightning_attn(torch.randn(1, 4, 1, 300), torch.randn(1, 4, 1, 300), v[:, :4, :1], decay[:1])
     with pytest.raises(ValueError, match="state must be float32"):
         CT.triton_lightning_attn_decode(q[:, 0], k[:, 0], v[:, 0], decay, torch.zeros(1, 2, 16, 16).half())
+    for name, bad in (("TNL_ATTN_SEG_LEN", "100"), ("TNL_ATTN_SEG_LEN", "-32"), ("TNL_ATTN_PROGRAMS", "x")):
+        with monkeypatch.context() as m:
+            m.setenv(name, bad)
+            with pytest.raises(ValueError, match=f"{name}='{bad}' is not a positive integer") as info:
+                CT.triton_lightning_attn(q, k, v, decay)
+            assert "\n" not in str(info.value)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="CUDA"):
         CT.triton_lightning_attn(q, k, v, decay)

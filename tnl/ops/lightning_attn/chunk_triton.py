@@ -87,6 +87,17 @@ def _prefix_chunk(c: int, fp32: bool) -> int:
     return min(4 * c, 128 if fp32 else 256)
 
 
+def _env_count(name: str, multiple: int = 1) -> int:
+    """A positive integer setting (a multiple of `multiple`) from the environment; 0 when unset."""
+    raw = os.environ.get(name)
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) == 0 or int(raw) % multiple:
+        what = "a positive integer" + (f" multiple of {multiple}" if multiple > 1 else "")
+        _fail(f"{name}={raw!r} is not {what}; unset it for the automatic choice")
+    return int(raw)
+
+
 def _round_seg(n: int) -> int:
     return max(_MIN_SEG, _cdiv(n, _SEG_ALIGN) * _SEG_ALIGN)
 
@@ -116,7 +127,7 @@ class _Plan:
                  dims: tuple[int, int]):
         # dv: this pass's E (its E-blocks); dims: the call's (D, E), whose tile class sets the rules below
         small = _small_tiles(*dims)
-        env = os.environ.get("TNL_ATTN_SEG_LEN")
+        env = _env_count("TNL_ATTN_SEG_LEN", 16)  # every config's chunk divides it (the smallest is 16)
         total = t if cu_seqlens is not None else b * t
         # Programs that keep the GPU busy without segments. Small tiles (D, E <= 64) stream at HBM bandwidth with
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
@@ -125,11 +136,11 @@ class _Plan:
         # fixed-length plans over 64 fill one wave too: one program per SM with its `|few` configs (TMA, 3 stages),
         # and a state pass split finer (`_state_split`), beat two per SM (H100, D=E=128, T=64k, B=1: fwd kernels
         # 0.583 vs 0.621 ms, fwd+bwd 2.76 vs 2.93; T=32k: 0.569 vs 0.605; D=256 x E=128, T=64k: 1.017 vs 1.051)
-        target = int(os.environ.get("TNL_ATTN_PROGRAMS", 0)) or (1 if small or cu_seqlens is None else 2) * sms
+        target = _env_count("TNL_ATTN_PROGRAMS") or (1 if small or cu_seqlens is None else 2) * sms
         eblocks = _cdiv(dv, 64)  # E-blocks of 64 per (row, head)
         units = b * h * eblocks  # unsegmented programs
         if env:
-            seg_len = int(env)
+            seg_len = env
         elif cu_seqlens is None and small and 16 * units >= 7 * sms and 2 * units <= sms and _PREFIX_MAX_SEGS >= 2:
             # small tiles filling 7/16 to 1/2 of a wave: two segments, the second building its own start state
             # (PREFIX: no state pass, scan or extra launch); at most one program per SM

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
 from tnl.ops.lightning_attn import triton_kernels as K  # noqa: E402
 
-_POINTERS = {"S_INIT": "*fp32", "PBUF": "*fp32", "S_OUT": "*fp32", "DECAY": "*fp32", "SEGS": "*i32"}
+_POINTERS = {"S_INIT": "*fp32", "PBUF": "*fp32", "S_OUT": "*fp32", "DECAY": "*fp32", "SUB": "*fp32", "SEGS": "*i32"}
 _DESCRIPTORS = {"QD", "KD", "VD", "OD"}  # TMA descriptors in a TMA config, else pointers
 _TENSORS = {"QR", "KR", "VR", "OUT", "XRAW", "Q", "K", "V", "DO", "DKO", "DVO"} | _DESCRIPTORS  # in the input dtype
 _FLOATS = {"skv", "sout", "scale"}

@@ -44,6 +44,25 @@ def scans(monkeypatch):
     return grids
 
 
+@pytest.fixture
+def state_passes(monkeypatch):
+    """The grids of every state-only `_chunk_kernel` launch (one per segmented pass that builds its own start
+    states; fixed-length main passes then chain them themselves, varlen ones through `_scan_kernel`)."""
+    grids = []
+    kernel = CT._k._chunk_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            def go(*args, **kw):
+                if not kw["WRITE_O"]:
+                    grids.append(grid)
+                return kernel[grid](*args, **kw)
+            return go
+
+    monkeypatch.setattr(CT._k, "_chunk_kernel", Counting())
+    return grids
+
+
 def _rel(a, b):
     return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
 
@@ -294,16 +313,17 @@ def test_segmented_long_sequence(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(2, 70, 4, 2, 32, 16), (1, 70, 2, 2, 16, 48)])  # D != E, grouped heads
-def test_segmented_backward_reuses_start_states(shape, scans, monkeypatch):
+def test_segmented_backward_reuses_start_states(shape, scans, state_passes, monkeypatch):
     # eager: the dq pass reads the forward's segment start states and the dk pass the dv pass's, both transposed
     # (same plan), instead of building their own
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", "32")
     q, k, v, decay, s0 = _inputs(*shape)
     _check_all(q, k, v, decay, s0, scale=0.7)
-    assert len(scans) == 1 + 1  # forward (S, reused by dq); backward: R, built for dv and reused by dk
+    assert len(state_passes) == 1 + 1  # forward (S, reused by dq); backward: R, built for dv and reused by dk
+    assert not scans  # fixed length: the main passes chain the contributions themselves
 
 
-def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypatch):
+def test_backward_shares_the_forward_cut_when_both_plans_segment(state_passes, monkeypatch):
     # D=16 (1 E-block of 64 in the dq/dk passes) x E=80 (2 in the forward/dv): on their own the plans cut T=256
     # into 8 and 4 segments; the backward uses the forward's cut, so dq and dk reuse start states
     monkeypatch.setenv("TNL_ATTN_PROGRAMS", "8")
@@ -315,7 +335,7 @@ def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypa
     assert plan_e.nseg == 4 and plan_d.seg_len == plan_e.seg_len
     q, k, v, decay, s0 = _inputs(1, 256, 1, 1, 16, 80)
     _check_all(q, k, v, decay, s0, scale=0.3)
-    assert len(scans) == 1 + 1  # forward (reused by dq) and dv (reused by dk)
+    assert len(state_passes) == 1 + 1  # forward (reused by dq) and dv (reused by dk)
 
 
 @pytest.mark.parametrize(
@@ -327,8 +347,9 @@ def test_backward_shares_the_forward_cut_when_both_plans_segment(scans, monkeypa
     ],
 )
 def test_state_pass_split_into_sub_segments(case, scans, monkeypatch):
-    """A state-only pass with too few programs cuts each segment into sub-segments; the scan chains them and writes
-    only the segment start states (initial state and dfinal entering at either end)."""
+    """A state-only pass with too few programs cuts each segment into sub-segments; each main-pass program chains
+    those before its segment (the scan, for the fused dK/dV pass) and stores only segment start states (initial
+    state and dfinal entering at either end)."""
     b, t, h, hkv, d, e, seg, r, bwd = case
     monkeypatch.setenv("TNL_ATTN_SEG_LEN", str(seg))
     monkeypatch.setenv("TNL_ATTN_BWD", bwd)
@@ -352,10 +373,10 @@ def test_state_pass_split_into_sub_segments(case, scans, monkeypatch):
     tuned = CT._launch_tuned
     monkeypatch.setattr(CT, "_launch_tuned", lambda device, key, *a: keys.append(key) or tuned(device, key, *a))
     _check_all(*_inputs(b, t, h, hkv, d, e), scale=0.8)
-    assert len(scans) == 2  # forward (S, reused by dq) and the dv pass's R
+    assert len(scans) == (1 if bwd == "fused" else 0)  # only a state-only call scans (the fused pass's R)
     assert sorted(x.split("|")[3] for x in keys if x.startswith("state|") and x.endswith("|sub")) == ["rev0", "rev1"]
     state_grids = [g for g, write_o in launches if not write_o]
-    assert state_grids and all(g == b * -(-t // (seg // r)) for g in state_grids)
+    assert len(state_grids) == 2 and all(g == b * -(-t // (seg // r)) for g in state_grids)  # forward and dv
 
 
 @pytest.mark.parametrize(
@@ -366,7 +387,7 @@ def test_state_pass_split_into_sub_segments(case, scans, monkeypatch):
         (2, 50, 2, 1, 16, 16, False, "fused"),  # the fused dK/dV pass builds R's start states the classic way
     ],
 )
-def test_two_segments_build_their_start_states_in_the_main_pass(case, scans, monkeypatch):
+def test_two_segments_build_their_start_states_in_the_main_pass(case, state_passes, monkeypatch):
     """Two segments (PREFIX): the second segment's program runs the state-only loop over the first segment itself,
     from the initial state; no state pass or scan is launched, and the states it leaves behind are what the dq and
     dk passes read."""
@@ -375,7 +396,7 @@ def test_two_segments_build_their_start_states_in_the_main_pass(case, scans, mon
     monkeypatch.setenv("TNL_ATTN_BWD", bwd)
     assert CT._Plan(b, t, h, e, None, torch.device("cpu"), dims=(d, e)).prefix
     _check_silu_fold(*_inputs(b, t, h, hkv, d, e), silu)
-    assert len(scans) == (1 if bwd == "fused" else 0)
+    assert len(state_passes) == (1 if bwd == "fused" else 0)
 
 
 @pytest.mark.parametrize("seg", [None, "32"])
@@ -420,7 +441,7 @@ def tma_launches(monkeypatch):
         (2, 50, 2, 2, 32, 16, "32", True),  # 2 segments: PREFIX (its loop reads through pointers)
     ],
 )
-def test_tma_configs_match_recurrence(case, tma_launches, scans, monkeypatch):
+def test_tma_configs_match_recurrence(case, tma_launches, state_passes, monkeypatch):
     """The chunk loop's tiles through TMA descriptors (copy engine; zero fill outside the tensor instead of masks):
     same outputs and gradients as the float64 recurrence, in both directions, with and without segments."""
     b, t, h, hkv, d, e, seg, silu = case
@@ -429,7 +450,7 @@ def test_tma_configs_match_recurrence(case, tma_launches, scans, monkeypatch):
     _check_silu_fold(*_inputs(b, t, h, hkv, d, e), silu)
     # q, k, v, o descriptors for the forward and each of the dq, dv, dk passes (plus k, v for state passes)
     assert len(tma_launches) >= 16 and (16, 32 if d > 16 else 16) in tma_launches
-    assert len(scans) == (2 if seg and t > 2 * int(seg) else 0)
+    assert len(state_passes) == (2 if seg and t > 2 * int(seg) else 0)
 
 
 def test_tma_config_runs_through_pointers_where_descriptors_cannot(tma_launches, monkeypatch):
@@ -716,7 +737,7 @@ def test_compiled_custom_ops_match_eager_function():
 
 
 @pytest.mark.parametrize("case", ["fixed", "varlen", "two_segments"])
-def test_compiled_segmented_matches_recurrence(case, scans, monkeypatch):
+def test_compiled_segmented_matches_recurrence(case, state_passes, monkeypatch):
     """The custom ops' segmented path against the float64 recurrence. Fixed-length plans hand the forward's segment
     states to backward (one scan fewer: counted); varlen plans cannot (their fake shapes would depend on
     cu_seqlens' values), so their dq pass builds the states again. Two segments (PREFIX): the states the forward's
@@ -742,7 +763,7 @@ def test_compiled_segmented_matches_recurrence(case, scans, monkeypatch):
     for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
         assert _rel(got, want) < 1e-5
     # forward, dq (varlen only), dv (shared with dk); none with two segments
-    assert len(scans) == {"fixed": 2, "varlen": 3, "two_segments": 0}[case]
+    assert len(state_passes) == {"fixed": 2, "varlen": 3, "two_segments": 0}[case]
 
 
 def test_compiled_dynamic_shapes_follow_segment_count(monkeypatch):

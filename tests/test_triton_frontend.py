@@ -43,7 +43,7 @@ def build_ir(fn, pointers: dict[str, str], floats: set[str], constexprs: dict) -
 def _chunk_pointers(dtype: str, tma: tuple[int, int, int] | None = None) -> dict[str, str]:
     """Argument types; `tma` = (C, BD, BE): QD, KD, VD, OD are TMA descriptors of those blocks, else pointers."""
     args = {**{n: f"*{dtype}" for n in ("QR", "KR", "VR", "OUT", "XRAW", "QD", "KD", "VD", "OD")},
-            **{n: "*fp32" for n in ("S_INIT", "PBUF", "S_OUT", "DECAY")}, "SEGS": "*i32"}
+            **{n: "*fp32" for n in ("S_INIT", "PBUF", "S_OUT", "DECAY", "SUB")}, "SEGS": "*i32"}
     if tma:
         c, bd, be = tma
         args |= {n: f"tensordesc<{dtype}[1,{c},1,{w}]>" for n, w in (("QD", bd), ("KD", bd), ("VD", be), ("OD", be))}
@@ -54,12 +54,12 @@ def _chunk_variants():
     # every combination of direction, initial state and the three ways a segment gets its start state, then
     # the options that change what is loaded (activations, varlen, D=256, fp32)
     for reverse, init, write_o, seg, start in itertools.product((False, True), (False, True), (False, True),
-                                                                 (False, True), ("load", "prefix", "p_t")):
+                                                                 (False, True), ("load", "prefix", "p_t", "chain")):
         if start != "load" and not (seg and write_o):
             continue
         yield dict(REVERSE=reverse, HAS_INIT=init, INIT_SHIFT=int(reverse and init), WRITE_O=write_o,
                    STORE_FINAL=True, FINAL_DECAY=int(reverse), SEGMENTED=seg, PREFIX=start == "prefix",
-                   P_T=start == "p_t"), "bf16"
+                   P_T=start == "p_t", CHAIN=start == "chain"), "bf16"
     yield dict(ACT_Q=True, ACT_K=True, SEGMENTED=True, PREFIX=True, HAS_INIT=True), "bf16"
     yield dict(ACT_V=True, DACT=True, REVERSE=True, SEGMENTED=True, PREFIX=True), "fp16"
     yield dict(IS_VARLEN=True, SEGMENTED=True, HAS_INIT=True), "bf16"
@@ -70,6 +70,8 @@ def _chunk_variants():
     yield dict(TMA=True, SEGMENTED=True, PREFIX=True, HAS_INIT=True, ACT_Q=True, ACT_K=True), "bf16"
     yield dict(TMA=True, REVERSE=True, SEGMENTED=True, P_T=True, DACT=True, HAS_INIT=True, INIT_SHIFT=1), "fp16"
     yield dict(TMA=True, WRITE_O=False, SEGMENTED=True), "bf16"
+    yield dict(TMA=True, SEGMENTED=True, CHAIN=True, HAS_INIT=True, REVERSE=True, INIT_SHIFT=1), "bf16"
+    yield dict(BD=256, EARLY_UPDATE=True, TMA=True, SEGMENTED=True, CHAIN=True), "bf16"
     yield dict(TMA=True, BD=256, EARLY_UPDATE=True), "bf16"
 
 
@@ -80,7 +82,7 @@ def test_chunk_kernel_variant_compiles(variant):
     constexprs = dict(BD=64, BE=64, C=64, REVERSE=False, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
                       STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32", UPCAST=False,
                       ACT_Q=False, ACT_K=False, ACT_V=False, DACT=False, P_T=False, EARLY_UPDATE=False, PREFIX=False,
-                      PREFIX_C=256, TMA=False)
+                      PREFIX_C=256, TMA=False, CHAIN=False)
     constexprs.update(extra)
     tma = (constexprs["C"], constexprs["BD"], constexprs["BE"]) if constexprs.get("TMA") else None
     build_ir(K._chunk_kernel, _chunk_pointers(dtype, tma), {"skv", "sout"}, constexprs)

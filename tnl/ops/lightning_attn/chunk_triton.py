@@ -3,8 +3,9 @@ autograd.Function in eager mode: same implementations) and one-token decode.
 
 Forward is one pass per (E-block, head, segment) that walks its tokens chunk by chunk with the state in
 registers. Backward is three passes of the same kernel: dQ in forward order, dK and dV in reverse order.
-When batch x heads is too small to fill the GPU, sequences are cut into segments (state-only pass, a tiny
-scan over segments, then the main pass in parallel). See triton_kernels.py for the roles.
+When batch x heads is too small to fill the GPU, sequences are cut into segments (a state-only pass, then the main
+pass in parallel, each program chaining the contributions before its segment; varlen plans chain them in a tiny scan
+kernel). See triton_kernels.py for the roles.
 """
 
 import functools
@@ -358,7 +359,11 @@ def _chunk_pass(
     cuts = {True: (plan.g_total, plan.seg_len, plan.nseg)}
     cuts[False] = (plan.n * _cdiv(t, plan.seg_len // r), plan.seg_len // r, _cdiv(t, plan.seg_len // r)) if r > 1 \
         else cuts[True]
-    sub = None  # the sub-segments' contributions when split (else they go into pbuf, chained in place)
+    # CHAIN (fixed length): each main-pass program chains the contributions before its segment into its start state
+    # (one launch fewer than a scan; H100 hosts spent 40-100 us per launch) and leaves it in pbuf for later passes;
+    # varlen plans and a state-only call (the fused dK/dV pass) chain them in `_scan_kernel`
+    chain = plan.segmented and not plan.varlen and starts_t is None and not prefix and not state_only
+    sub = None  # the state pass's contributions when split or chained (else they go into pbuf, scanned in place)
 
     def launch(cfg, write_o: bool):
         c, be, w, s, *rest = cfg
@@ -375,16 +380,16 @@ def _chunk_pass(
             qr, kr, vr, out, init_, pbuf if pbuf is not None else decay,
             (final if write_o else (sub if sub is not None else pbuf)) if (final is not None or not write_o)
             else decay, decay, segs, xraw,
-            qd, kd, vd, od,
+            qd, kd, vd, od, sub if sub is not None else decay,
             *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
-            t, h, gq, gk, gv, gx, dk, dv, seg_len, nseg, plan.seg_len, skv, sout,
+            t, h, gq, gk, gv, gx, dk, dv, seg_len, nseg, plan.seg_len, cuts[False][1], cuts[False][2], skv, sout,
             BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=has_init and write_o,
             INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
             ACT_Q=act[0], ACT_K=act[1], ACT_V=act[2], DACT=dact is not None and write_o, P_T=starts_t is not None,
             EARLY_UPDATE=bd >= 256, PREFIX=prefix and write_o, PREFIX_C=_prefix_chunk(c, qr.dtype == torch.float32),
-            TMA=tma, num_warps=w, num_stages=s,
+            TMA=tma, CHAIN=chain and write_o, num_warps=w, num_stages=s,
         )
 
     def run(configs, write_o: bool, tag: str):
@@ -401,17 +406,18 @@ def _chunk_pass(
 
     if plan.segmented and starts_t is None and not prefix:
         nsub = cuts[False][2]
-        if r > 1:
+        if r > 1 or chain:
             sub = torch.empty(plan.n * nsub, h, dk, dv, device=out.device, dtype=torch.float32)
         run(_STATE_CONFIGS, False, "state")
-        bde, bee = min(bd, 64), min(_pow2(dv), 64)
-        grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
-        _k._scan_kernel[grid](
-            sub if sub is not None else pbuf, pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
-            t, h, dk, dv, cuts[False][1], nsub, plan.nseg, r,
-            BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
-            IS_VARLEN=plan.varlen, num_warps=4,
-        )
+        if not chain:
+            bde, bee = min(bd, 64), min(_pow2(dv), 64)
+            grid = (_cdiv(dv, bee), _cdiv(dk, bde), plan.n * h)
+            _k._scan_kernel[grid](
+                sub if sub is not None else pbuf, pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
+                t, h, dk, dv, cuts[False][1], nsub, plan.nseg, r,
+                BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
+                IS_VARLEN=plan.varlen, num_warps=4,
+            )
     if not state_only:
         run(_MAIN_CONFIGS, True, role)
     return pbuf

@@ -10,7 +10,8 @@ chunk with the D x BE state P in registers:
 Roles: out = (q, k, v); dq = (do, v, k); dk = (v, do, q) reversed; dv = (k, q, do) reversed.
 Long sequences are cut into segments: a state-only pass (WRITE_O=False) gives each segment's
 contribution (or each sub-segment's: that pass may cut finer, so it has enough programs to stream k and v at
-bandwidth), `_scan_kernel` chains them into start states, then the main pass runs in parallel.
+bandwidth), then the main pass runs in parallel, each program chaining the contributions before its segment into
+its start state (CHAIN; varlen plans and the fused dK/dV pass chain them in `_scan_kernel` instead).
 """
 
 import triton
@@ -129,6 +130,27 @@ def _load_kv_chunk_tma(KD, VD, b, hk, hv, e0, offs_c, lo, hi, c, nc, C: tl.const
 
 
 @triton.jit
+def _chain_state(S, shift, SUB, b, sg, h, H, DK, DV, tile, mask_s, ls, T, SUB_LEN, NSUB, R, REVERSE: tl.constexpr):
+    """The state entering main segment sg of row b, chained from S (the initial state or zeros) through the
+    contributions of the sub-segments before it (after it in reverse), R per segment, as the state pass left them
+    in SUB."""
+    if REVERSE:
+        steps = NSUB - (sg + 1) * R
+    else:
+        steps = sg * R
+    for i in range(0, steps):
+        if REVERSE:
+            k = NSUB - 1 - i
+        else:
+            k = i
+        ln = tl.minimum(SUB_LEN, T - k * SUB_LEN)
+        p = SUB + ((b * NSUB + k).to(tl.int64) * H + h) * DK * DV + tile
+        S = S * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0)
+        shift = shift * 0
+    return S
+
+
+@triton.jit
 def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs_e, mask_d, mask_e, ls, skv,
                   t_start, t_end, T, C: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
                   UPCAST: tl.constexpr, ACT_K: tl.constexpr, ACT_V: tl.constexpr):
@@ -153,14 +175,14 @@ def _prefix_state(S, shift, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, offs
 
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _chunk_kernel(
-    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW, QD, KD, VD, OD,
+    QR, KR, VR, OUT, S_INIT, PBUF, S_OUT, DECAY, SEGS, XRAW, QD, KD, VD, OD, SUB,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
     so_b, so_t, so_h, so_d,
     si_n, si_h, si_r, si_c,
     sx_b, sx_t, sx_h, sx_d,
-    T, H, GQ, GK, GV, GX, DK, DV, SEG_LEN, NSEG, KEEP_LEN,
+    T, H, GQ, GK, GV, GX, DK, DV, SEG_LEN, NSEG, KEEP_LEN, SUB_LEN, NSUB,
     skv, sout,
     BD: tl.constexpr, BE: tl.constexpr, C: tl.constexpr,
     REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr,
@@ -169,6 +191,7 @@ def _chunk_kernel(
     ACT_Q: tl.constexpr = False, ACT_K: tl.constexpr = False, ACT_V: tl.constexpr = False,
     DACT: tl.constexpr = False, P_T: tl.constexpr = False, EARLY_UPDATE: tl.constexpr = False,
     PREFIX: tl.constexpr = False, PREFIX_C: tl.constexpr = 16, TMA: tl.constexpr = False,
+    CHAIN: tl.constexpr = False,
 ):
     # ACT_*: SiLU applied to that operand as it is loaded (q and k arrive raw: the model's feature map folded in);
     # DACT: the output is a gradient w.r.t. an activated input, so it is multiplied by SiLU'(XRAW) before storing.
@@ -178,6 +201,8 @@ def _chunk_kernel(
     # TMA (fixed length): the chunk loop's q, k, v tiles and o come through the tensor descriptors QD, KD, VD, OD
     # (the copy engine; no address or mask registers), the rest through the pointers.
     # KEEP_LEN (state-only, fixed length): the main pass's segment length; SEG_LEN may be a sub-segment of it.
+    # CHAIN (fixed length): each segment chains the state pass's sub-segment contributions (SUB: NSUB per row, of
+    # SUB_LEN tokens) into its start state and stores it in PBUF for a later pass (P_T there), like PREFIX.
     pid_e = tl.program_id(0)
     h = tl.program_id(1)
     g = tl.program_id(2)
@@ -206,7 +231,7 @@ def _chunk_kernel(
     shift = tl.full([], 0, tl.int32)
     if HAS_INIT:  # where this program's recurrence starts from the initial state
         p = S_INIT + seq.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
-        if PREFIX:  # every segment: its prefix starts there
+        if PREFIX or CHAIN:  # every segment: its prefix starts there
             S = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
             shift = tl.full([], INIT_SHIFT, tl.int32)
         elif begins:
@@ -224,12 +249,26 @@ def _chunk_kernel(
                                   ls, skv, t_start, t_end, T, PREFIX_C, REVERSE, PREC, UPCAST, ACT_K, ACT_V)
                 shift = shift * 0
                 tl.store(ps + offs_d[:, None] * DV + offs_e[None, :], S, mask=mask_s)
+            elif CHAIN:
+                tile = offs_d[:, None] * DV + offs_e[None, :]
+                S = _chain_state(S, shift, SUB, b, g % NSEG, h, H, DK, DV, tile, mask_s, ls, T, SUB_LEN, NSUB,
+                                 SEG_LEN // SUB_LEN, REVERSE)
+                shift = shift * 0
+                tl.store(ps + tile, S, mask=mask_s)
             else:
                 if P_T:
                     ps += offs_d[:, None] + offs_e[None, :] * DK
                 else:
                     ps += offs_d[:, None] * DV + offs_e[None, :]
                 S = tl.load(ps, mask=mask_s, other=0.0)
+
+    if CHAIN and begins:  # the row's one slot no pass reads (after its last segment): zeros, not stale memory
+        if REVERSE:
+            slot0 = g - (NSEG - 1)
+        else:
+            slot0 = g + NSEG - 1
+        tl.store(PBUF + (slot0.to(tl.int64) * H + h) * DK * DV + offs_d[:, None] * DV + offs_e[None, :],
+                 tl.zeros([BD, BE], dtype=tl.float32), mask=mask_s)
 
     if WRITE_O:
         ii = offs_c[:, None]

@@ -103,11 +103,11 @@ def _round_seg(n: int) -> int:
     return max(_MIN_SEG, _cdiv(n, _SEG_ALIGN) * _SEG_ALIGN)
 
 
-# The state-only pass cuts segments into R sub-segments (the scan chains them) until it has this many programs per
-# SM with work: one program streams its tokens chunk after chunk, bound by each step's latency, so one per SM reads
-# k and v far below HBM bandwidth (H100, D=E=128, B=2, T=32k, 64 of them: 0.16 ms for 134 MB, 0.84 TB/s).
-# Each sub-segment is one serial step of the scan (about a microsecond): at most _MAX_STATE_SUBS per sequence, of at
-# least _MIN_STATE_SUB tokens.
+# The state-only pass cuts segments into R sub-segments (the main pass or the scan chains them) until it has this
+# many programs per SM with work: one program streams its tokens chunk after chunk, bound by each step's latency, so
+# one per SM reads k and v well below HBM bandwidth (H100, D=E=128, B=2, T=32k, 64 of them: 0.16 ms for 268 MB;
+# split in 8, 0.13 ms). Each sub-segment is one serial step of that chain (about a microsecond): at most
+# _MAX_STATE_SUBS per sequence, of at least _MIN_STATE_SUB tokens.
 _STATE_PROGRAMS_PER_SM, _MIN_STATE_SUB, _MAX_STATE_SUBS = 3, 1024, 16
 
 
@@ -134,9 +134,9 @@ class _Plan:
         # one program per SM (H100: 128 unsegmented programs beat 256 segmented ones, whose state pass re-reads k
         # and v); larger tiles are latency-bound per chunk and want two per SM once they segment at all.
         sms = _num_sms(device)
-        # fixed-length plans over 64 fill one wave too: one program per SM with its `|few` configs (TMA, 3 stages),
-        # and a state pass split finer (`_state_split`), beat two per SM (H100, D=E=128, T=64k, B=1: fwd kernels
-        # 0.583 vs 0.621 ms, fwd+bwd 2.76 vs 2.93; T=32k: 0.569 vs 0.605; D=256 x E=128, T=64k: 1.017 vs 1.051)
+        # fixed-length plans over 64 fill one wave too: one program per SM with its `|few` configs (TMA, 3 stages)
+        # and a state pass split finer (`_state_split`) beat two per SM (H100, H=16, B=1, T=64k, attention kernels
+        # fwd / fwd+bwd: D=E=128 0.569 / 1.940 vs 0.629 / 2.165 ms; D=256 x E=128 1.044 / 3.668 vs 1.074 / 3.699)
         target = _env_count("TNL_ATTN_PROGRAMS") or (1 if small or cu_seqlens is None else 2) * sms
         eblocks = _cdiv(dv, 64)  # E-blocks of 64 per (row, head)
         units = b * h * eblocks  # unsegmented programs

@@ -130,6 +130,20 @@ def _load_kv_chunk_tma(KD, VD, b, hk, hv, e0, offs_c, lo, hi, c, nc, C: tl.const
 
 
 @triton.jit
+def _chain_step(P, shift, SUB, s0, i, nsub, h, H, DK, DV, tile, mask_s, ls, seq_len, SUB_LEN,
+                REVERSE: tl.constexpr):
+    """Step i of a chain over a sequence's sub-segment contributions (SUB, from slot s0; from the sequence's end in
+    reverse): P decayed over sub-segment k, plus its contribution. Returns (P, k)."""
+    if REVERSE:
+        k = nsub - 1 - i
+    else:
+        k = i
+    ln = tl.minimum(SUB_LEN, seq_len - k * SUB_LEN)
+    p = SUB + ((s0 + k).to(tl.int64) * H + h) * DK * DV + tile
+    return P * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0), k
+
+
+@triton.jit
 def _chain_state(S, shift, SUB, b, sg, h, H, DK, DV, tile, mask_s, ls, T, SUB_LEN, NSUB, R, REVERSE: tl.constexpr):
     """The state entering main segment sg of row b, chained from S (the initial state or zeros) through the
     contributions of the sub-segments before it (after it in reverse), R per segment, as the state pass left them
@@ -139,13 +153,7 @@ def _chain_state(S, shift, SUB, b, sg, h, H, DK, DV, tile, mask_s, ls, T, SUB_LE
     else:
         steps = sg * R
     for i in range(0, steps):
-        if REVERSE:
-            k = NSUB - 1 - i
-        else:
-            k = i
-        ln = tl.minimum(SUB_LEN, T - k * SUB_LEN)
-        p = SUB + ((b * NSUB + k).to(tl.int64) * H + h) * DK * DV + tile
-        S = S * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0)
+        S, k = _chain_step(S, shift, SUB, b * NSUB, i, NSUB, h, H, DK, DV, tile, mask_s, ls, T, SUB_LEN, REVERSE)
         shift = shift * 0
     return S
 
@@ -400,13 +408,7 @@ def _scan_kernel(
     else:
         steps = (ns - 1) * R
     for i in range(0, steps):
-        if REVERSE:
-            k = nsub - 1 - i
-        else:
-            k = i
-        ln = tl.minimum(SUB_LEN, seq_len - k * SUB_LEN)
-        p = SUB + ((s0 + k).to(tl.int64) * H + h) * DK * DV + tile
-        P = P * tl.exp2(-ls * (ln - shift).to(tl.float32)) + tl.load(p, mask=mask_s, other=0.0)
+        P, k = _chain_step(P, shift, SUB, s0, i, nsub, h, H, DK, DV, tile, mask_s, ls, seq_len, SUB_LEN, REVERSE)
         if REVERSE:
             slot = k // R
             done = k % R == 0  # P covers the segment's first sub-segment and all after it

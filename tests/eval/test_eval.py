@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from tests.test_eval_common import brute_force_loglik, make_gpt2, make_tokenizer, random_article
+from tests.helpers.eval_common import brute_force_loglik, make_gpt2, make_tokenizer, random_article
 from tnl.data import detokenize
 from tnl.eval import EvalError, evaluate_documents, rolling_windows, score_stream, score_windows, window_pairs
 
@@ -134,7 +134,7 @@ def _tnl_or_skip():
 
 def test_tnl_stream_equals_full_window(tok):
     _tnl_or_skip()
-    from tests.test_eval_common import make_tnl
+    from tests.helpers.eval_common import make_tnl
 
     model = make_tnl(len(tok))
     docs = _docs(3, seed=5)

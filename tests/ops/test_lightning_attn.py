@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.attn_reference import recurrence
+from tests.helpers.attn_reference import recurrence
 from tnl.ops import lightning_attn, recurrent_lightning_attn_step
 
 SHAPES = [  # B, T, H, Hkv, D, E

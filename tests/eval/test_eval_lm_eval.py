@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from tests.test_eval_common import make_tokenizer, random_article
+from tests.helpers.eval_common import make_tokenizer, random_article
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("tnl.model")
@@ -25,7 +25,7 @@ def test_exported_model_matches_lm_eval_wikitext(tmp_path, monkeypatch, max_leng
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer
 
-    from tests.test_eval_common import make_tnl
+    from tests.helpers.eval_common import make_tnl
     from tnl.eval import evaluate_documents
     from tnl.export import export_hf
 

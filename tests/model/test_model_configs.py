@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("count_params", ROOT / "scripts" / "count_params.py")
 count_params = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(count_params)

@@ -9,8 +9,8 @@ import itertools
 import pytest
 import torch
 
-from tests.attn_reference import recurrence
-from tests.interpret import IN_CHILD, run_interpreted
+from tests.helpers.attn_reference import recurrence
+from tests.helpers.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
 

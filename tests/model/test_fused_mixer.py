@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.attn_reference import recurrence
-from tests.interpret import IN_CHILD, run_interpreted
+from tests.helpers.attn_reference import recurrence
+from tests.helpers.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
 

@@ -10,7 +10,7 @@ from tnl.model import TransnormerConfig
 from tnl.train import register_schema
 from tnl.train.config import check_model_fields
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 
 

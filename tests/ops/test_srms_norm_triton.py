@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.interpret import IN_CHILD, run_interpreted
+from tests.helpers.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_eval_common import make_tokenizer
+from tests.helpers.eval_common import make_tokenizer
 
 pytest.importorskip("tnl.model")
 
 from tnl.export import ExportError, export_hf, export_official, load_pretrained, push_to_hub  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def tok():
 
 
 def _model(vocab: int, **kw):
-    from tests.test_eval_common import make_tnl
+    from tests.helpers.eval_common import make_tnl
 
     return make_tnl(vocab, decoder_layers=3, linear_use_lrpe_list=[1, 0, 1], **kw)
 

@@ -22,7 +22,7 @@ from tnl.data import (
 )
 from tnl.data.tokenizer import train_bpe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wikitext_cfg(data_dir, tmp_path, **over):

@@ -14,7 +14,7 @@ IN_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
 
 def run_interpreted(test_file: str, timeout: int = 600, **env: str) -> None:
     """Run `test_file` in a child pytest with TRITON_INTERPRET=1 (plus `env`); fail with its output if it fails."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test_file],
                        cwd=root, env={**os.environ, "TRITON_INTERPRET": "1", **env}, capture_output=True, text=True,
                        timeout=timeout)

@@ -98,7 +98,7 @@ def save_like_the_kernel() -> None:
 
     from torch.utils.checkpoint import checkpoint
 
-    import tnl.model.modeling_transnormer as modeling
+    import tnl.model.norm_linear_attention as modeling
 
     attn = modeling.lightning_attn
 

@@ -130,7 +130,7 @@ else:
     def test_model_uses_the_fused_op_and_matches_float64(compiling, monkeypatch):
         """A model with the Triton backend, eager or 'under torch.compile' (is_compiling patched): the non-LRPE
         layers run the fused op; logits and every parameter's gradient match the float64 model (torch backend)."""
-        import tnl.model.modeling_transnormer as mt
+        import tnl.model.norm_linear_attention as mt
         from tnl.model import TransnormerConfig, TransnormerForCausalLM
 
         torch.manual_seed(0)

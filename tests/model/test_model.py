@@ -425,7 +425,7 @@ def _plain_gated_norm(o: torch.Tensor, u: torch.Tensor, eps: float = 1e-6) -> to
 
 
 def test_gated_srms_norm_equals_formula_with_gradients_float64():
-    from tnl.model.modeling_transnormer import gated_srms_norm
+    from tnl.model.layers import gated_srms_norm
 
     g = torch.Generator().manual_seed(0)
     o = (torch.randn(3, 7, 24, generator=g, dtype=torch.float64) * 3).requires_grad_()
@@ -444,7 +444,7 @@ def test_gated_srms_norm_equals_formula_with_gradients_float64():
 def test_gated_srms_norm_inference_and_training_paths_round_once_alike():
     """bf16: the no-grad path (eval, generation) and the training Function both form u * norm(o) in fp32 and round
     once, so each is within half a bf16 step of the float64 value and they agree with each other."""
-    from tnl.model.modeling_transnormer import gated_srms_norm
+    from tnl.model.layers import gated_srms_norm
 
     g = torch.Generator().manual_seed(1)
     o = (torch.randn(4, 33, 256, generator=g) * 3).bfloat16()
@@ -461,13 +461,14 @@ def test_gated_srms_norm_inference_and_training_paths_round_once_alike():
 
 
 def test_srms_norm_under_autocast_saves_low_precision_output_and_matches_fp32_gradients():
-    from tnl.model.modeling_transnormer import _SRMSNormToLowPrecision, srms_norm
+    from tnl.model.layers import srms_norm
+    from tnl.model.memory_saving import SRMSNormToLowPrecision
 
     g = torch.Generator().manual_seed(1)
     x64 = (torch.randn(4, 9, 32, generator=g, dtype=torch.float64) * 2 + 0.5).requires_grad_()
     dy = torch.randn(4, 9, 32, generator=g, dtype=torch.float64)
     # the backward formula from (y, r) alone, checked exactly in float64
-    y = _SRMSNormToLowPrecision.apply(x64, 1e-6, torch.float64)
+    y = SRMSNormToLowPrecision.apply(x64, 1e-6, torch.float64)
     ref = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(y, x64, dy)[0],
@@ -489,14 +490,15 @@ def test_srms_norm_under_autocast_saves_low_precision_output_and_matches_fp32_gr
 def test_gated_norm_output_recomputed_in_backward_equals_plain_linear(bias):
     """out_proj(u * SRMSNorm(o)) with the gated output formed again in backward: the float64 formula's values and
     gradients, and under bf16 autocast nn.Linear's, without keeping the gated output for backward."""
-    from tnl.model.modeling_transnormer import _GatedNormLinear, gated_srms_norm
+    from tnl.model.layers import gated_srms_norm
+    from tnl.model.memory_saving import GatedNormLinear
 
     torch.manual_seed(3)
     lin = torch.nn.Linear(24, 12, bias=bias).double()
     o = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
     u = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(2, 7, 12, dtype=torch.float64)
-    y = _GatedNormLinear.apply(o, u, 1e-6, lin.weight, lin.bias)
+    y = GatedNormLinear.apply(o, u, 1e-6, lin.weight, lin.bias)
     ref = lin(u * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6))  # paper eq. 7, then the projection
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     params = [o, u, *lin.parameters()]
@@ -507,7 +509,7 @@ def test_gated_norm_output_recomputed_in_backward_equals_plain_linear(bias):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = _GatedNormLinear.apply(ob, ub, 1e-6, lin.weight, lin.bias)
+            y = GatedNormLinear.apply(ob, ub, 1e-6, lin.weight, lin.bias)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = lin(gated_srms_norm(ob, ub))
     assert y.dtype == ref.dtype == torch.bfloat16
@@ -523,7 +525,7 @@ def test_gated_norm_output_recomputed_in_backward_equals_plain_linear(bias):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_sglu_product_recomputed_in_backward_equals_plain_linear(bias):
-    from tnl.model.modeling_transnormer import SGLU
+    from tnl.model.layers import SGLU
 
     torch.manual_seed(2)
     m = SGLU(16, 40, bias=bias).double()
@@ -582,7 +584,7 @@ def test_fold_env_rejects_unknown_value(monkeypatch):
 def test_compiled_mixer_hands_activated_q_k_to_attention(monkeypatch):
     """Under torch.compile (TNL_ATTN_FOLD_ACT=auto) the mixer computes SiLU(q), SiLU(k) and passes them with the
     raw q, k (qk_activated), except on the LRPE layer; logits and gradients equal the plain mixer's (float64)."""
-    import tnl.model.modeling_transnormer as mt
+    import tnl.model.norm_linear_attention as mt
 
     torch.manual_seed(0)
     hinted = make(linear_use_lrpe_list=[1, 0, 0]).double().train()

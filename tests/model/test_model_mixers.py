@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tnl.model import TransnormerConfig, TransnormerForCausalLM
-from tnl.model.modeling_transnormer import HybridAttention, MixerInputs, SoftmaxAttention, decay_rates
+from tnl.model.baselines import HybridAttention, SoftmaxAttention
+from tnl.model.layers import MixerInputs, decay_rates
 
 B, T, D_MODEL, H = 2, 11, 24, 4
 

@@ -7,20 +7,15 @@
     model.generate(input_ids, attention_mask=mask, max_new_tokens=32)   # recurrent TransnormerCache
 
 Named shapes live in configs/model/*.yaml; `token_mixer` picks tnl | softmax | hybrid (the baselines).
-Files here import only torch / transformers / stdlib (plus the lightning_attn op) so an export can copy them.
+Files here import only torch / transformers / stdlib, each other and tnl's ops, so an export can copy them.
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from .cache import TransnormerCache
 from .configuration_transnormer import TransnormerConfig
-from .modeling_transnormer import (
-    TransnormerCache,
-    TransnormerForCausalLM,
-    TransnormerModel,
-    TransnormerPreTrainedModel,
-    alibi_slopes,
-    decay_rates,
-)
+from .layers import alibi_slopes, decay_rates
+from .modeling_transnormer import TransnormerForCausalLM, TransnormerModel, TransnormerPreTrainedModel
 
 AutoConfig.register(TransnormerConfig.model_type, TransnormerConfig, exist_ok=True)
 AutoModelForCausalLM.register(TransnormerConfig, TransnormerForCausalLM, exist_ok=True)

@@ -101,7 +101,7 @@ else:
         q, k = (x.reshape(3, 40, heads, dh) for x in qkvu.detach().chunk(4, dim=-1)[:2])
         w = torch.randn(24, heads * dh, requires_grad=True)
         torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS))
-        # SiLU in the kernels (TNL_ATTN_FOLD_ACT=1 under compile)
+        # SiLU applied by the kernels as they load q and k (what eager mode passes)
         torch.library.opcheck(FM._forward, (qkvu, None, None, torch.rand(heads), w, None, heads, EPS))
 
     def test_fused_op_compiles_without_graph_breaks():
@@ -126,10 +126,15 @@ else:
         with pytest.raises(ValueError, match="both None or"):
             FM.gated_attention_output(qkvu, q, None, torch.rand(2), w, 2, EPS)
 
+    @pytest.mark.parametrize("settings", [
+        {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"},
+    ])
     @pytest.mark.parametrize("compiling", [True, False])
-    def test_model_uses_the_fused_op_and_matches_float64(compiling, monkeypatch):
+    def test_model_uses_the_fused_op_and_matches_float64(compiling, settings, monkeypatch):
         """A model with the Triton backend, eager or 'under torch.compile' (is_compiling patched): the non-LRPE
-        layers run the fused op; logits and every parameter's gradient match the float64 model (torch backend)."""
+        layers run the fused op unless the config turns it off (fused_mixer=False, or fold_qk_activation=False,
+        which keeps SiLU out of the kernels); logits and every parameter's gradient match the float64 model (torch
+        backend) either way."""
         import tnl.model.norm_linear_attention as mt
         from tnl.model import TransnormerConfig, TransnormerForCausalLM
 
@@ -137,7 +142,7 @@ else:
         cfg = dict(vocab_size=64, decoder_embed_dim=32, hidden_dim=32, glu_dim=48, decoder_layers=3,
                    decoder_attention_heads=2, linear_use_lrpe_list=[1, 0, 0])
         ref = TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="torch")).double().train()
-        model = TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton")).train()
+        model = TransnormerForCausalLM(TransnormerConfig(**cfg, **settings, attn_backend="triton")).train()
         model.load_state_dict(ref.state_dict())
         calls = []
         fused = mt.gated_attention_output
@@ -148,18 +153,15 @@ else:
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
-        assert len(calls) == 2  # layers 1 and 2; layer 0 has LRPE
+        uses_op = settings.get("fused_mixer", True) and settings.get("fold_qk_activation", True)
+        assert len(calls) == (2 if uses_op else 0)  # layers 1 and 2; layer 0 has LRPE
         torch.testing.assert_close(out.logits.double(), out_ref.logits, rtol=1e-5, atol=1e-5)
         for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
             rel = ((p.grad.double() - p_ref.grad).norm() / p_ref.grad.norm()).item()
             assert rel < 1e-4, f"{name}: {rel}"
         with torch.no_grad():  # inference: the separate ops (nothing to write gradients into)
             model(input_ids=ids)
-        assert len(calls) == (2 if not compiling else 4)  # compiled inference keeps the op
-        monkeypatch.setenv("TNL_FUSED_MIXER", "0")
-        calls.clear()
-        TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="triton"))(input_ids=ids)
-        assert not calls
+        assert len(calls) == (0 if not uses_op else 2 if not compiling else 4)  # compiled inference keeps the op
 
     def test_exported_copy_runs_the_same_op(tmp_path, monkeypatch):
         """The Hugging Face export's flattened copy of the op (its own namespace, rewritten imports) gives the

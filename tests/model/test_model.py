@@ -69,8 +69,11 @@ def randomize_lrpe(model: TransnormerForCausalLM) -> None:
                 p.mul_(1 + 0.1 * torch.rand_like(p))
 
 
-def test_forward_matches_direct_formula_float64():
-    model = make().double()
+@pytest.mark.parametrize("settings", [
+    {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"}, {"norm_backend": "triton"},
+])
+def test_forward_matches_direct_formula_float64(settings):
+    model = make(**settings).double()
     randomize_lrpe(model)
     ids = torch.randint(1, V, (2, 19))
     got = model(ids).logits
@@ -559,13 +562,13 @@ def test_sglu_product_recomputed_in_backward_equals_plain_linear(bias):
         torch.testing.assert_close(p_, q_, rtol=2e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("env,compiling,folded", [
-    ("auto", False, True), ("auto", True, False), ("1", True, True), ("0", False, False),
+@pytest.mark.parametrize("fold,compiling,folded", [
+    (True, False, True), (True, True, False), (False, False, False), (False, True, False),
 ])
-def test_silu_fold_follows_mode(env, compiling, folded, monkeypatch):
-    """TNL_ATTN_FOLD_ACT=auto folds SiLU into attention in eager mode only (Inductor fuses it under compile)."""
-    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", env)
-    model = make(linear_use_lrpe_list=[0, 0, 0])
+def test_silu_fold_follows_config_and_mode(fold, compiling, folded, monkeypatch):
+    """fold_qk_activation=True (default) folds SiLU into attention in eager mode only (Inductor fuses it under
+    compile); False never does."""
+    model = make(linear_use_lrpe_list=[0, 0, 0], fold_qk_activation=fold)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
     calls = []
     for layer in model.model.layers:
@@ -575,21 +578,41 @@ def test_silu_fold_follows_mode(env, compiling, folded, monkeypatch):
     assert (len(calls) == 0) == folded
 
 
-def test_fold_env_rejects_unknown_value(monkeypatch):
-    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "yes")
-    with pytest.raises(ValueError, match="TNL_ATTN_FOLD_ACT must be auto, 0 or 1"):
-        make()
+@pytest.mark.parametrize("field,value,allowed", [
+    ("fused_mixer", "yes", "true or false"), ("fused_mixer", 0, "true or false"),
+    ("fold_qk_activation", "auto", "true or false"), ("fold_qk_activation", None, "true or false"),
+    ("norm_backend", "cuda", "'auto', 'triton', 'torch'"),
+])
+def test_settings_reject_bad_values_with_one_line(field, value, allowed):
+    with pytest.raises(ValueError, match=f"{field} must be") as err:
+        TransnormerConfig(**{field: value})
+    message = str(err.value)
+    assert "\n" not in message and allowed in message and repr(value) in message
+
+
+def test_config_without_the_settings_loads_with_defaults(tmp_path):
+    """A config.json written before these settings existed (no fused_mixer, fold_qk_activation, norm_backend)
+    loads with the defaults; a saved config keeps the values it was given."""
+    old = make().config.to_dict()
+    for key in ("fused_mixer", "fold_qk_activation", "norm_backend"):
+        old.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = TransnormerConfig.from_pretrained(tmp_path)
+    assert (cfg.fused_mixer, cfg.fold_qk_activation, cfg.norm_backend) == (True, True, "auto")
+    TransnormerForCausalLM(cfg)  # and the model builds from it
+    TransnormerConfig(fused_mixer=False, fold_qk_activation=False, norm_backend="torch").save_pretrained(tmp_path)
+    cfg = TransnormerConfig.from_pretrained(tmp_path)
+    assert (cfg.fused_mixer, cfg.fold_qk_activation, cfg.norm_backend) == (False, False, "torch")
 
 
 def test_compiled_mixer_hands_activated_q_k_to_attention(monkeypatch):
-    """Under torch.compile (TNL_ATTN_FOLD_ACT=auto) the mixer computes SiLU(q), SiLU(k) and passes them with the
+    """Under torch.compile (fold_qk_activation=True) the mixer computes SiLU(q), SiLU(k) and passes them with the
     raw q, k (qk_activated), except on the LRPE layer; logits and gradients equal the plain mixer's (float64)."""
     import tnl.model.norm_linear_attention as mt
 
     torch.manual_seed(0)
     hinted = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
-    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "0")
-    plain = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    plain = make(linear_use_lrpe_list=[1, 0, 0], fold_qk_activation=False).double().train()
     plain.load_state_dict(hinted.state_dict())
     seen = []
 
@@ -614,13 +637,12 @@ def test_compiled_mixer_hands_activated_q_k_to_attention(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_silu_inside_attention_gives_the_same_model(monkeypatch):
-    """SiLU applied by the attention op (default) or by the token mixer (TNL_ATTN_FOLD_ACT=0): same logits and
+def test_silu_inside_attention_gives_the_same_model():
+    """SiLU applied by the attention op (default) or by the token mixer (fold_qk_activation=False): same logits and
     gradients, with LRPE on layer 0 (never folded), packed documents and a padded batch (not folded)."""
     torch.manual_seed(0)
     folded = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
-    monkeypatch.setenv("TNL_ATTN_FOLD_ACT", "0")
-    plain = make(linear_use_lrpe_list=[1, 0, 0]).double().train()
+    plain = make(linear_use_lrpe_list=[1, 0, 0], fold_qk_activation=False).double().train()
     plain.load_state_dict(folded.state_dict())
     assert folded.model.layers[1].token_mixer.act_in_attention
     assert not plain.model.layers[1].token_mixer.act_in_attention

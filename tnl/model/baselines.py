@@ -51,13 +51,14 @@ class SoftmaxAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.bias)
         self.out_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.bias)
         if config.qk_norm:
-            self.q_norm = HeadRMSNorm(self.head_dim)
-            self.k_norm = HeadRMSNorm(self.head_dim)
+            self.q_norm = HeadRMSNorm(self.head_dim, norm_backend=config.norm_backend)
+            self.k_norm = HeadRMSNorm(self.head_dim, norm_backend=config.norm_backend)
         self.qk_norm = config.qk_norm
         self.rope = config.position_encoding == "rope"
         self.rope_theta = config.rope_theta
         self.window = config.sliding_window
         self.attention_dropout = config.attention_dropout
+        self.norm_backend = config.norm_backend
 
     def project_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -236,5 +237,5 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
             layer.state = state
             layer.keys, layer.values, layer.lin_keys = (z[:, n - tail :] for z in (k, v, lk))
             layer.seen += t
-        o = o_soft.to(acc) + srms_norm(o_lin)
+        o = o_soft.to(acc) + srms_norm(o_lin, backend=self.norm_backend)
         return self.out_proj(o.to(x.dtype).reshape(b, t, h * dh))

@@ -13,6 +13,7 @@ TOKEN_MIXERS = ("tnl", "softmax", "hybrid")
 CHANNEL_MIXERS = ("sglu", "swiglu")
 DECAY_SCHEDULES = ("tnl", "paper", "none")
 POSITION_ENCODINGS = ("rope", "sinusoidal", "none")
+NORM_BACKENDS = ("auto", "triton", "torch")
 
 
 class TransnormerConfig(PretrainedConfig):
@@ -31,6 +32,14 @@ class TransnormerConfig(PretrainedConfig):
       rope_theta, sliding_window (softmax; None = full causal), qk_norm (RMSNorm on q/k heads),
       hybrid_block_size (hybrid: softmax within blocks of this many tokens, decayed linear attention across).
       attn_backend: backend passed to `lightning_attn` ("auto" picks Triton on CUDA).
+      fused_mixer: True (default) runs the TNL mixer's attention, output gate and output projection as one op
+        (fused_mixer.py) when training or compiled, on layers whose q/k SiLU goes to the Triton kernels (see
+        fold_qk_activation; not with LRPE, padding masks or a cache); False keeps them separate ops.
+      fold_qk_activation: True (default) hands the q/k SiLU to the attention kernels: applied as they load q and k
+        in eager mode; compiled, SiLU(q), SiLU(k) come in beside q, k and the kernels apply SiLU' in backward.
+        False applies SiLU before the op, which never sees it (and the fused mixer is not used).
+      norm_backend: SimpleRMSNorm kernels: "auto" (Triton row kernels on CUDA in eager mode, PyTorch otherwise),
+        "triton" or "torch" (the PyTorch formulas everywhere).
       dropout / attention_dropout: residual-branch and softmax-attention dropout (0 = off).
     """
 
@@ -75,6 +84,9 @@ class TransnormerConfig(PretrainedConfig):
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         attn_backend: str = "auto",
+        fused_mixer: bool = True,
+        fold_qk_activation: bool = True,
+        norm_backend: str = "auto",
         tie_word_embeddings: bool = True,
         **kwargs,
     ) -> None:
@@ -107,6 +119,9 @@ class TransnormerConfig(PretrainedConfig):
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.attn_backend = attn_backend
+        self.fused_mixer = fused_mixer
+        self.fold_qk_activation = fold_qk_activation
+        self.norm_backend = norm_backend
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -134,3 +149,8 @@ class TransnormerConfig(PretrainedConfig):
         need(h % self.num_key_value_heads == 0, f"{h} heads must be a multiple of num_key_value_heads")
         need(self.hybrid_block_size >= 1, "hybrid_block_size must be >= 1")
         need(self.sliding_window is None or self.sliding_window >= 1, "sliding_window must be None or >= 1")
+        for name in ("fused_mixer", "fold_qk_activation"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        need(self.norm_backend in NORM_BACKENDS,
+             f"norm_backend must be one of {NORM_BACKENDS}, got {self.norm_backend!r}")

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.srms_norm import gated_norm_backward, gated_norm_forward
+from .norm_ops import gated_norm_backward, gated_norm_forward
 
 # "tnl" inside the package; the Hugging Face export's copy registers its own namespace (see chunk_triton.py)
 _NS = "tnl" if __name__ == "tnl.model.fused_mixer" else "tnl_" + re.sub(r"\W", "_", __name__)
@@ -43,28 +43,30 @@ def _acts(q_act: torch.Tensor | None, k_act: torch.Tensor | None) -> dict:
 
 
 def gated_linear_backward(dout: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
-                          weight: torch.Tensor,
-                          du_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          weight: torch.Tensor, du_out: torch.Tensor | None = None,
+                          norm_backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(do, du, dW) of linear(u * SRMSNorm(o), W) from o, u and the forward's r, the matmuls in W's dtype. The
     gated product (the Linear's input) is formed again by the gate's backward kernel from the reads it makes
-    anyway (the forward's rounding), for dW. `du_out`: where to write du (see `gated_norm_backward`)."""
+    anyway (the forward's rounding), for dW. `du_out`: where to write du (see `gated_norm_backward`);
+    `norm_backend`: the norm kernels' backend (the model config's)."""
     with torch.autocast(o.device.type, enabled=False):
         d2 = dout.reshape(-1, dout.shape[-1]).to(weight.dtype)
         dy = (d2 @ weight).view(*o.shape[:-1], weight.shape[1])
-        do, du, y = gated_norm_backward(dy, o, u, r, du_out=du_out, with_output=True)
+        do, du, y = gated_norm_backward(dy, o, u, r, du_out=du_out, with_output=True, backend=norm_backend)
         dw = d2.t() @ y.reshape(-1, y.shape[-1]).to(weight.dtype)
     return do, du, dw
 
 
 def _forward_impl(qkvu: torch.Tensor, q_act: Optional[torch.Tensor], k_act: Optional[torch.Tensor],  # noqa: UP045
                   decay: torch.Tensor, weight: torch.Tensor, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
-                  heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  heads: int, eps: float,
+                  norm_backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, o, r, attention start states): o and r (the norm's reciprocal RMS) and the states are for backward."""
     from ..ops.lightning_attn.chunk_triton import triton_attn_forward
 
     q, k, v, u = _split(qkvu, heads)
     o, starts = triton_attn_forward(q, k, v, decay, cu_seqlens=cu_seqlens, **_acts(q_act, k_act))
-    y, r = gated_norm_forward(_flat(o), _flat(u), eps)
+    y, r = gated_norm_forward(_flat(o), _flat(u), eps, backend=norm_backend)
     with torch.autocast(qkvu.device.type, enabled=False):
         out = y @ weight.t()
     return out, o, r, starts
@@ -74,14 +76,14 @@ def _backward_impl(dout: torch.Tensor, qkvu: torch.Tensor, q_act: Optional[torch
                    k_act: Optional[torch.Tensor], decay: torch.Tensor, weight: torch.Tensor,  # noqa: UP045
                    o: torch.Tensor, r: torch.Tensor, starts: torch.Tensor,
                    cu_seqlens: Optional[torch.Tensor], heads: int,  # noqa: UP045
-                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   eps: float, norm_backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkvu, d weight)."""
     from ..ops.lightning_attn.chunk_triton import triton_attn_backward
 
     q, k, v, u = _split(qkvu, heads)
     dqkvu = torch.empty(qkvu.shape, device=qkvu.device, dtype=qkvu.dtype)
     dq, dk, dv, du = _split(dqkvu, heads)
-    do, _, dw = gated_linear_backward(dout, _flat(o), _flat(u), r, weight, du_out=_flat(du))
+    do, _, dw = gated_linear_backward(dout, _flat(o), _flat(u), r, weight, du_out=_flat(du), norm_backend=norm_backend)
     triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens, out=(dq, dk, dv),
                          **_acts(q_act, k_act))
     return dqkvu, dw
@@ -92,7 +94,7 @@ _backward_op = torch.library.custom_op(f"{_NS}::gated_attn_out_bwd", mutates_arg
 
 
 @_forward.register_fake
-def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
+def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend):
     from ..ops.lightning_attn.chunk_triton import triton_attn_states_shape
 
     b, t, _ = qkvu.shape
@@ -102,21 +104,22 @@ def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
 
 
 @_backward_op.register_fake
-def _(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, heads, eps):
+def _(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, heads, eps, norm_backend):
     return torch.empty_like(qkvu), torch.empty_like(weight)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps = inputs
+    qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend = inputs
     _, o, r, starts = output
     ctx.save_for_backward(qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens)
-    ctx.heads, ctx.eps = heads, eps
+    ctx.heads, ctx.eps, ctx.norm_backend = heads, eps, norm_backend
 
 
 def _backward_with(bwd, ctx, dout):
     qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens = ctx.saved_tensors
-    dqkvu, dw = bwd(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, ctx.heads, ctx.eps)
-    return dqkvu, None, None, None, dw, None, None, None
+    dqkvu, dw = bwd(dout, qkvu, q_act, k_act, decay, weight, o, r, starts, cu_seqlens, ctx.heads, ctx.eps,
+                    ctx.norm_backend)
+    return dqkvu, None, None, None, dw, None, None, None, None
 
 
 def _backward(ctx, dout, _do, _dr, _dstarts):
@@ -130,9 +133,9 @@ class _EagerGatedAttnOut(torch.autograd.Function):
     """The same forward and backward for eager mode, without torch.library's per-call dispatch overhead."""
 
     @staticmethod
-    def forward(ctx, qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps):
-        output = _forward_impl(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps)
-        _setup_context(ctx, (qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps), output)
+    def forward(ctx, qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend):
+        output = _forward_impl(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend)
+        _setup_context(ctx, (qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend), output)
         return output[0]
 
     @staticmethod
@@ -142,11 +145,12 @@ class _EagerGatedAttnOut(torch.autograd.Function):
 
 def gated_attention_output(qkvu: torch.Tensor, q_act: torch.Tensor | None, k_act: torch.Tensor | None,
                            decay: torch.Tensor, weight: torch.Tensor, heads: int, eps: float,
-                           cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                           cu_seqlens: torch.Tensor | None = None, norm_backend: str = "auto") -> torch.Tensor:
     """W_o (u * SRMSNorm(lightning_attn(SiLU(q), SiLU(k), v))) for qkvu = [q | k | v | u] ([B, T, 4 H Dh]);
     q_act, k_act: SiLU(q), SiLU(k) ([B, T, H, Dh]) computed by the caller, or None to have the kernels apply
     SiLU as they load q and k. Gradients flow to qkvu (w.r.t. the raw q, k) and weight ([out, H Dh], in qkvu's
-    dtype). Triton kernels only: CUDA tensors, or the Triton interpreter."""
+    dtype). Triton kernels only: CUDA tensors, or the Triton interpreter. `norm_backend`: the gate's norm kernels'
+    (the model config's)."""
     b, t, n = qkvu.shape
     dh = n // (4 * heads)
     if n % (4 * heads) or (q_act is None) != (k_act is None) or (
@@ -158,5 +162,6 @@ def gated_attention_output(qkvu: torch.Tensor, q_act: torch.Tensor | None, k_act
     if weight.dtype != qkvu.dtype or weight.shape[1] != n // 4:
         raise ValueError(f"gated_attention_output: weight must be {qkvu.dtype} [out, {n // 4}], got "
                          f"{weight.dtype} {tuple(weight.shape)}")
-    args = (qkvu.contiguous(), q_act, k_act, decay.detach().to(torch.float32), weight, cu_seqlens, heads, float(eps))
+    args = (qkvu.contiguous(), q_act, k_act, decay.detach().to(torch.float32), weight, cu_seqlens, heads, float(eps),
+            norm_backend)
     return _forward(*args)[0] if torch.compiler.is_compiling() else _EagerGatedAttnOut.apply(*args)

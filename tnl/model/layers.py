@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.srms_norm import gated_norm_forward
 from .cache import TransnormerCache
 from .configuration_transnormer import TransnormerConfig
 from .memory_saving import GatedSRMSNorm, ProductLinear, SRMSNormToLowPrecision, autocast_dtype
+from .norm_ops import gated_norm_forward
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -22,11 +22,12 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def srms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """SimpleRMSNorm (TNL paper eq. 9): x / sqrt(mean(x^2) + eps), no weight, computed in fp32."""
+def srms_norm(x: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
+    """SimpleRMSNorm (TNL paper eq. 9): x / sqrt(mean(x^2) + eps), no weight, computed in fp32. `backend`: the
+    norm kernels' (the model config's norm_backend)."""
     low = autocast_dtype(x) if x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled() else None
     if low is not None and low != torch.float32:  # training under autocast: see SRMSNormToLowPrecision
-        return SRMSNormToLowPrecision.apply(x, eps, low)
+        return SRMSNormToLowPrecision.apply(x, eps, low, backend)
     xf = x.to(_acc(x.dtype))
     # F.rms_norm without weight is exactly x * rsqrt(mean(x^2) + eps), fused on GPU (fewer kernels when decoding)
     return F.rms_norm(xf, (xf.shape[-1],), eps=eps).to(x.dtype)
@@ -35,40 +36,42 @@ def srms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 GATE_NORM_EPS = 1e-6
 
 
-def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = GATE_NORM_EPS) -> torch.Tensor:
-    """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7)."""
+def gated_srms_norm(o: torch.Tensor, u: torch.Tensor, eps: float = GATE_NORM_EPS,
+                    backend: str = "auto") -> torch.Tensor:
+    """u * SRMSNorm(o), the TNL token mixer's output gate (paper eq. 7); `backend`: the norm kernels'."""
     if torch.compiler.is_compiling() and o.dtype == u.dtype == torch.float32:
         # plain tensor ops (Inductor derives the backward): traced through GatedSRMSNorm, fp32 training under
         # torch.compile on CUDA got zero gradients for o and u, so for qkvu_proj and LRPE, with the loss right
         # (torch 2.11, H100; bf16 autocast, whose measured speed this keeps, and CPU were right; cause not found).
-        # scripts/check_model_gpu.py --only compile compares compiled with eager training.
-        return gated_norm_forward(o, u, eps)[0]
+        # tests/model/test_model_gpu.py::test_compiled_training_matches_eager compares compiled with eager training.
+        return gated_norm_forward(o, u, eps, backend=backend)[0]
     if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad):
-        return GatedSRMSNorm.apply(o, u, eps)
-    return gated_norm_forward(o, u, eps)[0]  # inference: the training Function's arithmetic (one rounding)
+        return GatedSRMSNorm.apply(o, u, eps, backend)
+    # inference: the training Function's arithmetic (one rounding)
+    return gated_norm_forward(o, u, eps, backend=backend)[0]
 
 
 class SRMSNorm(nn.Module):
     """Weightless SimpleRMSNorm module (no parameters, so official state dicts have no entry for it)."""
 
-    def __init__(self, eps: float = 1e-6) -> None:
+    def __init__(self, eps: float = 1e-6, norm_backend: str = "auto") -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.norm_backend = eps, norm_backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return srms_norm(x, self.eps)
+        return srms_norm(x, self.eps, self.norm_backend)
 
 
 class HeadRMSNorm(nn.Module):
     """RMSNorm with a learned weight over the last dim (q/k norm of the softmax baseline)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6, norm_backend: str = "auto") -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.norm_backend = eps, norm_backend
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return srms_norm(x, self.eps) * self.weight.to(x.dtype)
+        return srms_norm(x, self.eps, self.norm_backend) * self.weight.to(x.dtype)
 
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

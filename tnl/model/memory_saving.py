@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.srms_norm import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 from .fused_mixer import gated_linear_backward
+from .norm_ops import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 
 
 class SRMSNormToLowPrecision(torch.autograd.Function):
@@ -21,16 +21,16 @@ class SRMSNormToLowPrecision(torch.autograd.Function):
     "memory_efficient" RMSNorm makes the same trade: the backward reads y rounded to bf16)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-        y, r = norm_forward(x, eps, out_dtype)
+    def forward(ctx, x: torch.Tensor, eps: float, out_dtype: torch.dtype, backend: str = "auto") -> torch.Tensor:
+        y, r = norm_forward(x, eps, out_dtype, backend=backend)
         ctx.save_for_backward(y, r)
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.backend = x.dtype, backend
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         y, r = ctx.saved_tensors
-        return norm_backward(dy, y, r, ctx.x_dtype), None, None
+        return norm_backward(dy, y, r, ctx.x_dtype, backend=ctx.backend), None, None, None
 
 
 class GatedSRMSNorm(torch.autograd.Function):
@@ -38,16 +38,17 @@ class GatedSRMSNorm(torch.autograd.Function):
     of o and the normalised o, and rounds once (the product is formed in fp32). Exact: it saves its inputs."""
 
     @staticmethod
-    def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float) -> torch.Tensor:
-        y, r = gated_norm_forward(o, u, eps)
+    def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float, backend: str = "auto") -> torch.Tensor:
+        y, r = gated_norm_forward(o, u, eps, backend=backend)
         ctx.save_for_backward(o, u, r)
+        ctx.backend = backend
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         o, u, r = ctx.saved_tensors
-        do, du = gated_norm_backward(dy, o, u, r)
-        return do, du, None
+        do, du = gated_norm_backward(dy, o, u, r, backend=ctx.backend)
+        return do, du, None, None
 
 
 class GatedNormLinear(torch.autograd.Function):
@@ -58,10 +59,11 @@ class GatedNormLinear(torch.autograd.Function):
     torch.compile the partitioner makes this trade itself."""
 
     @staticmethod
-    def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None):
-        y, r = gated_norm_forward(o, u, eps)
+    def forward(ctx, o: torch.Tensor, u: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
+                backend: str = "auto"):
+        y, r = gated_norm_forward(o, u, eps, backend=backend)
         dtype = autocast_dtype(o) or y.dtype
-        ctx.dtype, ctx.has_bias = dtype, bias is not None
+        ctx.dtype, ctx.has_bias, ctx.backend = dtype, bias is not None, backend
         ctx.save_for_backward(o, u, r, weight)
         with torch.autocast(o.device.type, enabled=False):
             return F.linear(y.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
@@ -70,9 +72,9 @@ class GatedNormLinear(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor):
         o, u, r, weight = ctx.saved_tensors
         # the fused mixer's backward (the gated product formed again by the gate's backward kernel), in ctx.dtype
-        do, du, dw = gated_linear_backward(dout, o, u, r, weight.to(ctx.dtype))
+        do, du, dw = gated_linear_backward(dout, o, u, r, weight.to(ctx.dtype), norm_backend=ctx.backend)
         dbias = dout.reshape(-1, dout.shape[-1]).to(ctx.dtype).sum(0).to(weight.dtype) if ctx.has_bias else None
-        return do, du, None, dw.to(weight.dtype), dbias
+        return do, du, None, dw.to(weight.dtype), dbias, None
 
 
 def _linear_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype,

@@ -45,8 +45,8 @@ class TransnormerDecoderLayer(nn.Module):
 
     def __init__(self, config: TransnormerConfig, layer_idx: int) -> None:
         super().__init__()
-        self.token_norm = SRMSNorm()
-        self.channel_norm = SRMSNorm()
+        self.token_norm = SRMSNorm(norm_backend=config.norm_backend)
+        self.channel_norm = SRMSNorm(norm_backend=config.norm_backend)
         self.token_mixer = _TOKEN_MIXERS[config.token_mixer](config, layer_idx)
         self.channel_mixer = SGLU(
             config.decoder_embed_dim, config.glu_dim, bias=config.bias, swiglu=config.channel_mixer == "swiglu"
@@ -121,7 +121,7 @@ class TransnormerModel(TransnormerPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.decoder_embed_dim, self.padding_idx)
         self.layers = nn.ModuleList(TransnormerDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.final_norm = SRMSNorm()
+        self.final_norm = SRMSNorm(norm_backend=config.norm_backend)
         self.embed_scale = 1.0 if config.no_scale_embedding else math.sqrt(config.decoder_embed_dim)
         self.embed_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gradient_checkpointing = False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -28,27 +26,18 @@ class NormLinearAttention(nn.Module, DecayMixin):
         self.act = get_activation(config.linear_act_fun)
         # SiLU can run inside the attention op (the Triton kernels apply it as they load q and k, so SiLU(q),
         # SiLU(k) are never written or kept for backward); not with LRPE, which comes between SiLU and attention.
-        # TNL_ATTN_FOLD_ACT: "auto" (default) folds it in eager mode only: under torch.compile Inductor fuses SiLU
-        # into neighbouring kernels for free, while the folded kernels are slower (the activation puts q and k on
-        # the register path into the dots: H100, tnl_385m compiled 176.3k tokens/s unfolded vs 170.3k folded; eager
-        # within 1%, 146-151k either way, with 2.9 GiB less memory folded). Compiled, "auto" hands SiLU(q), SiLU(k)
-        # to the op beside the raw q, k (qk_activated): its backward applies SiLU' as it writes dq, dk, instead of
-        # Inductor's SiLU backward over re-read q, k (H100, T=2048, separate ops: 178.3k / 177.5k vs 175.5k /
-        # 174.0k tokens/s, same memory).
-        # "1" always folds (under compile no memory saving since train.compile_recompute_pointwise recomputes SiLU
-        # in backward), "0" never (SiLU and its backward left to PyTorch / Inductor).
-        fold_env = os.environ.get("TNL_ATTN_FOLD_ACT", "auto")
-        if fold_env not in ("auto", "0", "1"):
-            raise ValueError(f"TNL_ATTN_FOLD_ACT must be auto, 0 or 1, got {fold_env!r}")
-        self.act_in_attention = config.linear_act_fun in ("silu", "swish") and fold_env != "0"
-        self.act_in_attention_compiled = self.act_in_attention and fold_env == "1"
-        # TNL_FUSED_MIXER: "auto" (default) runs attention, gate and output projection as one op on layers whose
-        # SiLU goes to the Triton kernels, when training or compiled (fused_mixer.py: no concatenation of dq, dk,
-        # dv, du in backward; H100, tnl_385m: +2.3% compiled, +4-8% eager); "0" keeps them separate ops.
-        fused_env = os.environ.get("TNL_FUSED_MIXER", "auto")
-        if fused_env not in ("auto", "0"):
-            raise ValueError(f"TNL_FUSED_MIXER must be auto or 0, got {fused_env!r}")
-        self.fused_output = fused_env == "auto"
+        # Eager mode only: under torch.compile Inductor fuses SiLU into neighbouring kernels for free, while the
+        # folded kernels are slower (q and k go through registers into the dots: H100, tnl_385m compiled 176.3k
+        # tokens/s unfolded vs 170.3k folded; eager within 1%, with 2.9 GiB less memory folded). Compiled, SiLU(q),
+        # SiLU(k) go to the op beside the raw q, k (qk_activated): its backward applies SiLU' as it writes dq, dk,
+        # instead of Inductor's SiLU backward over re-read q, k (H100, T=2048: 178.3k / 177.5k vs 175.5k / 174.0k
+        # tokens/s, same memory). config.fold_qk_activation=False leaves SiLU and its backward to PyTorch / Inductor.
+        self.act_in_attention = config.linear_act_fun in ("silu", "swish") and config.fold_qk_activation
+        # attention, gate and output projection as one op where SiLU goes to the Triton kernels, when training or
+        # compiled (fused_mixer.py: no concatenation of dq, dk, dv, du in backward; H100, tnl_385m: +2.3% compiled,
+        # +4-8% eager)
+        self.fused_output = config.fused_mixer
+        self.norm_backend = config.norm_backend
         self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
         if self.use_lrpe:
             self.lrpe = Lrpe(self.num_heads, self.head_dim)
@@ -64,7 +53,7 @@ class NormLinearAttention(nn.Module, DecayMixin):
         state = layer.state if layer is not None else None
         decoding = state is not None and t == 1
         fusable = self.act_in_attention and not self.use_lrpe and inp.key_mask is None and not decoding
-        fold = fusable and (self.act_in_attention_compiled or not torch.compiler.is_compiling())
+        fold = fusable and not torch.compiler.is_compiling()
         activated = None
         if fusable and not fold:  # compiled: Inductor computes SiLU(q), SiLU(k); the op applies SiLU' in backward
             activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, h, dh))
@@ -73,7 +62,8 @@ class NormLinearAttention(nn.Module, DecayMixin):
             # attention, gate and output projection as one op (fused_mixer.py); eager: SiLU inside the kernels
             w = self.out_proj.weight
             out = gated_attention_output(qkvu, *(activated or (None, None)), self.decay(x.device, x.dtype),
-                                         w.to(qkvu.dtype), h, GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens)
+                                         w.to(qkvu.dtype), h, GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens,
+                                         norm_backend=self.norm_backend)
             return out + self.out_proj.bias.to(out.dtype) if self.out_proj.bias is not None else out
         if not fold and activated is None:
             q, k = self.act(q), self.act(k)
@@ -103,5 +93,5 @@ class NormLinearAttention(nn.Module, DecayMixin):
         w = self.out_proj.weight
         if torch.is_grad_enabled() and (o.requires_grad or u.requires_grad or w.requires_grad) \
                 and not torch.compiler.is_compiling():
-            return GatedNormLinear.apply(o, u, GATE_NORM_EPS, w, self.out_proj.bias)
-        return self.out_proj(gated_srms_norm(o, u))
+            return GatedNormLinear.apply(o, u, GATE_NORM_EPS, w, self.out_proj.bias, self.norm_backend)
+        return self.out_proj(gated_srms_norm(o, u, GATE_NORM_EPS, self.norm_backend))

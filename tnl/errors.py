@@ -3,3 +3,9 @@
 
 class UserError(ValueError):
     """Base class: the message names the problem and the fix."""
+
+
+class ModelFolderError(UserError):
+    """A model folder (checkpoint, run, exported or official model, export target) that cannot be read or written.
+
+    `tnl.export.ExportError` is this class: loading and exporting share their errors."""

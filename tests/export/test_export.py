@@ -43,8 +43,7 @@ def run_without_tnl(code: str, cwd: Path) -> subprocess.CompletedProcess:
     .pth finder never loads), the venv's site-packages added by hand, no PYTHONPATH, a cwd outside the repo."""
     boot = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "hf_modules"), TRANSFORMERS_VERBOSITY="error",
-               TNL_ATTN_BACKEND="torch")
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "hf_modules"), TRANSFORMERS_VERBOSITY="error")
     return subprocess.run([sys.executable, "-I", "-S", "-c", boot + code], cwd=cwd, env=env, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=600)
 
@@ -235,7 +234,7 @@ def _fake_run(tmp_path: Path, model, tok, prefix: str = "") -> Path:
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
-    from tnl.train.checkpoint import write_checksums
+    from tnl.checkpoint import write_checksums
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step_5"
@@ -355,7 +354,7 @@ def _compose(name: str, overrides: list[str]):
 def test_evaluate_and_export_configs_in_process(tmp_path, tok):
     """configs/evaluate.yaml + run_evaluation, configs/export.yaml + run_export, on a run folder."""
     from tnl.eval import evaluate_documents, fingerprint_model, run_evaluation
-    from tnl.export.cli import run_export
+    from tnl.export.run import run_export
 
     model = _model(len(tok))
     run = _fake_run(tmp_path, model, tok)

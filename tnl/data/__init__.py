@@ -2,9 +2,9 @@
 
 from .errors import DataError
 from .packing import PackedWindows, collate
-from .pipeline import prepare_split, prepare_tokenizer
+from .pipeline import cache_root, prepare_split, prepare_tokenizer, resolve_paths
 from .sampler import ResumableSampler
-from .sources import describe_source, load_documents
+from .sources import data_root, describe_source, load_documents
 from .token_cache import TokenArray, build_token_array
 from .wikitext import detokenize, split_articles
 
@@ -14,11 +14,14 @@ __all__ = [
     "ResumableSampler",
     "TokenArray",
     "build_token_array",
+    "cache_root",
     "collate",
+    "data_root",
     "describe_source",
     "detokenize",
     "load_documents",
     "prepare_split",
     "prepare_tokenizer",
+    "resolve_paths",
     "split_articles",
 ]

@@ -1,5 +1,8 @@
 """Where text comes from: the Hugging Face hub, or local files named in config (`data.path` + `data.files`).
 
+`data.path` (the folder `data.files` are relative to) defaults to `$TNL_DATA_DIR` for WikiText configs, whose file
+names follow the layout of the shared local copy; unset, WikiText comes from the hub.
+
 Every source ends as a `datasets.Dataset` (or `IterableDataset` when streaming) with one document per
 row in column "text"; `describe_source` says in one line which files or hub dataset a run used.
 """
@@ -11,17 +14,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tnl import settings
+
 from .errors import DataError
 from .wikitext import detokenize, split_articles
 
 _LOADERS = {".txt": "text", ".raw": "text", ".tokens": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
+def data_root(cfg: Any) -> str | None:
+    """`data.path`, else `$TNL_DATA_DIR` for WikiText configs (see the module docstring); None: no local folder."""
+    if cfg.get("path"):
+        return str(cfg.path)
+    return settings.data_dir() if cfg.get("kind") == "wikitext" else None
+
+
 def _split_files(cfg: Any, split: str) -> list[str]:
     files = (cfg.get("files") or {}).get(split)
     if not files:
         raise DataError(f"data.files has no entry for split '{split}'; add data.files.{split}=[...] to the config")
-    root = Path(os.path.expanduser(str(cfg.path))) if cfg.get("path") else None
+    root = Path(os.path.expanduser(data_root(cfg))) if data_root(cfg) else None
     out: list[str] = []
     for name in [files] if isinstance(files, str) else list(files):
         pattern = str(root / name) if root is not None and not os.path.isabs(name) else os.path.expanduser(name)
@@ -36,7 +48,7 @@ def _split_files(cfg: Any, split: str) -> list[str]:
 
 
 def _use_local(cfg: Any) -> bool:
-    return bool(cfg.get("path")) or cfg.kind == "text" and not cfg.get("hub_path")
+    return bool(data_root(cfg)) or cfg.kind == "text" and not cfg.get("hub_path")
 
 
 def describe_source(cfg: Any, split: str) -> str:

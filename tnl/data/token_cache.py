@@ -3,7 +3,7 @@
 Each split becomes `tokens.bin` (uint16 when the vocab fits, else uint32, one EOS after every
 document), `doc_starts.npy` (offset of each document) and `meta.json`, in a folder named by a
 fingerprint of source, tokenizer and settings. Folders are written under a temporary name and renamed
-into place, so an interrupted build never leaves a cache that looks valid.
+into place (`tnl.atomic.cache_folder`), so an interrupted build never leaves a cache that looks valid.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tnl.atomic import cache_folder
 
 from .errors import DataError
 from .tokenizer import fingerprint, text_batches
@@ -53,7 +54,7 @@ def build_token_array(docs_fn: Callable, tokenizer, cache_dir: str | os.PathLike
     cached flat token array. `source_key` identifies the text (files and their sizes/mtimes, or a hub dataset
     fingerprint), so a cache hit needs no reading or tokenizing at all."""
     key = fingerprint("tokens-v2", source_key, tokenizer_hash(tokenizer))
-    folder = Path(os.path.expanduser(str(cache_dir))) / "tokens" / key
+    folder = Path(cache_dir).expanduser() / "tokens" / key
     if (folder / "meta.json").exists():
         return _open(folder)
     eos = tokenizer.eos_token_id
@@ -67,27 +68,20 @@ def build_token_array(docs_fn: Callable, tokenizer, cache_dir: str | os.PathLike
 
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     lengths: list[int] = []
-    with open(tmp / "tokens.bin", "wb") as f:
-        for chunk in _encoded_chunks(docs, encode, num_proc):
-            lengths.extend(len(x) for x in chunk)
-            f.write(np.fromiter((t for x in chunk for t in x), dtype=dtype).tobytes())
-    if not lengths:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"no documents in {source_key}; check data.files and data.text_column")
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    np.save(tmp / "doc_starts.npy", starts)
-    num_tokens = int(sum(lengths))
-    meta = {"num_tokens": num_tokens, "num_docs": len(lengths), "dtype": np.dtype(dtype).name,
-            "source": str(source_key), "vocab_size": vocab}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # built concurrently by another process: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache_folder(folder) as tmp:  # another process that built the same key first wins
+        with open(tmp / "tokens.bin", "wb") as f:
+            for chunk in _encoded_chunks(docs, encode, num_proc):
+                lengths.extend(len(x) for x in chunk)
+                f.write(np.fromiter((t for x in chunk for t in x), dtype=dtype).tobytes())
+        if not lengths:
+            raise DataError(f"no documents in {source_key}; check data.files and data.text_column")
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        np.save(tmp / "doc_starts.npy", starts)
+        num_tokens = int(sum(lengths))
+        meta = {"num_tokens": num_tokens, "num_docs": len(lengths), "dtype": np.dtype(dtype).name,
+                "source": str(source_key), "vocab_size": vocab}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     log(f"token cache: {num_tokens:,} tokens in {len(lengths):,} documents -> {folder}")
     return _open(folder)
 

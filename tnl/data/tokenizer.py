@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tnl.atomic import cache_folder
 
 from .errors import DataError
 
@@ -86,18 +87,13 @@ def load_tokenizer(cfg: Any, train_docs_fn: Callable, cache_dir: str | os.PathLi
     if cfg.kind != "bpe":
         raise DataError(f"unknown tokenizer.kind '{cfg.kind}'; use 'bpe' or 'hf'")
     key = fingerprint("bpe-v2", data_key_fn(), cfg.vocab_size, cfg.get("min_frequency", 2))
-    folder = Path(os.path.expanduser(str(cache_dir))) / "tokenizers" / key
+    folder = Path(cache_dir).expanduser() / "tokenizers" / key
     if (folder / "tokenizer.json").exists():
         log(f"tokenizer: cached byte-level BPE ({cfg.vocab_size} tokens) at {folder}")
         return AutoTokenizer.from_pretrained(str(folder))
     log(f"tokenizer: training byte-level BPE with {cfg.vocab_size} tokens on the training split")
     tok = train_bpe(train_docs_fn(), cfg.vocab_size, cfg.get("min_frequency", 2))
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    os.makedirs(folder.parent, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with cache_folder(folder) as tmp:  # another process that finished first wins
+        tok.save_pretrained(str(tmp))
     log(f"tokenizer: saved to {folder}")
     return AutoTokenizer.from_pretrained(str(folder))

@@ -69,7 +69,8 @@ def benchmark(model: torch.nn.Module, tokenizer: Any, documents: list[str], *, m
 
 
 def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
-    """`scripts/bench_eval.py`: model (checkpoint or random preset) x documents (split or synthetic) x configs."""
+    """`python -m benchmarks.bench_eval`: model (checkpoint or random preset) x documents (split or synthetic)
+    x configs."""
     from tnl.data import DataError, load_documents
 
     from .run import resolve_device, resolve_dtype, write_json
@@ -86,7 +87,7 @@ def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
     if b.get("num_docs"):
         documents = documents[: int(b.num_docs)]
     if cfg.get("model_path"):
-        from tnl.export.loading import load_pretrained
+        from tnl.checkpoint import load_pretrained
 
         loaded = load_pretrained(cfg.model_path)
         model, tokenizer = loaded.model, loaded.tokenizer

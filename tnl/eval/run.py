@@ -1,4 +1,4 @@
-"""`scripts/evaluate.py`'s work: load a model, score a split, print a table, write a JSON with fingerprints."""
+"""`tnl evaluate`: load a model, score a split, print a table, write a JSON with fingerprints."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from tnl.atomic import write_text_atomic
+from tnl.checkpoint import load_pretrained
 
 from .perplexity import EvalError, evaluate_documents
 
@@ -84,21 +87,17 @@ def default_output(loaded: Any, split: str, mode: str) -> Path:
 
 def write_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
     """Evaluate `cfg.model_path` on `cfg.eval.split` of `cfg.data`; print the table, write the JSON, return it."""
     from tnl.data import describe_source, load_documents
-    from tnl.export.loading import load_pretrained
 
     ev = cfg.eval
     if not cfg.get("model_path"):
-        raise EvalError("model_path is required: python scripts/evaluate.py model_path=RUN/checkpoints/step_N")
+        raise EvalError("model_path is required: tnl evaluate model_path=RUN/checkpoints/step_N")
     split = ev.get("split", "validation")
     if split not in ("validation", "test"):
         raise EvalError(f"eval.split must be validation or test, got {split!r}")

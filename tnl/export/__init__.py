@@ -1,10 +1,11 @@
-"""Export: self-contained Hugging Face folders, OpenNLPLab's checkpoint layout, and loading any of them back."""
+"""Export: self-contained Hugging Face folders and OpenNLPLab's checkpoint layout (loading lives in tnl.checkpoint)."""
+
+from tnl.checkpoint import LoadedModel, load_official, load_pretrained
 
 from .errors import ExportError
 from .hf import export_hf
 from .hub import push_to_hub
-from .loading import LoadedModel, load_pretrained
-from .official import export_official, load_official
+from .official import export_official
 
 __all__ = ["ExportError", "LoadedModel", "export_hf", "export_official", "load_official", "load_pretrained",
            "push_to_hub"]

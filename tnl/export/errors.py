@@ -1,7 +1,8 @@
-"""User-facing export/loading errors: one line naming the problem and the fix, shown without a traceback."""
+"""User-facing export errors: one line naming the problem and the fix, shown without a traceback.
 
-from tnl.errors import UserError
+Loading and exporting share one error class, so `except ExportError` also catches a model folder that cannot be
+loaded (`tnl.checkpoint.load_pretrained`)."""
 
+from tnl.errors import ModelFolderError
 
-class ExportError(UserError):
-    pass
+ExportError = ModelFolderError

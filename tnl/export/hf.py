@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_folder
+from tnl.atomic import atomic_folder
+
 from .card import model_card
 from .code import write_model_code
 from .errors import ExportError
@@ -127,7 +128,7 @@ def export_hf(
         raise ExportError(f"export_hf exports TransNormer models; got model_type {getattr(cfg, 'model_type', None)!r}")
     if tokenizer is None:
         raise ExportError("export_hf needs the tokenizer the model was trained with")
-    with atomic_folder(out_dir, overwrite) as tmp:
+    with atomic_folder(out_dir, overwrite, ExportError) as tmp:
         save_model_files(model, tmp, max_shard_size)
         write_model_code(tmp)
         tokenizer.save_pretrained(tmp)

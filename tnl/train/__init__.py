@@ -1,4 +1,4 @@
-"""Training: config schema, loop, checkpoints, metrics, schedules, plots.
+"""Training: config schema, loop, metrics, schedules, plots (checkpoints: `tnl.checkpoint`).
 
 The names below load on first use (PEP 562), so the torch-only submodules (`tnl.train.compile`, `flops`,
 `schedule`) import without Hydra/OmegaConf: the benchmark scripts use them on machines that lack those."""
@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"TNLConfig": ".config", "register_schema": ".config", "TrainError": ".loop", "train": ".loop"}
+_EXPORTS = {"TNLConfig": ".config", "register_schema": ".config", "FinishedRun": ".loop", "TrainError": ".loop",
+            "train": ".loop"}
 __all__ = sorted(_EXPORTS)
 
 

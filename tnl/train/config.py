@@ -20,7 +20,7 @@ class DataConfig:
     kind: str = "wikitext"
     hub_path: str | None = None
     hub_name: str | None = None
-    path: str | None = None
+    path: str | None = None  # None: $TNL_DATA_DIR for WikiText (tnl.data.sources.data_root)
     files: dict[str, Any] = field(default_factory=dict)
     text_column: str = "text"
     sample_by: str = "line"
@@ -28,7 +28,7 @@ class DataConfig:
     document_aware: bool = False
     streaming: bool = False
     num_proc: int = 2
-    cache_dir: str = "~/.cache/tnl"
+    cache_dir: str | None = None  # None: tnl.settings.cache_dir() ($TNL_CACHE_DIR, else ~/.cache/tnl)
 
 
 @dataclass
@@ -79,7 +79,7 @@ class TrainConfig:
     compile_recompute_pointwise: bool = True
     activation_checkpointing: bool = False
     loss_chunk_size: int = 0  # > 0: fused linear cross-entropy over chunks of this many tokens
-    attn_backend: str = "auto"
+    attn_backend: str = "auto"  # auto | triton | torch: the model's attn_backend, where the model group leaves it auto
     num_workers: int = 1
     max_bad_steps: int = 10  # consecutive non-finite losses before the run aborts
     final_eval: bool = True

@@ -2,18 +2,18 @@
 
 setup (tokenizer, token caches, model, optimizer, schedule) -> resume -> for each step: micro-batches
 with the loss normalised by the tokens of the whole global batch, clip, step, log, evaluate, checkpoint
--> final checkpoint, evaluation, plots and Hugging Face export.
+-> final checkpoint -> the caller's `after` steps (`tnl train`: final evaluation and Hugging Face export) -> plots.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from tnl.data import PackedWindows, ResumableSampler, collate, load_documents, prepare_split, prepare_tokenizer
+from tnl.atomic import write_text_atomic
+from tnl.checkpoint import latest_valid, restore_checkpoint, save_checkpoint, verify
+from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer, resolve_paths
 from tnl.errors import UserError
 
-from .checkpoint import latest_valid, load_checkpoint, save_checkpoint, verify
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
@@ -37,9 +38,9 @@ class TrainError(UserError):
     """A failure the user can act on; printed as one line."""
 
 
-def build_model(cfg: DictConfig, tokenizer):
-    """TransnormerForCausalLM from the `model` group, sized to the tokenizer's vocabulary."""
-    from tnl.model import TransnormerConfig, TransnormerForCausalLM
+def model_config(cfg: DictConfig, tokenizer: Any) -> Any:
+    """TransnormerConfig from the `model` group, sized to the tokenizer's vocabulary (what model_config.json holds)."""
+    from tnl.model import TransnormerConfig
 
     fields = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_fields(fields)
@@ -52,7 +53,19 @@ def build_model(cfg: DictConfig, tokenizer):
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    config = TransnormerConfig(**fields, vocab_size=vocab, eos_token_id=eos, bos_token_id=bos, pad_token_id=pad)
+    return TransnormerConfig(**fields, vocab_size=vocab, eos_token_id=eos, bos_token_id=bos, pad_token_id=pad)
+
+
+def build_model(cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
+    """TransnormerForCausalLM of `model_config`. `train.attn_backend` (unless "auto") sets the model config's
+    attn_backend where the model group leaves it "auto": a choice of this run on this machine, so model_config.json
+    (what a checkpoint is loaded with, elsewhere too) keeps the model group's value."""
+    from tnl.model import TransnormerForCausalLM
+
+    config = model_config(cfg, tokenizer)
+    backend = OmegaConf.select(cfg, "train.attn_backend", default="auto")
+    if backend != "auto" and config.attn_backend == "auto":
+        config.attn_backend = backend
     return TransnormerForCausalLM(config)
 
 
@@ -122,7 +135,24 @@ def validation_loss(model, windows: PackedWindows, batches: int, batch_size: int
     return total / max(count, 1)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+@dataclass
+class FinishedRun:
+    """A finished run, handed to the steps after training (rank 0 only), before metrics and wandb are closed."""
+
+    cfg: DictConfig
+    model: torch.nn.Module  # unwrapped (no compile / DDP wrappers), on the training device
+    tokenizer: Any
+    output_dir: Path
+    device: torch.device
+    step: int
+    log: Callable[..., None]
+    log_metrics: Callable[[dict[str, Any]], None]  # a row of metrics.jsonl (and wandb)
+    result: dict[str, Any]  # what `train` returns; the steps add their entries
+
+
+def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says, save the final checkpoint, run `after` on rank 0, draw the plots; returns the result
+    (output_dir, steps, tokens_seen, checkpoint, plots and whatever `after` added)."""
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
@@ -139,8 +169,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_root = out / "checkpoints"
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    if tc.attn_backend != "auto":
-        os.environ["TNL_ATTN_BACKEND"] = tc.attn_backend
+    resolve_paths(cfg.data)  # config.yaml records the data and cache folders used
 
     # data: rank 0 builds the tokenizer and token caches first, the others then read them
     with accelerator.main_process_first():
@@ -167,15 +196,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     peak = peak_flops(accelerator.device)
 
     if main:
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (out / "model_config.json").write_text(accelerator.unwrap_model(model).config.to_json_string())
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(out / "model_config.json", model_config(cfg, tokenizer).to_json_string())
         tokenizer.save_pretrained(str(out / "tokenizer"))
 
     # resume
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "sampler": None, "bad_steps": 0, "wandb_run_id": None}
     folder = _resume_folder(cfg, ckpt_root, log)
     if folder is not None:
-        state.update(load_checkpoint(accelerator, folder))
+        state.update(restore_checkpoint(accelerator, folder))
         log(f"resumed from {folder} at step {state['step']}")
     sampler = ResumableSampler(len(train_windows), tc.seed, accelerator.process_index, accelerator.num_processes)
     if state["sampler"]:
@@ -282,28 +311,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if last_saved != step or not (ckpt_root / f"step_{step}").exists():
         checkpoint("final")
     result["checkpoint"] = str(ckpt_root / f"step_{step}")
-    unwrapped = accelerator.unwrap_model(model)
-    if main and tc.final_eval:
-        from tnl.eval import evaluate_documents
-
-        docs = load_documents(cfg.data, "validation", detokenized=False)["text"]
-        log(f"evaluating perplexity on {len(docs)} validation documents (window {tc.seq_len})")
-        scores = evaluate_documents(unwrapped, tokenizer, docs, mode="window", max_length=tc.seq_len,
-                                    batch_size=tc.batch_size, device=accelerator.device, progress=tc.progress)
-        scores["split"] = "validation"
-        (out / "eval_validation.json").write_text(json.dumps(scores, indent=1))
-        metrics.log({"step": step, "split": "validation", "loss": math.log(scores["token_perplexity"]),
-                     **{k: v for k, v in scores.items() if k != "split"}})
-        result["eval"] = scores
-        result["eval_file"] = str(out / "eval_validation.json")
+    if main and after is not None:
+        after(FinishedRun(cfg, accelerator.unwrap_model(model), tokenizer, out, accelerator.device, step, log,
+                          metrics.log, result))
     if main:
         result["plots"] = [str(p) for p in draw_plots(out)]
-    if main and tc.export:
-        from tnl.export import export_hf
-
-        path = export_hf(unwrapped, tokenizer, out / "export", train_config=OmegaConf.to_container(cfg, resolve=True),
-                         eval_results=result.get("eval"), overwrite=True)
-        result["export"] = str(path)
     metrics.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tnl.atomic import write_text_atomic
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -30,7 +32,7 @@ class MetricsWriter:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
         if wandb_cfg is not None and wandb_cfg.name == "wandb":
             import wandb
 

@@ -1,4 +1,4 @@
-"""`scripts/export.py`'s work: load a checkpoint, write the export, optionally push it."""
+"""`tnl export`: load a checkpoint (or any model folder tnl reads), write the export, optionally push it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tnl.checkpoint import load_pretrained
+
 from .errors import ExportError
+from .hf import export_hf
+from .hub import push_to_hub
+from .official import export_official
 
 FORMATS = ("hf", "official")
 
@@ -23,19 +28,14 @@ def _eval_results(cfg: Any, run_dir: Path | None) -> list[dict[str, Any]]:
             r = json.loads(Path(f).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ExportError(f"cannot read eval results {f} ({type(err).__name__}); fix or drop it") from None
-        # the training loop and scripts/evaluate.py may both have scored the same setting: keep the newest
+        # the training run and `tnl evaluate` may both have scored the same setting: keep the newest
         latest[(r.get("split"), r.get("mode"), r.get("max_length"), r.get("stride"))] = r
     return list(latest.values())
 
 
 def run_export(cfg: Any, log=print) -> Path:
-    from .hf import export_hf
-    from .hub import push_to_hub
-    from .loading import load_pretrained
-    from .official import export_official
-
     if not cfg.get("checkpoint"):
-        raise ExportError("checkpoint is required: scripts/export.py checkpoint=RUN/checkpoints/step_N out_dir=DIR")
+        raise ExportError("checkpoint is required: tnl export checkpoint=RUN/checkpoints/step_N out_dir=DIR")
     if not cfg.get("out_dir"):
         raise ExportError("out_dir is required: the folder to write the export to")
     fmt = cfg.get("format", "hf")

@@ -1,0 +1,5 @@
+"""`python -m tnl <command> ...`: the same as the `tnl` console script."""
+
+from tnl.cli import main
+
+main()

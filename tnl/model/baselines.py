@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.common import accumulation_dtype
 from .configuration_transnormer import TransnormerConfig
 from .layers import (
     DecayMixin,
     HeadRMSNorm,
     MixerInputs,
-    _acc,
     apply_rope,
     decay_rates,
     doc_ids,
@@ -214,7 +214,7 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         mask = _attend_mask(idx, idx, ok, None)
         o_soft = self.sdpa(fold(qf), fold(kf), fold(vf), mask).reshape(b, nb * c, h, dh)[:, r : r + t]
         # --- decayed linear attention across blocks: loop over blocks carrying the state
-        acc = _acc(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         group = h // self.num_kv_heads
         s = self.decay(x.device, acc).view(1, h, 1, 1)
         lqf = F.pad(lq, (0, 0, 0, 0, r, 0)).to(acc).transpose(1, 2)  # [B, H, n, D]

@@ -11,15 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.common import accumulation_dtype
 from .cache import TransnormerCache
 from .configuration_transnormer import TransnormerConfig
 from .memory_saving import GatedSRMSNorm, ProductLinear, SRMSNormToLowPrecision, autocast_dtype
 from .norm_ops import gated_norm_forward
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp32, or fp64 for fp64 inputs (float64 tests)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def srms_norm(x: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
@@ -28,7 +24,7 @@ def srms_norm(x: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torc
     low = autocast_dtype(x) if x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled() else None
     if low is not None and low != torch.float32:  # training under autocast: see SRMSNormToLowPrecision
         return SRMSNormToLowPrecision.apply(x, eps, low, backend)
-    xf = x.to(_acc(x.dtype))
+    xf = x.to(accumulation_dtype(x.dtype))
     # F.rms_norm without weight is exactly x * rsqrt(mean(x^2) + eps), fused on GPU (fewer kernels when decoding)
     return F.rms_norm(xf, (xf.shape[-1],), eps=eps).to(x.dtype)
 
@@ -139,7 +135,7 @@ class Lrpe(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [B, T, H, D]; positions: [B or 1, T] integer. Returns [B, T, H, 2D] in x's dtype."""
-        acc = _acc(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         ang = positions.to(acc)[:, :, None, None] * self.theta.to(acc).view(1, 1, self.num_heads, -1)
         xf = x.to(acc)
         return torch.cat([xf * torch.cos(ang), xf * torch.sin(ang)], dim=-1).to(x.dtype)
@@ -149,7 +145,7 @@ def rope_cos_sin(
     positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE (Su et al. 2021), rotate-half layout. positions [B or 1, T] -> cos, sin [B or 1, T, 1, dim]."""
-    acc = _acc(dtype)
+    acc = accumulation_dtype(dtype)
     inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=acc) / dim)
     ang = positions.to(acc)[..., None] * inv_freq
     ang = torch.cat([ang, ang], dim=-1)[:, :, None, :]
@@ -165,7 +161,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Absolute sinusoidal positions (Vaswani et al. 2017), halves [sin | cos]: [B or 1, T] -> [.., T, dim]."""
-    half, acc = dim // 2, _acc(dtype)
+    half, acc = dim // 2, accumulation_dtype(dtype)
     freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=acc) / half)
     ang = positions.to(acc)[..., None] * freq
     emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
@@ -218,7 +214,7 @@ class DecayMixin:
 
     def decay(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Rates [H] in fp32 (fp64 when the activations are fp64)."""
-        acc = _acc(dtype)
+        acc = accumulation_dtype(dtype)
         if torch.compiler.is_compiling():
             return torch.tensor(self.decay_list, dtype=acc, device=device)
         cache = self.__dict__.setdefault("_decay_cache", {})

@@ -24,7 +24,7 @@ else:
     def test_norm_forward_backward(d, out_dtype):
         torch.manual_seed(d)
         x = torch.randn(3, 5, d) * 3
-        assert N._use_triton(x)
+        assert N._use_triton(x, "auto") and N._use_triton(x, "triton") and not N._use_triton(x, "torch")
         y, r = N.norm_forward(x, 1e-6, out_dtype)
         xd, yd = _ref_norm(x)
         tol = 1e-6 if out_dtype == torch.float32 else 8e-3
@@ -37,9 +37,9 @@ else:
         torch.testing.assert_close(dx.double(), ref, rtol=10 * tol, atol=10 * tol)
 
     @pytest.mark.parametrize("into", [False, True])
-    @pytest.mark.parametrize("backend", ["auto", "torch"])
+    @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-    def test_gated_forward_backward_with_strided_gate(dtype, backend, into, monkeypatch):
+    def test_gated_forward_backward_with_strided_gate(dtype, backend, into):
         torch.manual_seed(0)
         o = (torch.randn(2, 7, 96) * 2).to(dtype)
         u = torch.randn(2, 7, 4 * 96)[..., 96:192].to(dtype)  # a view of a wider projection, like the model's u
@@ -49,9 +49,8 @@ else:
         tol = 1e-6 if dtype == torch.float32 else 8e-3
         torch.testing.assert_close(y.double(), yd, rtol=tol, atol=tol)
         dy = torch.randn(2, 7, 96).to(dtype)
-        monkeypatch.setenv("TNL_NORM_BACKEND", backend)
         packed = torch.full((2, 7, 4 * 96), float("nan"), dtype=dtype)  # du_out: u's slice of a packed gradient
-        do, du = N.gated_norm_backward(dy, o, u, r, du_out=packed[..., 192:288] if into else None)
+        do, du = N.gated_norm_backward(dy, o, u, r, du_out=packed[..., 192:288] if into else None, backend=backend)
         ref_o, ref_u = torch.autograd.grad(yd, (od, ud), dy.double())
         assert do.dtype == dtype and du.dtype == dtype
         if into:
@@ -65,3 +64,28 @@ else:
         _, r = N.gated_norm_forward(o, u, 1e-6)
         with pytest.raises(ValueError, match="du_out must be"):
             N.gated_norm_backward(dy, o, u, r, du_out=torch.empty(2, 5, 32, dtype=torch.bfloat16))
+
+    @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+    def test_every_backend_matches_float64(backend):
+        """The caller's backend choice reaches every function; the kernels and the formulas agree with float64."""
+        torch.manual_seed(2)
+        x, u = torch.randn(3, 4, 40) * 2, torch.randn(3, 4, 40)
+        y, r = N.norm_forward(x, 1e-6, torch.float32, backend=backend)
+        xd, yd = _ref_norm(x)
+        torch.testing.assert_close(y.double(), yd, rtol=1e-6, atol=1e-6)
+        dy = torch.randn(3, 4, 40)
+        (ref,) = torch.autograd.grad(yd, xd, dy.double())
+        torch.testing.assert_close(N.norm_backward(dy, y, r, torch.float32, backend=backend).double(), ref,
+                                   rtol=1e-5, atol=1e-5)
+        g, r = N.gated_norm_forward(x, u, 1e-6, backend=backend)
+        torch.testing.assert_close(g.double(), u.double() * yd, rtol=1e-6, atol=1e-6)
+
+    def test_backend_choice_is_checked(monkeypatch):
+        x = torch.randn(2, 8)
+        with pytest.raises(ValueError, match="srms_norm: backend must be one of auto, triton, torch, got 'cuda'"):
+            N.norm_forward(x, 1e-6, torch.float32, backend="cuda")
+        monkeypatch.delenv("TRITON_INTERPRET")  # a CPU tensor without the interpreter: no Triton
+        with pytest.raises(ValueError, match="backend='triton' needs Triton and a CUDA tensor"):
+            N.norm_forward(x, 1e-6, torch.float32, backend="triton")
+        y, _ = N.norm_forward(x, 1e-6, torch.float32)  # auto: the formulas
+        torch.testing.assert_close(y.double(), _ref_norm(x)[1], rtol=1e-6, atol=1e-6)

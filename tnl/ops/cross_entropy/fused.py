@@ -10,10 +10,11 @@ matmul in the backward, and one chunk of logits alive at a time. The op is a `to
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
+
+from ..common import accumulation_dtype, triton_usable
 
 # "tnl" inside the package; a copy of this file elsewhere (the Hugging Face export) registers its own namespace,
 # so both can live in one process.
@@ -21,15 +22,7 @@ _NS = "tnl" if __name__ == "tnl.ops.cross_entropy.fused" else "tnl_" + re.sub(r"
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    if x.dtype == torch.float64:
-        return False
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        from . import triton_kernels  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return x.dtype != torch.float64 and triton_usable(x)
 
 
 def _rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, ignore_index: int, grad: bool) -> None:
@@ -42,7 +35,7 @@ def _rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, ignor
         _ce_rows_kernel[(logits.shape[0],)](logits, logits.stride(0), targets, loss, v, ignore_index,
                                             BLOCK_V=block, WRITE_GRAD=grad, num_warps=8)
         return
-    acc = _acc(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     x = logits.to(acc)
     lse = x.logsumexp(-1)
     ignored = targets == ignore_index
@@ -54,10 +47,6 @@ def _rows(logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, ignor
         g = (x - lse[:, None]).exp_()
         g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=acc))
         logits.copy_(g.masked_fill_(ignored[:, None], 0.0))
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 _ADDMM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()  # torch >= 2.8
@@ -80,9 +69,9 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     d = hidden.shape[-1]
     h, t = hidden.reshape(-1, d), targets.reshape(-1)
     n = h.shape[0]
-    loss = torch.empty(n, device=hidden.device, dtype=_acc(compute_dtype))
+    loss = torch.empty(n, device=hidden.device, dtype=accumulation_dtype(compute_dtype))
     dh = torch.empty_like(h) if need_grad else h.new_empty(0)
-    acc = _acc(compute_dtype)
+    acc = accumulation_dtype(compute_dtype)
     dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_grad else weight.new_empty(0)
     with torch.autocast(hidden.device.type, enabled=False):
         w = weight.to(compute_dtype)
@@ -99,7 +88,7 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 
 @_linear_cross_entropy.register_fake
 def _(hidden, weight, targets, compute_dtype, chunk_size, ignore_index, need_grad):
-    loss = hidden.new_empty((), dtype=_acc(compute_dtype))
+    loss = hidden.new_empty((), dtype=accumulation_dtype(compute_dtype))
     if need_grad:
         return loss, torch.empty_like(hidden), torch.empty_like(weight)
     return loss, hidden.new_empty(0), weight.new_empty(0)

@@ -1,8 +1,12 @@
 """Lightning attention: the public `lightning_attn` and the forms behind it.
 
+- `interface.py`: `lightning_attn` (validation, varlen, backend choice).
 - `naive.py`: masked quadratic form (tests only).
 - `chunk.py`: blockwise PyTorch form, differentiable, any device: the reference.
 - `recurrent.py`: one-token state update for decoding.
+- The Triton form: `triton_entry.py` (entry points) over `passes.py` (passes, custom ops, autograd), `plan.py`
+  (segments), `tuning.py` with `tuned_configs.py` (launch configs), `triton_kernels.py` (the kernels) and
+  `options.py` (KernelOptions, development overrides). docs/kernels.md describes the design.
 """
 
 from .chunk import chunk_lightning_attn

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common import accumulation_dtype
+
 
 def chunk_lightning_attn(
     q: torch.Tensor,
@@ -22,7 +24,7 @@ def chunk_lightning_attn(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Blockwise form on one packed batch (no cu_seqlens). State and accumulation in fp32 (fp64 for fp64)."""
     out_dtype = q.dtype
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(q.dtype)
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]

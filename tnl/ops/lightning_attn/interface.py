@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..common import triton_usable
+from .checks import check_qk_activation
 from .chunk import chunk_lightning_attn
 from .naive import naive_lightning_attn
 
@@ -65,38 +66,13 @@ def _validate(q, k, v, decay, initial_state, cu_seqlens) -> None:
             _fail(f"initial_state must have shape [{n}, {h}, {d}, {e}], got {tuple(initial_state.shape)}")
 
 
-def check_qk_activation(q: torch.Tensor, k: torch.Tensor, qk_activation: str | None,
-                        qk_activated: tuple[torch.Tensor, torch.Tensor] | None, fail: Callable[[str], None]) -> None:
-    """The activation arguments shared by every entry point; `fail` raises with the caller's prefix."""
-    if qk_activation not in (None, "silu"):
-        fail(f"qk_activation must be None or 'silu', got {qk_activation!r}")
-    if qk_activated is None:
-        return
-    if qk_activation != "silu":
-        fail("qk_activated needs qk_activation='silu' (q, k raw; qk_activated = their SiLU)")
-    qa, ka = qk_activated
-    if qa.shape != q.shape or ka.shape != k.shape or qa.dtype != q.dtype or ka.dtype != k.dtype:
-        fail(f"qk_activated must match q {tuple(q.shape)} and k {tuple(k.shape)} in shape and dtype, got "
-             f"{tuple(qa.shape)}, {tuple(ka.shape)}")
-
-
-def _triton_available(q: torch.Tensor) -> bool:
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        from .chunk_triton import triton_lightning_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """The backend `lightning_attn(q, ..., backend=backend)` runs (after TNL_ATTN_BACKEND and 'auto')."""
-    backend = os.environ.get("TNL_ATTN_BACKEND", backend) if backend == "auto" else backend
+    """The backend `lightning_attn(q, ..., backend=backend)` runs ('auto': Triton for CUDA tensors below float64
+    where Triton is installed, else torch)."""
     if backend not in BACKENDS:
         _fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        use_triton = q.device.type == "cuda" and q.dtype != torch.float64 and _triton_available(q)
+        use_triton = q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q)
         return "triton" if use_triton else "torch"
     return backend
 
@@ -151,10 +127,10 @@ def lightning_attn(
     check_qk_activation(q, k, qk_activation, qk_activated, _fail)
     name = resolve_backend(backend, q)
     if name == "triton":
-        if not _triton_available(q):
+        if not triton_usable(q):
             _fail("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and the Triton kernel; "
                   "use backend='torch' on this device")
-        from .chunk_triton import triton_lightning_attn
+        from .triton_entry import triton_lightning_attn
 
         return triton_lightning_attn(
             q, k, v, decay, scale=scale, initial_state=initial_state,

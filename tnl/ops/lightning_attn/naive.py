@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..common import accumulation_dtype
+
 
 def naive_lightning_attn(
     q: torch.Tensor,
@@ -20,7 +22,7 @@ def naive_lightning_attn(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Dense [T, T] decay-masked attention on one packed batch (no cu_seqlens). Inputs are validated upstream."""
     out_dtype = q.dtype
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(q.dtype)
     b, t, h, _ = q.shape
     group = h // k.shape[2]
     qf = q.to(acc).transpose(1, 2)  # [B, H, T, D]

@@ -1,33 +1,34 @@
 """SimpleRMSNorm pieces: Triton row kernels on a CUDA GPU in eager mode, PyTorch formulas otherwise.
 
 Under torch.compile the PyTorch formulas are used, since Inductor fuses them with their neighbours (a residual
-add, a cast), which an opaque kernel would prevent. The kernels cover rows of up to 16,384 elements."""
+add, a cast), which an opaque kernel would prevent. The kernels cover rows of up to 16,384 elements.
+
+Every function takes `backend`, the caller's choice (the model config's `norm_backend`): "auto" runs the kernels
+where they apply, "triton" too but fails where Triton cannot run at all, "torch" always runs the formulas."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ..common import accumulation_dtype, triton_usable
+
+NORM_BACKENDS = ("auto", "triton", "torch")
 _MAX_ROW = 16384
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _use_triton(x: torch.Tensor) -> bool:
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    if backend == "torch":
+        return False
+    if backend not in NORM_BACKENDS:
+        raise ValueError(f"srms_norm: backend must be one of {', '.join(NORM_BACKENDS)}, got {backend!r}")
     if x.dtype == torch.float64 or x.shape[-1] > _MAX_ROW or torch.compiler.is_compiling():
         return False
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    if os.environ.get("TNL_NORM_BACKEND", "auto") == "torch":
-        return False
-    try:
-        from . import triton_kernels  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if triton_usable(x):
+        return True
+    if backend == "triton":
+        raise ValueError(f"srms_norm: backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1), got "
+                         f"a {x.device.type} tensor; use backend='auto' or 'torch'")
+    return False
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -41,9 +42,10 @@ def _block(d: int) -> tuple[int, int]:
     return block, min(16, max(1, block // 256))  # (BLOCK, num_warps)
 
 
-def norm_forward(x: torch.Tensor, eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_forward(x: torch.Tensor, eps: float, out_dtype: torch.dtype, *,
+                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """y = x r in `out_dtype` and r = (mean(x^2) + eps)^-1/2 (fp32, shape [..., 1])."""
-    if _use_triton(x):
+    if _use_triton(x, backend):
         from .triton_kernels import _norm_fwd_kernel
 
         x2 = _rows(x)
@@ -53,14 +55,15 @@ def norm_forward(x: torch.Tensor, eps: float, out_dtype: torch.dtype) -> tuple[t
         _norm_fwd_kernel[(x2.shape[0],)](x2, y, r, x2.stride(0), y.stride(0), x2.shape[1], eps, BLOCK=block,
                                          num_warps=warps)
         return y.view(x.shape), r.view(*x.shape[:-1], 1)
-    xf = x.to(_acc(x.dtype))
+    xf = x.to(accumulation_dtype(x.dtype))
     r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return (xf * r).to(out_dtype), r
 
 
-def norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, out_dtype: torch.dtype, *,
+                  backend: str = "auto") -> torch.Tensor:
     """dx = r (dy - y mean(dy y)) from the normalised output y and r alone."""
-    if _use_triton(y):
+    if _use_triton(y, backend):
         from .triton_kernels import _norm_bwd_kernel
 
         dy2, y2 = _rows(dy), _rows(y)
@@ -74,10 +77,11 @@ def norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, out_dtype:
     return (r * (dn - n * (dn * n).mean(-1, keepdim=True))).to(out_dtype)
 
 
-def gated_norm_forward(o: torch.Tensor, u: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gated_norm_forward(o: torch.Tensor, u: torch.Tensor, eps: float, *,
+                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """u * (o r), product in fp32, one rounding to the promoted dtype of o and u; and r ([..., 1], fp32)."""
     out_dtype = torch.promote_types(o.dtype, u.dtype)
-    if _use_triton(o) and o.shape == u.shape:
+    if _use_triton(o, backend) and o.shape == u.shape:
         from .triton_kernels import _gated_fwd_kernel
 
         o2, u2 = _rows(o), _rows(u)
@@ -87,21 +91,21 @@ def gated_norm_forward(o: torch.Tensor, u: torch.Tensor, eps: float) -> tuple[to
         _gated_fwd_kernel[(o2.shape[0],)](o2, u2, y, r, o2.stride(0), u2.stride(0), y.stride(0), o2.shape[1], eps,
                                           BLOCK=block, num_warps=warps)
         return y.view(o.shape), r.view(*o.shape[:-1], 1)
-    of = o.to(_acc(o.dtype))
+    of = o.to(accumulation_dtype(o.dtype))
     r = torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + eps)
     return (of * r * u.to(of.dtype)).to(out_dtype), r
 
 
 def gated_norm_backward(dy: torch.Tensor, o: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
-                        du_out: torch.Tensor | None = None,
-                        with_output: bool = False) -> tuple[torch.Tensor, ...]:
+                        du_out: torch.Tensor | None = None, with_output: bool = False, *,
+                        backend: str = "auto") -> tuple[torch.Tensor, ...]:
     """Gradients of u * (o r) w.r.t. o and u, in their dtypes. `du_out`: a tensor of u's shape and dtype (any
     row stride, unit stride within rows) to write u's gradient into; it is returned as the second result.
     `with_output`: also return the forward's output (as `gated_norm_forward` rounds it), from the same reads."""
     if du_out is not None and (du_out.shape != u.shape or du_out.dtype != u.dtype or du_out.stride(-1) != 1):
         raise ValueError(f"gated_norm_backward: du_out must be {u.dtype} {tuple(u.shape)} with unit stride in the "
                          f"last dim, got {du_out.dtype} {tuple(du_out.shape)} strides {du_out.stride()}")
-    if _use_triton(o) and o.shape == u.shape == dy.shape:
+    if _use_triton(o, backend) and o.shape == u.shape == dy.shape:
         from .triton_kernels import _gated_bwd_kernel
 
         dy2, o2, u2 = _rows(dy), _rows(o), _rows(u)

@@ -50,6 +50,7 @@ def run_without_tnl(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 CHILD = r"""
 import importlib, importlib.util, json, sys
+from pathlib import Path
 import torch
 assert importlib.util.find_spec("tnl") is None, "tnl must not be importable here"
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,15 +59,16 @@ model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eva
 tok = AutoTokenizer.from_pretrained(folder)
 pkg = type(model).__module__.rsplit(".", 1)[0]
 assert pkg.startswith("transformers_modules"), type(model).__module__
-triton_ok = importlib.util.find_spec("triton") is not None
-if triton_ok:  # the Triton files came along, with their relative imports resolved
-    importlib.import_module(pkg + ".lightning_attn_chunk_triton")
+cached = sorted(p.name for p in Path(sys.modules[pkg].__path__[0]).glob("*.py") if p.name != "__init__.py")
+if importlib.util.find_spec("triton") is not None:  # every copied file imports, relative imports resolved
+    for name in cached:
+        importlib.import_module(pkg + "." + name[:-3])
 ids = torch.tensor(json.load(open("ids.json")))
 with torch.no_grad():
     logits = model(input_ids=ids).logits
 gen = model.generate(ids[:1], max_new_tokens=6, do_sample=False)
-torch.save({"logits": logits, "gen": gen, "text_ids": tok("The cat sat", add_special_tokens=False)["input_ids"]},
-           "out.pt")
+torch.save({"logits": logits, "gen": gen, "text_ids": tok("The cat sat", add_special_tokens=False)["input_ids"],
+            "cached": cached}, "out.pt")
 print("OK", type(model).__name__)
 """
 
@@ -101,41 +103,25 @@ def test_hf_export_loads_without_tnl(tmp_path, tok):
     torch.testing.assert_close(got["logits"], ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(got["gen"], ref_gen)
     assert got["text_ids"] == tok("The cat sat", add_special_tokens=False)["input_ids"]
+    # transformers copied every file of the export's code (the closure of relative imports), and nothing else
+    assert got["cached"] == sorted(f.name for f in out.glob("*.py"))
+    assert {"tnl_settings.py", "ops_common.py"} <= set(got["cached"])  # tnl's shared modules came along
 
 
 def test_flattened_code_passes_transformers_checks(tmp_path):
-    """transformers' own loader helpers: every relative import resolves in the folder; triton is not required."""
+    """transformers' own loader helpers: the relative imports of the modeling file reach exactly the files written,
+    and no file needs triton (or anything else outside torch and transformers) to load."""
     from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
     from tnl.export.code import write_model_code
 
     written = write_model_code(tmp_path)
     needed = {Path(p).name for p in get_relative_import_files(str(tmp_path / "modeling_transnormer.py"))}
-    assert needed <= set(written)
-    assert {"lightning_attn.py", "lightning_attn_chunk_triton.py", "configuration_transnormer.py",
-            "cross_entropy.py", "cross_entropy_fused.py", "cross_entropy_triton_kernels.py"} <= needed
-    if (tmp_path / "lightning_attn_autotune.py").exists():
-        assert "lightning_attn_autotune.py" in needed  # `from . import autotune` still gets copied
+    assert needed | {"modeling_transnormer.py"} == set(written)
+    assert {"lightning_attn.py", "configuration_transnormer.py", "cross_entropy.py", "srms_norm.py",
+            "ops_common.py", "tnl_settings.py"} <= needed
     for name in written:
-        assert "triton" not in get_imports(str(tmp_path / name)), name
-
-
-def test_rewrite_ops_file_unit():
-    from tnl.export.code import rewrite_ops_file
-
-    src = ("import os\nimport triton\nfrom . import autotune\nfrom . import kern as _k\nfrom .chunk import a, b\n"
-           "def f():\n    from .chunk import c  # lazy\n    return c\n")
-    out = rewrite_ops_file(src, "x.py", {"autotune", "kern", "chunk"})
-    compile(out, "x.py", "exec")
-    assert "from .lightning_attn_chunk import a, b" in out
-    assert "    from .lightning_attn_chunk import c" in out
-    assert "from . import lightning_attn_autotune as autotune" in out
-    assert "from . import lightning_attn_kern as _k" in out
-    assert "try:" in out and "    import triton" in out
-    with pytest.raises(ExportError):
-        rewrite_ops_file("from ..other import x\n", "y.py", set())
-    out = rewrite_ops_file("from .fused import f\n", "z.py", {"fused"}, package="cross_entropy")
-    assert out == "from .cross_entropy_fused import f\n"
+        assert set(get_imports(str(tmp_path / name))) <= {"torch", "transformers", *sys.stdlib_module_names}, name
 
 
 def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
@@ -167,6 +153,22 @@ def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     (tmp_path / "empty").mkdir()
     export_hf(model, tok, tmp_path / "empty")  # an empty folder is not "non-empty"
+
+
+def test_export_made_before_the_redesign_loads():
+    """An HF folder exported by tnl before its modules were reorganised (tests/export/fixtures/README.md) loads with
+    today's code and gives the logits and greedy tokens the old code gave."""
+    from safetensors.torch import load_file
+
+    fixtures = Path(__file__).parent / "fixtures"
+    expected = load_file(str(fixtures / "old_export_expected.safetensors"))
+    loaded = load_pretrained(fixtures / "old_export")
+    assert loaded.kind == "hf" and loaded.model.config.linear_use_lrpe_list == [1, 0]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=expected["input_ids"]).logits
+        gen = loaded.model.generate(expected["input_ids"][:1], max_new_tokens=5, do_sample=False)
+    torch.testing.assert_close(logits, expected["logits"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(gen, expected["generated"])
 
 
 def _official_tensors(cfg: dict, rng: torch.Generator) -> dict[str, torch.Tensor]:

@@ -6,8 +6,6 @@ import json
 import math
 from typing import Any
 
-from .code import OPS_PACKAGES
-
 _METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity")
 
 
@@ -52,9 +50,9 @@ def model_card(config: dict[str, Any], *, train_config: dict[str, Any] | None = 
         f"d={config.get('decoder_embed_dim')}, {config.get('decoder_attention_heads')} heads, "
         f"vocabulary {config.get('vocab_size')}) trained with tnl. Token mixer: {config.get('token_mixer', 'tnl')}.",
         "",
-        "The modeling code ships in this folder (`modeling_transnormer.py` and the flattened ops "
-        f"{', '.join(f'`{name}*.py`' for name in OPS_PACKAGES)}): it needs only `torch` and `transformers`, and uses "
-        "the Triton kernels on a CUDA GPU when Triton is installed, PyTorch otherwise.",
+        "The modeling code ships in this folder (`modeling_transnormer.py` and the tnl modules it imports, "
+        "flattened): it needs only `torch` and `transformers`, and uses the Triton kernels on a CUDA GPU when "
+        "Triton is installed, PyTorch otherwise.",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",

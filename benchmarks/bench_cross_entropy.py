@@ -6,26 +6,25 @@ F.cross_entropy on the fp32 logits: the anchor), `checkpointed` (torch per chunk
 tnl's previous loss). Forward+backward time (do_bench median, ms), ratio to torch in the same run, peak memory
 above the inputs; printed beside it, each method's gradient errors against float64.
 
-    python scripts/bench_cross_entropy.py [--tokens 8192 32768] [--write-md]
+    python -m benchmarks.bench_cross_entropy [--tokens 8192 32768] [--d 1024] [--vocab 64000] [--write-md]
+
+--write-md rewrites the `bench_cross_entropy` table of docs/benchmarks.md in place.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import shlex
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 import triton.testing
 from torch.utils.checkpoint import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tnl.ops.cross_entropy import fused_linear_cross_entropy  # noqa: E402
+from benchmarks.markdown import current_section, rewrite_section, today
+from tnl.ops.cross_entropy import fused_linear_cross_entropy
 
 CHUNK = 8192
 
@@ -122,12 +121,15 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write_md:
-        cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        md = (f"\n### Fused linear cross-entropy, {now}, {torch.cuda.get_device_name()}\n\nCommand: `{cmd}` "
-              f"(d = {args.d}, vocab = {args.vocab}, bf16 autocast, fp32 weight; ratios to `torch`)\n\n{table}\n")
-        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
-            f.write(md)
+        cmd = "python -m benchmarks.bench_cross_entropy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        key = "bench_cross_entropy"
+        # the section's own words before its command line stay (a description written by hand)
+        title = (current_section(key) or "").split("`python", 1)[0].strip() or "The LM head's loss, forward+backward."
+        body = (f"{title} `{cmd}` · {torch.cuda.get_device_name()} · torch {torch.__version__}, triton "
+                f"{triton.__version__} · {today()}\n(d = {args.d}, vocab = {args.vocab}, bf16 autocast, fp32 weight; "
+                f"ratios to `torch`; cells: ms (peak GiB above the inputs))\n\n{table}\n")
+        rewrite_section(key, body, chapter="Fused linear cross-entropy")
+        print(f"rewrote <!-- {key} --> in docs/benchmarks.md")
     return 0
 
 

@@ -4,37 +4,39 @@ bf16, H=16, B*T=65,536 tokens, T in {1k..64k}; head dims (D,E) in {(128,128), (6
 Times are triton.testing.do_bench medians (ms) of the forward and of forward+backward on random inputs;
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
-    python scripts/bench_attention.py [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
-        [--methods tnl tnl_split tnl_fused tnl_ptr fla lightning-attn sdpa]
-        (tnl: the default backward; tnl_split / tnl_fused force TNL_ATTN_BWD=split or fused; tnl_ptr runs tnl's
-         configs without TMA descriptors, TNL_ATTN_TMA=0)
+    python -m benchmarks.bench_attention [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
+        [--methods tnl tnl_ptr fla lightning-attn sdpa]
+        (tnl: the defaults; tnl_ptr runs tnl's configs without TMA descriptors, KernelOptions(tma=False))
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
         [--kernels] (adds each method's GPU kernel time per fwd+bwd call, from the profiler: what the time would
                      be without host overhead; do_bench above it means the call is host-bound)
+        [--heads 16] [--tokens 65536]
+
+--write-md rewrites this run's tables in docs/benchmarks.md in place: one section per D,E, keyed
+`bench_attention D=<D>` (`others D=<D>` without tnl; H=8, B*T=32,768: one section, `training shape`); `--md-key`
+names another.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
+import contextlib
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 import triton
 import triton.testing
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tnl.ops.lightning_attn.chunk_triton import triton_lightning_attn  # noqa: E402
+from benchmarks.markdown import current_section, rewrite_section, today
+from tnl.ops.lightning_attn.options import override_kernel_options
+from tnl.ops.lightning_attn.triton_entry import triton_lightning_attn
 
 TOKENS = 65536
 H = 16
-TNL_METHODS = ("tnl", "tnl_split", "tnl_fused", "tnl_ptr")  # tnl's kernel under different settings
+# tnl's kernel under different KernelOptions
+TNL_METHODS = {"tnl": {}, "tnl_ptr": {"tma": False}}
 
 
 def slopes(h: int) -> torch.Tensor:
@@ -134,14 +136,13 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
 
 
 def measure(name, impls, b, t, d, e, host: bool = False, kernels: bool = False):
-    # TNL_ATTN_BWD and TNL_ATTN_TMA are read at each launch: tnl = the defaults, tnl_split / tnl_fused force a
-    # backward form, tnl_ptr the pointer loads
-    os.environ.pop("TNL_ATTN_BWD", None)
-    os.environ.pop("TNL_ATTN_TMA", None)
-    if name in ("tnl_split", "tnl_fused"):
-        os.environ["TNL_ATTN_BWD"] = name[4:]
-    if name == "tnl_ptr":
-        os.environ["TNL_ATTN_TMA"] = "0"
+    # the options are read at each launch: every call of the method runs inside them
+    opts = override_kernel_options(**TNL_METHODS[name]) if name in TNL_METHODS else contextlib.nullcontext()
+    with opts:
+        return _measure(name, impls, b, t, d, e, host, kernels)
+
+
+def _measure(name, impls, b, t, d, e, host: bool, kernels: bool):
     torch.cuda.empty_cache()
     try:
         made = make_fns(name, impls, b, t, d, e)
@@ -192,7 +193,10 @@ def main() -> int:
     ap.add_argument("--dims", nargs="+", default=["128,128", "64,64", "256,128"])
     ap.add_argument("--T", nargs="+", type=int, default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
     ap.add_argument("--methods", nargs="+", default=["tnl", "fla", "lightning-attn", "sdpa"])
-    ap.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
+    ap.add_argument("--write-md", action="store_true",
+                    help="rewrite this run's tables in docs/benchmarks.md (one section per D,E)")
+    ap.add_argument("--md-key", help="with --write-md: one section under this marker key instead (H=8, "
+                    "B*T=32,768: 'bench_attention training shape')")
     ap.add_argument("--host", action="store_true", help="also report host CPU ms per fwd+bwd call")
     ap.add_argument("--kernels", action="store_true", help="also report GPU kernel ms per fwd+bwd call (profiler)")
     ap.add_argument("--heads", type=int, default=H, help="heads (tnl_385m trains with 8)")
@@ -243,33 +247,44 @@ def main() -> int:
     for n in notes:
         print(n)
     if args.write_md:
-        cmd = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
-        versions = f"torch {torch.__version__}, triton {triton.__version__}"
-        try:
-            import fla
-
-            versions += f", fla {getattr(fla, '__version__', '?')}"
-        except Exception:  # noqa: BLE001
-            pass
-        md = ROOT / "docs" / "benchmarks.md"
-        md.parent.mkdir(exist_ok=True)
-        text = md.read_text() if md.exists() else "# Benchmarks\n"
-        section = "## Lightning attention kernel"
-        if section not in text:
-            text = text.rstrip() + f"\n\n{section}\n\nTimes in ms (median of triton.testing.do_bench), bf16, H=16, " \
-                   "B*T=65,536 tokens unless a heading says otherwise, decay = TNL slopes, scale 1; " \
-                   "(x) = ratio to fla in the same run; " \
-                   "memory = peak allocated during fwd+bwd above the inputs.\n"
-        stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-        block = (f"\n### {stamp}, {device} ({versions}), H={H}, B*T={TOKENS:,}\n\n"
-                 f"Command: `{cmd}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-        # insert at the end of this section (before the next "## " header, if any)
-        start = text.index(section)
-        nxt = text.find("\n## ", start + len(section))
-        text = text + block if nxt < 0 else text[:nxt] + "\n" + block + text[nxt:]
-        md.write_text(text)
-        print(f"appended to {md}")
+        write_md(args, lines, notes, device)
     return 0
+
+
+def _title(d: int, e: int) -> str:
+    return f"**D = E = {d}.**" if d == e else f"**D = {d}, E = {e}.**"
+
+
+def write_md(args, lines: list[str], notes: list[str], device: str) -> None:
+    """Rewrite this run's sections of docs/benchmarks.md: one per D,E (rows of that D,E), or one under --md-key."""
+    cmd = "python -m benchmarks.bench_attention " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    versions = f"torch {torch.__version__}, triton {triton.__version__}"
+    try:
+        import fla
+
+        versions += f", fla {getattr(fla, '__version__', '?')}"
+    except Exception:  # noqa: BLE001
+        pass
+    header, rows = lines[:2], lines[2:]
+    key = args.md_key or ("bench_attention training shape" if (H, TOKENS) == (8, 32768) else None)
+    groups = {key: (None, rows)} if key else {}
+    if not key:
+        for dims in args.dims:
+            d, e = (int(x) for x in dims.split(","))
+            prefix = "" if "tnl" in args.methods else "others "
+            suffix = "" if (H, TOKENS) == (16, 65536) else f" H={H} tokens={TOKENS}"
+            mine = [r for r in rows if r.startswith(f"| {d},{e} |")]
+            groups[f"bench_attention {prefix}D={d}{suffix}"] = ((d, e), mine)
+    for key, (dims, group) in groups.items():
+        # the section's own words before its command line stay (a title written by hand)
+        first = (current_section(key) or "").split("`python", 1)[0].strip()
+        title = first or (_title(*dims) if dims else f"**{key}.**")
+        shape = f"H={H}, B*T={TOKENS:,}"
+        mine = [n for n in notes if dims is None or n.startswith(f"tnl D,E={dims[0]},{dims[1]}:")]
+        body = (f"{title} `{cmd}`\n· {device} · {versions} · {shape} · {today()}\n\n" + "\n".join(header + group)
+                + "\n" + "".join(f"\n- {n}" for n in mine) + "\n")
+        rewrite_section(key, body, chapter="Lightning attention kernel")
+        print(f"rewrote <!-- {key} --> in docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """A/B-time edited copies of the lightning-attention Triton kernels against the current ones, in one process.
 
-    python scripts/bench_kernel_variants.py VARIANT.py [VARIANT.py ...]
+    python -m tools.bench_kernel_variants VARIANT.py [VARIANT.py ...]
         [--shapes 64,1024,128,128 1,65536,128,128] [--heads 16] [--rounds 2] [--fwd-only]
 
 A variant is a copy of tnl/ops/lightning_attn/triton_kernels.py with edits (same kernel names and arguments).
 Each round times the current kernels and every variant back to back on the same inputs and with the same launch
 configs (on an H100 the spread between machines, and between processes, is larger than most single changes: the
-two kernel reorderings of session 14 were found this way), and checks each variant's output and gradients
+kernels' two reorderings of loads and dots were found this way), and checks each variant's output and gradients
 against the current kernels' (exit status 1 beyond --tol). Without CUDA it runs under TRITON_INTERPRET=1 as a
 correctness check only: its times mean nothing.
 """
@@ -14,19 +14,16 @@ correctness check only: its times mean nothing.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_attention import slopes, warm_up_gpu  # noqa: E402  (scripts/ is on sys.path)
+from benchmarks.bench_attention import slopes, warm_up_gpu
+from tnl.ops.lightning_attn import passes, tuning
+from tnl.ops.lightning_attn.triton_entry import triton_lightning_attn
+from tnl.settings import triton_interpret
 
 
 def load_variant(path: str):
@@ -40,7 +37,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-def time_shape(ct, kernels, shape: str, heads: int, rnd: int, device: str, dtype: torch.dtype,
+def time_shape(kernels, shape: str, heads: int, rnd: int, device: str, dtype: torch.dtype,
                fwd_only: bool) -> list[tuple]:
     """(round, shape, kernels' name, fwd ms, fwd+bwd ms, max relative difference to the first kernels) per kernels."""
     import triton
@@ -52,15 +49,15 @@ def time_shape(ct, kernels, shape: str, heads: int, rnd: int, device: str, dtype
     go = torch.randn(b, t, heads, e, device=device, dtype=dtype)
 
     def fwd():
-        return ct.triton_lightning_attn(*leaves, decay, scale=d ** -0.5)[0]
+        return triton_lightning_attn(*leaves, decay, scale=d ** -0.5)[0]
 
     def fwd_bwd():
         torch.autograd.backward(fwd(), go)
 
     rows, base = [], None
     for name, module in kernels:
-        ct._k = module
-        ct._CHOSEN.clear()  # the launch memo; the tuned choice (shipped or cached) stays the same
+        passes._k = module  # the kernels module the passes launch from
+        tuning._CHOSEN.clear()  # the launch memo; the tuned choice (shipped or cached) stays the same
         o = fwd()
         outs = [o.detach()] + list(torch.autograd.grad(o, leaves, go))
         base = base or outs
@@ -87,22 +84,21 @@ def main() -> int:
                     "(default 2e-2 in bf16 on CUDA, 1e-5 in fp32 under the interpreter)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
-    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if not cuda and not triton_interpret():
         sys.exit("no CUDA device: run with TRITON_INTERPRET=1 to check variants for correctness on the CPU")
-    ct = importlib.import_module("tnl.ops.lightning_attn.chunk_triton")
 
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     tol = args.tol if args.tol is not None else (2e-2 if cuda else 1e-5)
-    kernels = [("current", ct._k)] + [(Path(p).name, load_variant(p)) for p in args.variants]
+    kernels = [("current", passes._k)] + [(Path(p).name, load_variant(p)) for p in args.variants]
     if cuda:
         warm_up_gpu()
     rows = []
     try:
         for rnd in range(args.rounds):
             for shape in args.shapes:
-                rows += time_shape(ct, kernels, shape, args.heads, rnd, device, dtype, args.fwd_only)
+                rows += time_shape(kernels, shape, args.heads, rnd, device, dtype, args.fwd_only)
     finally:
-        ct._k = kernels[0][1]
+        passes._k = kernels[0][1]
     worst = max(r[-1] for r in rows)
     ref = {(r, s): (f, fb) for r, s, n, f, fb, _ in rows if n == "current"}
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (interpreter: correctness only)'}, "

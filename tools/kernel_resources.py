@@ -1,7 +1,7 @@
 """Compile the lightning-attention Triton kernels ahead of time for a GPU target and print their resource use
 (registers, stack frame, shared memory) per block configuration: no GPU needed, only Triton's bundled ptxas.
 
-    python scripts/kernel_resources.py [--arch 90] [--dims 128,128 64,64 256,128]
+    python -m tools.kernel_resources [--arch 90] [--dims 128,128 64,64 256,128]
 
 A stack frame above a few bytes at 255 registers means spills to local memory; compare configurations here
 before spending device time on them. Kernels are compiled as the JIT compiles the usual call (contiguous head
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,16 +22,14 @@ import triton.backends.nvidia
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tnl.ops.lightning_attn import chunk_triton as CT  # noqa: E402
-from tnl.ops.lightning_attn import triton_kernels as K  # noqa: E402
+from tnl.ops.lightning_attn import triton_kernels as K
+from tnl.ops.lightning_attn.plan import pow2, prefix_chunk
+from tnl.ops.lightning_attn.tuning import MAIN_CONFIGS, TMA_CONFIGS
 
 _POINTERS = {"S_INIT": "*fp32", "PBUF": "*fp32", "S_OUT": "*fp32", "DECAY": "*fp32", "SUB": "*fp32", "SEGS": "*i32"}
 _DESCRIPTORS = {"QD", "KD", "VD", "OD"}  # TMA descriptors in a TMA config, else pointers
-_TENSORS = {"QR", "KR", "VR", "OUT", "XRAW", "Q", "K", "V", "DO", "DKO", "DVO"} | _DESCRIPTORS  # in the input dtype
-_FLOATS = {"skv", "sout", "scale"}
+_TENSORS = {"QR", "KR", "VR", "OUT", "XRAW"} | _DESCRIPTORS  # in the input dtype
+_FLOATS = {"skv", "sout"}
 
 
 def _signature(fn, constexprs: dict, dtype: str) -> dict:
@@ -52,9 +49,9 @@ def _signature(fn, constexprs: dict, dtype: str) -> dict:
     return sig
 
 
-_UNIT_STRIDES = ("sq_d", "sk_d", "sv_d", "so_d", "sx_d", "sg_d", "sdk_d", "sdv_d")
+_UNIT_STRIDES = ("sq_d", "sk_d", "sv_d", "so_d", "sx_d")
 _ALIGNED_INTS = ("sq_b", "sq_t", "sq_h", "sk_b", "sk_t", "sk_h", "sv_b", "sv_t", "sv_h", "so_b", "so_t", "so_h",
-                 "sg_b", "sg_t", "sg_h", "sdk_b", "sdk_t", "sdk_h", "sdv_b", "sdv_t", "sdv_h", "DK", "DV", "H")
+                 "DK", "DV", "H")
 
 
 def _specialised(fn, constexprs: dict, dtype: str) -> tuple[dict, dict, dict]:
@@ -92,24 +89,18 @@ def main() -> int:
     print(f"{'kernel':<22} {'D,E':>8} {'C,BE,warps,stages':>18}  resources (',tma': TMA descriptors)")
     for dims in args.dims:
         d, e = (int(x) for x in dims.split(","))
-        bd = CT._pow2(d)
+        bd = pow2(d)
         for role, reverse, act, dact in (("fwd", False, True, False), ("dq", False, False, True),
                                          ("dv", True, True, False)):
-            for c, be, w, s, *tma in CT._MAIN_CONFIGS + CT._TMA_CONFIGS:
-                be = min(be, CT._pow2(e))
+            for c, be, w, s, *tma in MAIN_CONFIGS + TMA_CONFIGS:
+                be = min(be, pow2(e))
                 ce = dict(BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
                           STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32",
                           UPCAST=False, ACT_Q=act and not reverse, ACT_K=act, ACT_V=False, DACT=dact, P_T=False,
-                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=CT._prefix_chunk(c, False), TMA=bool(tma))
+                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=prefix_chunk(c, False), TMA=bool(tma))
                 res = resources(K._chunk_kernel, ce, w, s, args.arch)
                 print(f"{'chunk ' + role + (' +silu' if act or dact else ''):<22} {dims:>8} "
                       f"{f'{c},{be},{w},{s}' + (',tma' if tma else ''):>18}  {res}", flush=True)
-        if CT._pow2(d) * CT._pow2(e) <= CT._DKDV_MAX_TILE:
-            for c, w, s in CT._DKDV_CONFIGS:
-                ce = dict(BD=bd, BE=CT._pow2(e), C=c, HAS_INIT=False, STORE_FINAL=False, IS_VARLEN=False,
-                          SEGMENTED=False, PREC="tf32", UPCAST=False, ACT=True)
-                res = resources(K._dkdv_kernel, ce, w, s, args.arch)
-                print(f"{'dkdv +silu':<22} {dims:>8} {f'{c},{CT._pow2(e)},{w},{s}':>18}  {res}", flush=True)
     return 0
 
 

@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## create .venv from pyproject.toml (rebuilt when pyproject.toml is newer)
 
 train: venv ## train the quickstart TNL on WikiText-103 (CPU, ~7 min), evaluate and export
-	$(PY) train.py experiment=quickstart $(ARGS)
+	$(VENV)/bin/tnl train experiment=quickstart $(ARGS)
 
 test: venv ## ruff, then the whole pytest suite
 	$(VENV)/bin/ruff check .
@@ -40,13 +40,13 @@ lint: venv ## ruff only
 	$(VENV)/bin/ruff check .
 
 eval: venv ## perplexity of a model: make eval ARGS='model_path=outputs/quickstart/export'
-	$(PY) scripts/evaluate.py $(ARGS)
+	$(VENV)/bin/tnl evaluate $(ARGS)
 
 export: venv ## HF export of a checkpoint: make export ARGS='checkpoint=PATH out_dir=DIR'
-	$(PY) scripts/export.py $(ARGS)
+	$(VENV)/bin/tnl export $(ARGS)
 
-bench: venv ## benchmarks (GPU ones need CUDA): make bench ARGS='scripts/bench_attention.py'
-	$(PY) $(or $(ARGS),scripts/bench_data.py)
+bench: venv ## a benchmark module (GPU ones need CUDA): make bench ARGS='benchmarks.bench_attention --help'
+	$(PY) -m $(or $(ARGS),benchmarks.bench_data)
 
 clean: ## remove caches and outputs (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -22,3 +22,13 @@ def data_dir() -> Path:
     if not (path / "wikitext-2-raw" / "wiki.valid.raw").exists():
         pytest.skip(f"WikiText files not found under {path}; set TNL_DATA_DIR")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` (GPU acceptance checks) are skipped where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (GPU acceptance check; run with -m gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DDP and FSDP on 2 GPUs give the same losses as 1 GPU at the same global batch (16 sequences per step).
-#   bash scripts/check_multigpu.sh [extra train.py overrides]
+#   bash tools/check_multigpu.sh [extra `tnl train` overrides]
 # Needs 2 CUDA GPUs and TNL_DATA_DIR (or the hub). Writes runs under outputs/check_multigpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

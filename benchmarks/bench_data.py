@@ -1,33 +1,32 @@
 """Data pipeline speed: tokenizing WikiText-2's train split, a cache hit, and loader throughput.
 
-python scripts/bench_data.py [--data-dir DIR] [--write-md]
-Targets (issue: data): tokenizing WT-2 train (10.8 MB) < 30 s on 2 cores; cache hit < 1 s; the loader
+python -m benchmarks.bench_data [--data-dir DIR] [--write-md]
+Targets: tokenizing WT-2 train (10.8 MB) < 30 s on 2 cores; cache hit < 1 s; the loader
 delivers batches faster than a GPU step consumes them (reported as batches/s at 8 x 2048 tokens).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from tnl import settings
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
     from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", default=os.environ.get("TNL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--write-md", action="store_true", help="append the table to docs/benchmarks.md")
+    parser.add_argument("--data-dir", default=settings.data_dir() or str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--write-md", action="store_true", help="rewrite the table in docs/benchmarks.md")
     args = parser.parse_args()
     quiet = lambda *_: None  # noqa: E731
     with tempfile.TemporaryDirectory() as cache:
@@ -59,23 +58,25 @@ def main() -> None:
         bps = n / (time.perf_counter() - t0)
     size_mb = os.path.getsize(Path(args.data_dir) / "wikitext-2/wiki.train.tokens.docshuffled") / 1e6
     rows = [
-        ("train BPE (8192) on WT-2 train", f"{t_bpe:.1f} s", "-", "-"),
-        (f"tokenize WT-2 train ({size_mb:.1f} MB, {len(arr.tokens):,} tokens)", f"{t_tokenize:.1f} s", "30 s",
-         f"{t_tokenize / 30:.2f}"),
-        ("token cache hit", f"{t_hit:.3f} s", "1 s", f"{t_hit:.3f}"),
-        ("loader, batches of 8 x 2048 tokens", f"{bps:,.0f} batches/s", "-", "-"),
+        ("train BPE (8,192) on WT-2 train", f"{t_bpe:.1f} s", "-"),
+        (f"tokenize WT-2 train ({size_mb:.1f} MB, {len(arr.tokens):,} tokens)", f"{t_tokenize:.1f} s", "30 s"),
+        ("token cache hit", f"{t_hit:.3f} s", "1 s"),
+        ("loader, batches of 8 x 2048 tokens", f"{bps:,.0f} batches/s", "-"),
     ]
-    header = "| measurement | result | target | result / target |\n| --- | ---: | ---: | ---: |\n"
-    table = header + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
+    table = "| measurement | result | target |\n| --- | ---: | ---: |\n" + "".join(
+        f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     print(table)
     if args.write_md:
-        stamp = datetime.date.today().isoformat()
-        device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-        cmd = "python scripts/bench_data.py --write-md"
-        md = ROOT / "docs" / "benchmarks.md"
-        text = md.read_text() if md.exists() else "# Benchmarks\n"
-        text += f"\n## Data pipeline ({stamp}, {device})\n\nCommand: `{cmd}`\n\n{table}"
-        md.write_text(text)
+        import torch
+
+        from benchmarks.markdown import current_section, rewrite_section, today
+
+        device = f"{platform.machine()}, {os.cpu_count()} cores"
+        notes = [ln for ln in (current_section("bench_data") or "").splitlines() if ln.startswith("- ")]
+        body = (f"`python -m benchmarks.bench_data` · {device} · torch {torch.__version__} · {today()}\n\n{table}"
+                + "".join(f"\n{n}" for n in notes) + "\n")
+        rewrite_section("bench_data", body, chapter="Data pipeline")
+        print("rewrote <!-- bench_data --> in docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def main() -> int:
                 ce = dict(BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=False, INIT_SHIFT=0, WRITE_O=True,
                           STORE_FINAL=False, FINAL_DECAY=0, IS_VARLEN=False, SEGMENTED=False, PREC="tf32",
                           UPCAST=False, ACT_Q=act and not reverse, ACT_K=act, ACT_V=False, DACT=dact, P_T=False,
-                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=prefix_chunk(c, False), TMA=bool(tma))
+                          EARLY_UPDATE=bd >= 256, PREFIX=False, PREFIX_C=prefix_chunk(c, False), TMA=bool(tma),
+                          CHAIN=False)
                 res = resources(K._chunk_kernel, ce, w, s, args.arch)
                 print(f"{'chunk ' + role + (' +silu' if act or dact else ''):<22} {dims:>8} "
                       f"{f'{c},{be},{w},{s}' + (',tma' if tma else ''):>18}  {res}", flush=True)

@@ -188,6 +188,7 @@ def test_streaming_corpus_gives_the_same_tokens_as_in_memory(tmp_path):
 
 def test_unreachable_hub_without_local_copy_says_how_to_provide_the_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TNL_DATA_DIR", raising=False)
     cfg = wikitext_cfg(tmp_path, tmp_path)
     cfg.data.path = None
     with pytest.raises(DataError, match="set TNL_DATA_DIR") as info:
@@ -201,3 +202,42 @@ def test_missing_hf_tokenizer_is_a_one_line_error(tmp_path):
     with pytest.raises(DataError, match="cannot be loaded") as info:
         prepare_tokenizer(cfg, log=lambda *_: None)
     assert "\n" not in str(info.value)
+
+
+def test_data_and_cache_folders_resolve_through_the_settings(tmp_path, monkeypatch):
+    """data.path / data.cache_dir null: $TNL_DATA_DIR (WikiText configs only) and $TNL_CACHE_DIR; a value wins;
+    resolve_paths writes what was resolved into the config (a run's config.yaml records it)."""
+    from tnl.data import cache_root, data_root, resolve_paths
+
+    wiki = OmegaConf.load(ROOT / "configs/data/wikitext103.yaml")
+    text = OmegaConf.load(ROOT / "configs/data/text.yaml")
+    assert wiki.path is None and wiki.cache_dir is None and text.path is None and text.cache_dir is None
+    monkeypatch.setenv("TNL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TNL_CACHE_DIR", str(tmp_path / "cache"))
+    assert data_root(wiki) == str(tmp_path / "data")
+    assert data_root(text) is None  # data=text names its own files
+    assert cache_root(wiki) == tmp_path / "cache"
+    wiki.cache_dir, text.path = "~/elsewhere", "/corpus"
+    assert cache_root(wiki) == Path("~/elsewhere").expanduser() and data_root(text) == "/corpus"
+    resolve_paths(wiki)
+    assert (wiki.path, wiki.cache_dir) == (str(tmp_path / "data"), str(Path("~/elsewhere").expanduser()))
+    monkeypatch.delenv("TNL_DATA_DIR")
+    monkeypatch.delenv("TNL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    fresh = OmegaConf.load(ROOT / "configs/data/wikitext103.yaml")
+    assert data_root(fresh) is None and cache_root(fresh) == tmp_path / "xdg" / "tnl"  # the hub; the XDG cache
+
+
+def test_caches_are_published_whole(tmp_path, monkeypatch):
+    """A token-cache build that fails leaves no folder behind; a finished one has no temporary folder beside it."""
+    import datasets
+
+    tok = train_bpe(datasets.Dataset.from_dict({"text": ["alpha beta gamma"] * 50}), 280)
+    with pytest.raises(DataError, match="no documents"):
+        build_token_array(lambda: datasets.Dataset.from_dict({"text": []}), tok, tmp_path, "empty", num_proc=1,
+                          log=lambda *_: None)
+    assert not list((tmp_path / "tokens").iterdir())
+    arr = build_token_array(lambda: datasets.Dataset.from_dict({"text": ["alpha beta"] * 3}), tok, tmp_path, "k",
+                            num_proc=1, log=lambda *_: None)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [arr.path.name]
+    assert len(arr.doc_starts) == 3

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,3 +209,33 @@ def test_multirun_sweep_gives_each_job_its_own_folder(corpus, tmp_path):
     seeds = [json.loads((out / j / "checkpoints/step_2/trainer_state.json").read_text())["sampler"]["seed"]
              for j in ("0", "1")]
     assert seeds == [1, 2]
+
+
+def test_train_attn_backend_sets_the_model_config_not_the_environment(monkeypatch):
+    """train.attn_backend reaches the built model's config (where the model group leaves "auto"); the environment
+    is untouched and model_config.json (model_config) keeps the model group's value."""
+    from omegaconf import OmegaConf
+
+    from tests.helpers.eval_common import make_tokenizer
+    from tnl.train.loop import build_model, model_config
+
+    monkeypatch.delenv("TNL_ATTN_BACKEND", raising=False)
+    tok = make_tokenizer()
+    model_cfg = OmegaConf.load(ROOT / "configs/model/tiny.yaml")
+    model_cfg.vocab_size = None
+    cfg = OmegaConf.create({"model": model_cfg, "train": {"attn_backend": "naive"}})
+    model = build_model(cfg, tok)
+    assert model.config.attn_backend == "naive"
+    assert "TNL_ATTN_BACKEND" not in os.environ
+    assert model_config(cfg, tok).attn_backend == "auto"
+    cfg.model.attn_backend = "torch"  # the model group's own choice wins, as it did over the old variable
+    assert build_model(cfg, tok).config.attn_backend == "torch"
+    cfg.model.attn_backend, cfg.train.attn_backend = "auto", "auto"
+    auto = build_model(cfg, tok)
+    assert auto.config.attn_backend == "auto"
+    # same weights, the naive backend and the default one: the same logits (each backend is correct)
+    model.load_state_dict(auto.state_dict())
+    ids = torch.randint(0, len(tok), (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits, auto.eval()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
-"""The measurement scripts that run without a GPU: they must keep working, and report what the model keeps."""
+"""The kernel-development tools that run without a GPU (python -m tools.X): they must keep working, and report
+what the model keeps."""
 
 from __future__ import annotations
 
@@ -18,20 +19,6 @@ def _run(*args: str) -> str:
     return proc.stdout
 
 
-def test_check_model_gpu_smoke_passes_on_cpu():
-    out = _run("scripts/check_model_gpu.py", "--smoke")
-    assert "ALL CORRECTNESS CHECKS PASSED" in out
-    assert out.count("-> OK") == 5  # fp32 and bf16 backend checks, plain and packed, and flat memory
-
-
-def test_check_model_gpu_compile_check_passes_on_cpu():
-    """The compiled-vs-eager check (real torch.compile on the CPU: the mixer's compiled path, SiLU(q), SiLU(k)
-    handed to the attention op) in fp32 and bf16 autocast."""
-    out = _run("scripts/check_model_gpu.py", "--smoke", "--only", "compile")
-    assert "ALL CORRECTNESS CHECKS PASSED" in out
-    assert out.count("-> OK") == 2 and "[compile] fp32 compiled vs eager" in out
-
-
 def _design_bytes_per_block() -> int:
     cfg = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())
     d, h, g = cfg["decoder_embed_dim"], cfg.get("hidden_dim", cfg["decoder_embed_dim"]), cfg["glu_dim"]
@@ -47,7 +34,7 @@ def _design_bytes_per_block() -> int:
 
 
 def test_activation_memory_per_block_matches_the_design():
-    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu")
+    out = _run("-m", "tools.activation_memory", "--config", "tiny", "--T", "64", "128", "--device", "cpu")
     got = int(re.search(r"\*\*one block\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
     assert got == _design_bytes_per_block(), out
 
@@ -56,13 +43,13 @@ def test_compiled_model_keeps_what_the_design_keeps(monkeypatch):
     # torch.compile's partitioner, set up as train.compile does, must recompute SiLU(q), SiLU(k), the gated norm
     # and the SGLU product rather than keep them (the stock partitioner keeps all four)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    out = _run("scripts/activation_memory.py", "--config", "tiny", "--T", "64", "128", "--device", "cpu", "--compile")
+    out = _run("-m", "tools.activation_memory", "--config", "tiny", "--T", "64", "128", "--device", "cpu", "--compile")
     got = int(re.search(r"\*\*one block, compiled\*\* \| \*\*([\d,]+)\*\*", out).group(1).replace(",", ""))
     assert got == _design_bytes_per_block(), out
 
 
 def test_kernel_variant_check_catches_a_changed_kernel(tmp_path):
-    """bench_kernel_variants.py (under the interpreter: correctness only) passes an unchanged copy of the kernels
+    """tools.bench_kernel_variants (under the interpreter: correctness only) passes an unchanged copy of the kernels
     and fails one whose output is off by 1%."""
     import os
 
@@ -72,7 +59,7 @@ def test_kernel_variant_check_catches_a_changed_kernel(tmp_path):
     same.write_text(src)
     off.write_text(src.replace("            o = o * sout\n", "            o = o * sout * 1.01\n"))
     env = {**os.environ, "TRITON_INTERPRET": "1", "TNL_AUTOTUNE": "0"}
-    cmd = [sys.executable, "scripts/bench_kernel_variants.py", "--shapes", "2,40,16,16", "--heads", "2",
+    cmd = [sys.executable, "-m", "tools.bench_kernel_variants", "--shapes", "2,40,16,16", "--heads", "2",
            "--rounds", "1"]
     ok = subprocess.run([*cmd, str(same)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0 and "| same.py | - | - | 0.0e+00 |" in ok.stdout, ok.stdout + ok.stderr[-2000:]
@@ -81,12 +68,12 @@ def test_kernel_variant_check_catches_a_changed_kernel(tmp_path):
 
 
 def test_config_probe_reports_each_config_against_the_reference():
-    """probe_attn_configs.py (interpreter: its one config) runs forward+backward in a child per config and
+    """tools.probe_attn_configs (interpreter: its one config) runs forward+backward in a child per config and
     compares with the float64 reference; a tolerance below bf16's error turns the same run into a failure."""
     import os
 
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "scripts/probe_attn_configs.py", "--shapes", "1,40,2,32,16,silu", "--jobs", "1", "--init",
+    cmd = [sys.executable, "-m", "tools.probe_attn_configs", "--shapes", "1,40,2,32,16,silu", "--jobs", "1", "--init",
            "--misaligned"]
     ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0 and re.search(r"\| 1,40,2,32,16 \| True \| \(\d+, \d+, \d+, \d+\) \| OK \|", ok.stdout), \

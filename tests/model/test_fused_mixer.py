@@ -16,13 +16,9 @@ if not IN_CHILD:  # the kernel tests run in a child process under the interprete
 
 else:
     from tnl.model import fused_mixer as FM
+    from tnl.ops.lightning_attn.options import override_kernel_options
 
     EPS = 1e-6
-
-    @pytest.fixture(autouse=True)
-    def _interpret(monkeypatch):
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.delenv("TNL_ATTN_SEG_LEN", raising=False)
 
     def _reference(qkvu, w, decay, heads, cu):
         """float64: out = W (u * SRMSNorm(o)), o = attention of (SiLU(q), SiLU(k), v) by the recurrence."""
@@ -48,16 +44,16 @@ else:
         b, t, heads, dh = 2, 37, 2, 16
         cu = None
         made = []
+        seg_len = None
         if case == "tma":  # TMA descriptors over the packed q, k, v views and the packed gradient's slices
-            from tnl.ops.lightning_attn import chunk_triton as CT
+            from tnl.ops.lightning_attn import passes, tuning
 
-            monkeypatch.setattr(CT, "_INTERPRET_CONFIG", CT._INTERPRET_CONFIG + (1,))
-            monkeypatch.setattr(CT, "_CHOSEN", {})
-            real = CT._descriptor
-            monkeypatch.setattr(CT, "_descriptor", lambda x, r, c: made.append(x.shape) or real(x, r, c))
+            monkeypatch.setattr(tuning, "INTERPRET_CONFIG", tuning.INTERPRET_CONFIG + (1,))
+            monkeypatch.setattr(tuning, "_CHOSEN", {})
+            real = passes._descriptor
+            monkeypatch.setattr(passes, "_descriptor", lambda x, r, c: made.append(x.shape) or real(x, r, c))
         if case == "segmented":
-            monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
-            t = 48
+            seg_len, t = 16, 48
         if case == "varlen":
             b, cu = 1, torch.tensor([0, 9, 9, 37], dtype=torch.int32)
         if case == "head_dim_48":
@@ -65,12 +61,13 @@ else:
         qkvu = torch.randn(b, t, 4 * heads * dh, requires_grad=True)
         w = (torch.randn(24, heads * dh) / 8).requires_grad_()
         decay = torch.rand(heads) * 0.5
-        out = _fused(qkvu, w, decay, heads, cu, given=case != "silu_in_kernels")
-        ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
-        ref = _reference(*ref_in, decay, heads, cu)
-        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-        g = torch.randn(ref.shape, dtype=torch.float64)
-        grads = torch.autograd.grad(out, (qkvu, w), g.float())
+        with override_kernel_options(seg_len=seg_len):
+            out = _fused(qkvu, w, decay, heads, cu, given=case != "silu_in_kernels")
+            ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
+            ref = _reference(*ref_in, decay, heads, cu)
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            g = torch.randn(ref.shape, dtype=torch.float64)
+            grads = torch.autograd.grad(out, (qkvu, w), g.float())
         grads_ref = torch.autograd.grad(ref, ref_in, g)
         for got, want in zip(grads, grads_ref):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
@@ -93,16 +90,19 @@ else:
             assert got.dtype == torch.bfloat16
             assert ((got.double() - want).norm() / want.norm()).item() < 3e-2
 
-    def test_fused_op_passes_opcheck(monkeypatch):
+    @pytest.mark.parametrize("norm_backend", ["auto", "torch"])
+    def test_fused_op_passes_opcheck(norm_backend):
         """Schema, fake implementation (start-state shape from the plan) and autograd registration, segmented."""
-        monkeypatch.setenv("TNL_ATTN_SEG_LEN", "16")
         heads, dh = 2, 16
         qkvu = torch.randn(3, 40, 4 * heads * dh, requires_grad=True)
         q, k = (x.reshape(3, 40, heads, dh) for x in qkvu.detach().chunk(4, dim=-1)[:2])
         w = torch.randn(24, heads * dh, requires_grad=True)
-        torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS))
-        # SiLU applied by the kernels as they load q and k (what eager mode passes)
-        torch.library.opcheck(FM._forward, (qkvu, None, None, torch.rand(heads), w, None, heads, EPS))
+        with override_kernel_options(seg_len=16):
+            torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS,
+                                                norm_backend))
+            # SiLU applied by the kernels as they load q and k (what eager mode passes)
+            torch.library.opcheck(FM._forward, (qkvu, None, None, torch.rand(heads), w, None, heads, EPS,
+                                                norm_backend))
 
     def test_fused_op_compiles_without_graph_breaks():
         heads, dh = 2, 16

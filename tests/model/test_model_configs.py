@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+from tools import count_params
+from tools.model_configs import load_config
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("count_params", ROOT / "scripts" / "count_params.py")
-count_params = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(count_params)
 
 
 def closed_form(v: int, d: int, n_layers: int, heads: int, hidden: int, glu: int, mixer: str = "tnl",
@@ -41,7 +40,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_parameter_count_matches_closed_form(name):
-    total, _ = count_params.count_params(count_params.load_config(name))
+    total, _ = count_params.count_params(load_config(name))
     assert total == EXPECTED[name]
 
 
@@ -57,14 +56,19 @@ def test_every_yaml_is_covered_and_sizes_are_as_published():
 def test_tiny_config_runs_forward_and_backward():
     from tnl.model import TransnormerForCausalLM
 
-    model = TransnormerForCausalLM(count_params.load_config("tiny"))
+    model = TransnormerForCausalLM(load_config("tiny"))
     ids = torch.randint(0, 256, (2, 16))
     loss = model(ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss) and model.model.layers[0].token_mixer.qkvu_proj.weight.grad.abs().sum() > 0
 
 
-def test_count_params_script_prints_every_config(capsys):
+def test_count_params_tool_prints_every_config(capsys):
     count_params.main([])
     out = capsys.readouterr().out
     assert "tnl_7b" in out and "6,836,719,616" in out and "45.45M" in out
+
+
+def test_unknown_config_name_gets_a_one_line_error():
+    with pytest.raises(ValueError, match="no model config 'tnl_9b'; the configs are .*tnl_385m"):
+        load_config("tnl_9b")

@@ -23,7 +23,7 @@ import torch
 
 from .norm_ops import gated_norm_backward, gated_norm_forward
 
-# "tnl" inside the package; the Hugging Face export's copy registers its own namespace (see chunk_triton.py)
+# "tnl" inside the package; the Hugging Face export's copy registers its own namespace (see passes.py in the ops)
 _NS = "tnl" if __name__ == "tnl.model.fused_mixer" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
@@ -62,7 +62,7 @@ def _forward_impl(qkvu: torch.Tensor, q_act: Optional[torch.Tensor], k_act: Opti
                   heads: int, eps: float,
                   norm_backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, o, r, attention start states): o and r (the norm's reciprocal RMS) and the states are for backward."""
-    from ..ops.lightning_attn.chunk_triton import triton_attn_forward
+    from ..ops.lightning_attn.triton_entry import triton_attn_forward
 
     q, k, v, u = _split(qkvu, heads)
     o, starts = triton_attn_forward(q, k, v, decay, cu_seqlens=cu_seqlens, **_acts(q_act, k_act))
@@ -78,7 +78,7 @@ def _backward_impl(dout: torch.Tensor, qkvu: torch.Tensor, q_act: Optional[torch
                    cu_seqlens: Optional[torch.Tensor], heads: int,  # noqa: UP045
                    eps: float, norm_backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkvu, d weight)."""
-    from ..ops.lightning_attn.chunk_triton import triton_attn_backward
+    from ..ops.lightning_attn.triton_entry import triton_attn_backward
 
     q, k, v, u = _split(qkvu, heads)
     dqkvu = torch.empty(qkvu.shape, device=qkvu.device, dtype=qkvu.dtype)
@@ -95,7 +95,7 @@ _backward_op = torch.library.custom_op(f"{_NS}::gated_attn_out_bwd", mutates_arg
 
 @_forward.register_fake
 def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend):
-    from ..ops.lightning_attn.chunk_triton import triton_attn_states_shape
+    from ..ops.lightning_attn.triton_entry import triton_attn_states_shape
 
     b, t, _ = qkvu.shape
     q, _, v, _ = _split(qkvu, heads)

@@ -1,31 +1,18 @@
 """Print the parameter count of each named model config (configs/model/*.yaml), built on the meta device.
 
-    python scripts/count_params.py            # every config
-    python scripts/count_params.py tnl_7b     # some of them
+    python -m tools.count_params            # every config
+    python -m tools.count_params tnl_7b     # some of them
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tnl.model import TransnormerConfig, TransnormerForCausalLM
 
-from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
-
-CONFIG_DIR = ROOT / "configs" / "model"
-
-
-def load_config(name: str, **overrides) -> TransnormerConfig:
-    """TransnormerConfig from configs/model/<name>.yaml (a flat mapping of its fields)."""
-    fields = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}
-    fields.update(overrides)
-    return TransnormerConfig(**fields)
+from .model_configs import config_names, load_config
 
 
 def count_params(config: TransnormerConfig) -> tuple[int, int]:
@@ -40,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="config names (default: all in configs/model)")
     args = parser.parse_args(argv)
-    names = args.names or sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    names = args.names or config_names()
     print(f"{'config':<18}{'mixer':<9}{'vocab':>8}{'params':>16}{'non-embedding':>16}")
     for name in names:
         cfg = load_config(name)

@@ -1,35 +1,24 @@
-"""GPU acceptance checks for the TNL model (tnl_385m, bf16). Run on a CUDA machine:
+"""The model's acceptance checks, shared by the GPU tests (tests/model/test_model_gpu.py: tnl_385m, Triton vs
+PyTorch) and their CPU versions (tests/model/test_model_checks.py: the tiny config, naive vs PyTorch).
 
-    python scripts/check_model_gpu.py                 # all four checks
-    python scripts/check_model_gpu.py --only compile  # one of: backends, compile, memory, speed
-    python scripts/check_model_gpu.py --smoke         # tiny config on CPU (torch vs naive backend): script logic only
-
-1. backends: forward + backward of tnl_385m in bf16 with the Triton lightning-attention backend vs the PyTorch
-   backend; loss, logits and gradients must agree within bf16 tolerance.
-2. compile: torch.compile as training uses it (two layers) vs eager; fp32 gradients must agree, autocast errors
-   may be at most 1.5x eager's (this caught zero q/k/v/u gradients under compile in fp32).
-3. memory: 256 greedy decode steps after a 32k-token prompt; allocated memory must stay flat (the state is
+1. backends: forward + backward with a fast attention backend vs the PyTorch backend; loss, logits and gradients
+   must agree within fp32 / autocast tolerance.
+2. compile: torch.compile as training uses it vs eager; fp32 gradients must agree, autocast errors may be at most
+   1.5x eager's (this caught zero q/k/v/u gradients under compile in fp32).
+3. memory: greedy decode steps after a long prompt; the cache and allocated memory must stay flat (the state is
    [B, H, D, E] per layer whatever the context length).
-4. speed: decode tokens/s at 32k context next to a same-size HF Llama (SDPA + KV cache); target >= 5x Llama.
-   TNL is timed eager and with the decode step captured in a CUDA graph (its cache has a fixed size).
-Exit status 1 when a correctness check (1, 2, 3) fails; the speed target is reported as PASS / MISS.
+4. speed (CUDA): decode tokens/s next to a same-size HF Llama (SDPA + KV cache). TNL is timed eager and with the
+   decode step captured in a CUDA graph (its cache has a fixed size).
+Each check prints one line per comparison (shown with `pytest -s`) and returns whether it passed.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from count_params import load_config  # noqa: E402  (scripts/ is on sys.path)
-
-from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
+from tnl.model import TransnormerConfig, TransnormerForCausalLM
 
 
 def set_backend(model: TransnormerForCausalLM, backend: str) -> None:
@@ -232,7 +221,9 @@ def _llama_eager(model, ids: torch.Tensor, steps: int) -> float:
 
 @torch.no_grad()
 def check_speed(cfg: TransnormerConfig, device: str, dtype: torch.dtype, context: int, steps: int,
-                batches: list[int]) -> None:
+                batches: list[int]) -> dict[int, float]:
+    """Prints a row per batch size; returns {batch: best TNL tokens/s / Llama tokens/s} (inf where Llama's KV
+    cache does not fit)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llama_cfg = LlamaConfig(
@@ -247,6 +238,7 @@ def check_speed(cfg: TransnormerConfig, device: str, dtype: torch.dtype, context
     n_llama = sum(p.numel() for p in llama.parameters())
     print(f"[speed] TNL {n_tnl / 1e6:.1f}M vs Llama {n_llama / 1e6:.1f}M parameters, context {context}, "
           f"{steps} timed decode steps, bf16")
+    ratios = {}
     for batch in batches:
         ids = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
         row = {
@@ -264,40 +256,5 @@ def check_speed(cfg: TransnormerConfig, device: str, dtype: torch.dtype, context
         ratio = best / tps["llama sdpa"] if tps["llama sdpa"] == tps["llama sdpa"] else float("inf")
         print(f"[speed] B={batch:<3} " + "  ".join(f"{k}: {v:,.0f} tok/s" for k, v in tps.items())
               + f"  -> TNL/Llama {ratio:.1f}x ({'PASS' if ratio >= 5 else 'MISS'} >= 5x)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["backends", "compile", "memory", "speed"], action="append")
-    p.add_argument("--config", default="tnl_385m")
-    p.add_argument("--context", type=int, default=32768)
-    p.add_argument("--decode-steps", type=int, default=256)
-    p.add_argument("--batches", default="1,8,16", help="batch sizes for the speed table")
-    p.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the script, not the GPU")
-    args = p.parse_args(argv)
-    checks = args.only or (["backends", "memory"] if args.smoke else ["backends", "compile", "memory", "speed"])
-    if args.smoke:
-        cfg, device, dtype, pair = load_config("tiny"), "cpu", torch.bfloat16, ("naive", "torch")
-        seq, context, steps = 200, 128, 8  # T > one 64-token block, so the backends really differ
-    else:
-        if not torch.cuda.is_available():
-            print("needs a CUDA device (or --smoke)")
-            return 2
-        cfg, device, dtype, pair = load_config(args.config), "cuda", torch.bfloat16, ("triton", "torch")
-        seq, context, steps = 2048, args.context, args.decode_steps
-    ok = True
-    if "backends" in checks:
-        ok &= check_backends(cfg, device, dtype, pair, batch=2, seq=seq)
-    if "compile" in checks:  # two layers (LRPE on the first): the compile takes seconds, not minutes
-        small = load_config("tiny" if args.smoke else args.config, decoder_layers=2)
-        ok &= check_compile(small, device, dtype, batch=2, seq=seq)
-    if "memory" in checks:
-        ok &= check_flat_memory(cfg, device, dtype, prompt=context, steps=steps)
-    if "speed" in checks and device == "cuda":
-        check_speed(cfg, device, dtype, context, min(steps, 128), [int(b) for b in args.batches.split(",")])
-    print("ALL CORRECTNESS CHECKS PASSED" if ok else "SOME CHECKS FAILED")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        ratios[batch] = ratio
+    return ratios

@@ -1,42 +1,42 @@
 """Training throughput on one GPU: tnl_385m vs fla's RetNet and HF Llama (SDPA) of about the same size.
 
-python scripts/bench_train.py [--T 2048 4096 ...] [--tokens 32768] [--methods tnl tnl_compiled retnet llama]
-                              [--profile T ...] [--write-md] [--memory-budget B] [--compile-mode MODE]
+python -m benchmarks.bench_train [--T 2048 4096 ...] [--tokens 32768] [--methods tnl tnl_compiled retnet llama]
+                                 [--profile T ...] [--write-md [--md-key KEY]] [--memory-budget B]
+                                 [--compile-mode MODE] [--model FIELD=VALUE ...]
 Methods: tnl (eager), tnl_compiled (torch.compile as train.compile=true: pointwise results recomputed in
 backward), tnl_compiled_keep (the stock partitioner, which keeps them), retnet (fla), llama (HF, SDPA).
 Each step: bf16 autocast forward and loss (tnl: fused linear cross-entropy), backward, fused AdamW;
-32k tokens per step (B = tokens / T).
+32k tokens per step (B = tokens / T). `--model` sets tnl_385m's config fields for the tnl methods (e.g.
+`--model fused_mixer=false fold_qk_activation=false norm_backend=torch` for an A/B of those settings).
 Prints tokens/s, MFU (tnl.train.flops: linear attention's real FLOPs; 6N + softmax attention for Llama) and
 peak memory, with each time's ratio to fla's RetNet measured in the same run. fla and Llama are
-benchmark-only (fla: pip install --no-deps fla-core flash-linear-attention).
+benchmark-only (fla: pip install --no-deps fla-core flash-linear-attention). `--write-md` rewrites the table's
+section of docs/benchmarks.md in place (`<!-- bench_train -->`, or `--md-key`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import yaml
 
 D, LAYERS, HEADS, FFN, VOCAB = 1024, 24, 8, 2816, 64000
 METHODS = ["tnl", "tnl_compiled", "tnl_compiled_keep", "retnet", "llama"]
 MEMORY_BUDGET = 1.0  # --memory-budget: train.compile_memory_budget for tnl_compiled*
 COMPILE_MODE = None  # --compile-mode: torch.compile's mode for tnl_compiled*
+MODEL_FIELDS: dict = {}  # --model: TransnormerConfig fields set for the tnl methods
 
 
 def build(method: str) -> torch.nn.Module | None:
     if method.startswith("tnl"):
-        from count_params import load_config  # scripts/ is on sys.path
-
         from tnl.model import TransnormerForCausalLM
+        from tools.model_configs import load_config
 
-        return TransnormerForCausalLM(load_config("tnl_385m"))
+        return TransnormerForCausalLM(load_config("tnl_385m", **MODEL_FIELDS))
     if method == "retnet":
         try:
             from fla.models import RetNetConfig, RetNetForCausalLM
@@ -125,6 +125,17 @@ def measure(method: str, seq_len: int, tokens: int, steps: int, warmup: int, pro
     return {"tps": tps, "mfu": mfu, "mem": mem, "params": params}
 
 
+def parse_fields(pairs: list[str], ap: argparse.ArgumentParser) -> dict:
+    """FIELD=VALUE strings as a dict, each value read as YAML (false, 2048, torch)."""
+    fields = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            ap.error(f"--model takes FIELD=VALUE, got {pair!r}")
+        fields[key] = yaml.safe_load(value)
+    return fields
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768, 65536])
@@ -132,14 +143,18 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["tnl", "retnet", "llama"], choices=METHODS)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--write-md", action="store_true")
+    ap.add_argument("--write-md", action="store_true", help="rewrite this table's section of docs/benchmarks.md")
+    ap.add_argument("--md-key", default="bench_train", help="with --write-md: the section's marker key")
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="print a kernel profile at these T")
     ap.add_argument("--memory-budget", type=float, default=1.0,
                     help="tnl_compiled*: torch.compile's activation memory budget (train.compile_memory_budget)")
     ap.add_argument("--compile-mode", default=None, help="tnl_compiled*: torch.compile mode (e.g. reduce-overhead)")
+    ap.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="tnl*: model config fields (e.g. fused_mixer=false); values are read as YAML")
     args = ap.parse_args()
-    global MEMORY_BUDGET, COMPILE_MODE
+    global MEMORY_BUDGET, COMPILE_MODE, MODEL_FIELDS
     MEMORY_BUDGET, COMPILE_MODE = args.memory_budget, args.compile_mode
+    MODEL_FIELDS = parse_fields(args.model, ap)
     if not torch.cuda.is_available():
         sys.exit("bench_train needs a CUDA GPU")
     rows = []
@@ -175,11 +190,23 @@ def main() -> None:
     table = header + body + f"\n{note}. {flat}. Ratios are to fla's RetNet in the same run.\n"
     print(table)
     if args.write_md:
-        md = ROOT / "docs" / "benchmarks.md"
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = "python " + " ".join(["scripts/bench_train.py", *sys.argv[1:]])
-        md.write_text(md.read_text() + f"\n## Training throughput ({stamp}, {torch.cuda.get_device_name()})\n\n"
-                      f"Command: `{cmd}`\n\n{table}")
+        write_md(args.md_key, table)
+
+
+def write_md(key: str, table: str) -> None:
+    """Put the table, with its command, device, versions and date, in its section of docs/benchmarks.md."""
+    from benchmarks.markdown import rewrite_section, today
+
+    cmd = " ".join(["python -m benchmarks.bench_train", *(shlex.quote(a) for a in sys.argv[1:])])
+    versions = f"torch {torch.__version__}"
+    for name in ("triton", "fla"):
+        try:
+            versions += f", {name} {getattr(__import__(name), '__version__', '?')}"
+        except ImportError:
+            pass
+    body = f"`{cmd}`\n· {torch.cuda.get_device_name()} · {versions} · {today()}\n\n{table}"
+    rewrite_section(key, body, chapter="Training throughput")
+    print(f"rewrote <!-- {key} --> in docs/benchmarks.md")
 
 
 if __name__ == "__main__":

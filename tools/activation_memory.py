@@ -1,8 +1,8 @@
 """Bytes of activations a training step keeps for backward, per token and per module, on any device.
 
-    python scripts/activation_memory.py                       # tnl_385m block on the CPU, bf16 autocast
-    python scripts/activation_memory.py --config tnl_1b --tokens 32768
-    TRITON_INTERPRET=1 python scripts/activation_memory.py --compile [--keep-pointwise]   # what torch.compile keeps
+    python -m tools.activation_memory                       # tnl_385m block on the CPU, bf16 autocast
+    python -m tools.activation_memory --config tnl_1b --tokens 32768
+    TRITON_INTERPRET=1 python -m tools.activation_memory --compile [--keep-pointwise]   # what torch.compile keeps
 
 Counts what autograd saves (torch.autograd.graph.saved_tensors_hooks), each storage once, during one forward of
 a model with `--layers` blocks of the named config under bf16 autocast, at two sequence lengths: the difference
@@ -19,19 +19,16 @@ this needs TRITON_INTERPRET=1: the attention is the Triton op, opaque to the par
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tnl.model import TransnormerConfig, TransnormerForCausalLM
+from tnl.settings import triton_interpret
 
-from count_params import count_params, load_config  # noqa: E402  (scripts/ is on sys.path)
-
-from tnl.model import TransnormerConfig, TransnormerForCausalLM  # noqa: E402
+from .count_params import count_params
+from .model_configs import load_config
 
 
 def saved_bytes(model: torch.nn.Module, ids: torch.Tensor, device: str,
@@ -98,15 +95,15 @@ def save_like_the_kernel() -> None:
 
     from torch.utils.checkpoint import checkpoint
 
-    import tnl.model.norm_linear_attention as modeling
+    import tnl.model.norm_linear_attention as mixer
 
-    attn = modeling.lightning_attn
+    attn = mixer.lightning_attn
 
     @functools.wraps(attn)
     def recomputed(*args, **kwargs):
         return checkpoint(attn, *args, use_reentrant=False, **kwargs)
 
-    modeling.lightning_attn = recomputed
+    mixer.lightning_attn = recomputed
 
 
 def main() -> None:
@@ -126,7 +123,7 @@ def main() -> None:
     depth = full.decoder_layers
     on_cuda = args.device == "cuda" or args.device.startswith("cuda:")
     if args.compile:
-        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        if not on_cuda and not triton_interpret():
             sys.exit("--compile off CUDA needs TRITON_INTERPRET=1 (the attention must be the Triton op)")
         per_block = per_block_compiled(args)
         how = "stock partitioner" if args.keep_pointwise else "pointwise results recomputed"

@@ -118,7 +118,7 @@ def export_hf(
     """Write `model` + `tokenizer` as a self-contained Hugging Face folder and return its path.
 
     The folder holds config.json (with auto_map), safetensors weights (sharded with an index above
-    `max_shard_size`), the modeling code with the attention op flattened in, tokenizer files,
+    `max_shard_size`), the modeling code and the tnl modules it imports (flattened), tokenizer files,
     generation_config.json and a README.md model card with `train_config` and the `eval_results` table.
     It is written beside `out_dir` and renamed into place; a non-empty `out_dir` needs `overwrite=True`.
     """

@@ -7,7 +7,7 @@ again (recomputed). Two settings matter for a TNL block:
   to write out in full (`ban_recompute_materialized_backward`), e.g. SiLU(q) and SiLU(k) (inputs of the
   attention op's backward), u * SRMSNorm(o) (the out-projection's input, needed for its weight gradient) and the
   SGLU product (l3's input). Each is one cheap pass over tensors backward reads anyway, but keeping them costs
-  11,776 of 37,388 saved bytes per token and block at tnl_385m (`scripts/activation_memory.py --compile`):
+  11,776 of 37,388 saved bytes per token and block at tnl_385m (`python -m tools.activation_memory --compile`):
   8.6 GiB at 32k tokens per step. Allowing the recompute brings the compiled graph to the eager model's
   25,612 bytes (the custom autograd Functions of `tnl.model` make the same trade by hand).
 - `memory_budget` (< 1): keep at most that fraction of the activations, recompute more (including matmuls).

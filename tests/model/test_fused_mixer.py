@@ -128,6 +128,7 @@ else:
 
     @pytest.mark.parametrize("settings", [
         {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"},
+        {"norm_backend": "triton"},
     ])
     @pytest.mark.parametrize("compiling", [True, False])
     def test_model_uses_the_fused_op_and_matches_float64(compiling, settings, monkeypatch):

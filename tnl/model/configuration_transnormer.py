@@ -39,7 +39,7 @@ class TransnormerConfig(PretrainedConfig):
         in eager mode; compiled, SiLU(q), SiLU(k) come in beside q, k and the kernels apply SiLU' in backward.
         False applies SiLU before the op, which never sees it (and the fused mixer is not used).
       norm_backend: SimpleRMSNorm kernels: "auto" (Triton row kernels on CUDA in eager mode, PyTorch otherwise),
-        "triton" or "torch" (the PyTorch formulas everywhere).
+        "triton" (the same, but an error where Triton cannot run) or "torch" (the PyTorch formulas everywhere).
       dropout / attention_dropout: residual-branch and softmax-attention dropout (0 = off).
     """
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .norm_ops import gated_norm_backward, gated_norm_forward
+from ..ops.srms_norm import gated_norm_backward, gated_norm_forward
 
 # "tnl" inside the package; the Hugging Face export's copy registers its own namespace (see passes.py in the ops)
 _NS = "tnl" if __name__ == "tnl.model.fused_mixer" else "tnl_" + re.sub(r"\W", "_", __name__)

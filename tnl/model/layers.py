@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.common import accumulation_dtype
+from ..ops.srms_norm import gated_norm_forward
 from .cache import TransnormerCache
 from .configuration_transnormer import TransnormerConfig
 from .memory_saving import GatedSRMSNorm, ProductLinear, SRMSNormToLowPrecision, autocast_dtype
-from .norm_ops import gated_norm_forward
 
 
 def srms_norm(x: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops.srms_norm import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 from .fused_mixer import gated_linear_backward
-from .norm_ops import gated_norm_backward, gated_norm_forward, norm_backward, norm_forward
 
 
 class SRMSNormToLowPrecision(torch.autograd.Function):

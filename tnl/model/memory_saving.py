@@ -2,7 +2,8 @@
 
 Each keeps a layer's inputs (which its backward needs anyway) and forms again in backward what the plain ops
 would have kept (a normalised output, a gated product), or keeps a low-precision output instead of an fp32
-input. The model uses them in eager training; under torch.compile the partitioner makes these trades itself.
+input. The model uses them in training (GatedNormLinear in eager mode only: under torch.compile the partitioner
+makes that trade itself).
 """
 
 from __future__ import annotations

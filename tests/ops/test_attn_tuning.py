@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("triton")
 
 from tnl.ops.lightning_attn import tuning as T  # noqa: E402
+from tnl.ops.lightning_attn.options import override_kernel_options  # noqa: E402
 from tnl.ops.lightning_attn.tuned_configs import TUNED  # noqa: E402
 
 
@@ -196,7 +197,7 @@ def test_launch_tuning_compares_real_outputs(monkeypatch):
 
 def test_launch_choice_is_remembered_per_key_and_mode(monkeypatch):
     """Later launches of a key reuse the first choice without asking for candidates again (that lookup dominated
-    small calls on an H100); another autotune mode chooses again."""
+    small calls on an H100); another segment length, kernel options or autotune mode chooses again."""
     asked, launched = [], []
 
     def cands():
@@ -209,7 +210,10 @@ def test_launch_choice_is_remembered_per_key_and_mode(monkeypatch):
     assert len(asked) == 1 and launched == [(32, 64, 4, 2)] * 3
     T.launch_tuned(torch.device("cpu"), "memo-test", 1024, cands, launched.append, lambda: [], True)  # new length
     assert len(asked) == 2
+    with override_kernel_options(tma=False):
+        T.launch_tuned(torch.device("cpu"), "memo-test", 512, cands, launched.append, lambda: [], True)
+    assert len(asked) == 3
     monkeypatch.setenv("TNL_AUTOTUNE", "retune")
     monkeypatch.setattr(T.triton.testing, "do_bench", lambda fn, **kw: fn() or 1.0)
     T.launch_tuned(torch.device("cpu"), "memo-test", 512, cands, launched.append, lambda: [], True)
-    assert len(asked) == 3
+    assert len(asked) == 4

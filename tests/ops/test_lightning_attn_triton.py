@@ -41,7 +41,7 @@ def options():
 
 @pytest.fixture
 def scans(monkeypatch):
-    """The grids of every `_scan_kernel` launch (one per segmented pass that builds its own start states)."""
+    """The grids of every `_scan_kernel` launch (one per segmented varlen pass that builds its own start states)."""
     grids = []
     kernel = K._scan_kernel
 

@@ -89,10 +89,10 @@ def test_chunk_kernel_variant_compiles(variant):
     build_ir(K._chunk_kernel, _chunk_pointers(dtype, tma), {"skv", "sout"}, constexprs)
 
 
-@pytest.mark.parametrize("reverse,init,varlen", [(False, False, False), (True, True, False), (False, True, True)])
-def test_scan_kernel_compiles(reverse, init, varlen):
-    build_ir(K._scan_kernel, {n: "*fp32" for n in ("SUB", "PBUF", "S_INIT", "DECAY")} | {"SEQINFO": "*i32"}, set(),
-             dict(BD=64, BE=64, REVERSE=reverse, HAS_INIT=init, INIT_SHIFT=int(reverse and init), IS_VARLEN=varlen))
+@pytest.mark.parametrize("reverse,init", [(False, False), (True, True), (False, True)])
+def test_scan_kernel_compiles(reverse, init):
+    build_ir(K._scan_kernel, {n: "*fp32" for n in ("PBUF", "S_INIT", "DECAY")} | {"SEQINFO": "*i32"}, set(),
+             dict(BD=64, BE=64, REVERSE=reverse, HAS_INIT=init, INIT_SHIFT=int(reverse and init)))
 
 
 @pytest.mark.parametrize("grad", [True, False])

@@ -89,7 +89,7 @@ def chunk_pass(
     # (one launch fewer than a scan; H100 hosts spent 40-100 us per launch) and leaves it in pbuf for later passes;
     # varlen plans chain them in `_scan_kernel`
     chain = plan.segmented and not plan.varlen and starts_t is None and not prefix
-    sub = None  # the state pass's contributions when split or chained (else they go into pbuf, scanned in place)
+    sub = None  # the state pass's contributions when split or chained (varlen: in pbuf, scanned in place)
 
     def launch(cfg, write_o: bool):
         c, be, w, s, *rest = cfg
@@ -127,7 +127,7 @@ def chunk_pass(
         written = ([out] + ([final] if final is not None else [])) if write_o else [sub if sub is not None else pbuf]
         tuning.launch_tuned(out.device, key, seg_len,
                             lambda: tuning.candidates(configs, dk, dv, seg_len, qr.dtype == torch.float32,
-                                               tma=tma_capable(out.device)),
+                                                      tma=tma_capable(out.device)),
                             lambda cfg: launch(cfg, write_o), lambda: written, qr.dtype == torch.float32)
 
     if plan.segmented and starts_t is None and not prefix:
@@ -135,14 +135,13 @@ def chunk_pass(
         if r > 1 or chain:
             sub = torch.empty(plan.n * nsub, h, dk, dv, device=out.device, dtype=torch.float32)
         run(tuning.STATE_CONFIGS, False, "state")
-        if not chain:
+        if not chain:  # varlen: chain the contributions in place
             bde, bee = min(bd, 64), min(pow2(dv), 64)
             grid = (cdiv(dv, bee), cdiv(dk, bde), plan.n * h)
             _k._scan_kernel[grid](
-                sub if sub is not None else pbuf, pbuf, init_, decay, plan.seqinfo if plan.varlen else decay, *si,
-                t, h, dk, dv, cuts[False][1], nsub, plan.nseg, r,
+                pbuf, init_, decay, plan.seqinfo, *si, h, dk, dv, plan.seg_len,
                 BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
-                IS_VARLEN=plan.varlen, num_warps=4,
+                num_warps=4,
             )
     run(tuning.MAIN_CONFIGS, True, role)
     return pbuf

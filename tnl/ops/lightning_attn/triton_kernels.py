@@ -365,32 +365,23 @@ def _chunk_kernel(
 
 @triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _scan_kernel(
-    SUB, PBUF, S_INIT, DECAY, SEQINFO,
+    PBUF, S_INIT, DECAY, SEQINFO,
     si_n, si_h, si_r, si_c,
-    T, H, DK, DV, SUB_LEN, NSUB, NSEG, R,
+    H, DK, DV, SEG_LEN,
     BD: tl.constexpr, BE: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, INIT_SHIFT: tl.constexpr,
 ):
-    """Chain the contributions of sub-segments (SUB; R per segment, of SUB_LEN tokens) into segment start states:
-    PBUF slot k gets the state after segment k (in reverse: from the sequence's end through segment k). With R = 1,
-    SUB may be PBUF itself (chained in place); varlen plans have R = 1."""
+    """Chain a varlen plan's segment contributions (PBUF, as the state-only pass left them; SEG_LEN tokens each,
+    a sequence's last one shorter) into segment start states, in place: slot k gets the state after segment k (in
+    reverse: from the sequence's end through segment k). One program per (E-block, D-block, sequence and head)."""
     pid_e = tl.program_id(0)
     pid_d = tl.program_id(1)
     nh = tl.program_id(2)
     n = nh // H
     h = nh % H
-    if IS_VARLEN:
-        g0 = tl.load(SEQINFO + n * 3)
-        ns = tl.load(SEQINFO + n * 3 + 1)
-        seq_len = tl.load(SEQINFO + n * 3 + 2)
-        s0 = g0
-        nsub = ns
-    else:
-        g0 = n * NSEG
-        ns = NSEG
-        seq_len = T
-        s0 = n * NSUB
-        nsub = NSUB
+    g0 = tl.load(SEQINFO + n * 3)  # the sequence's first segment, its segment count and its length
+    ns = tl.load(SEQINFO + n * 3 + 1)
+    seq_len = tl.load(SEQINFO + n * 3 + 2)
     ls = tl.load(DECAY + h).to(tl.float32) * LOG2E
     offs_d = pid_d * BD + tl.arange(0, BD)
     offs_e = pid_e * BE + tl.arange(0, BE)
@@ -402,19 +393,8 @@ def _scan_kernel(
         p = S_INIT + n.to(tl.int64) * si_n + h * si_h + offs_d[:, None] * si_r + offs_e[None, :] * si_c
         P = tl.load(p, mask=mask_s, other=0.0).to(tl.float32)
         shift = tl.full([], INIT_SHIFT, tl.int32)
-    # forward: sub-segments 0 .. (ns-1) R - 1 (all before the last segment); reverse: nsub - 1 down to R
-    if REVERSE:
-        steps = nsub - R
-    else:
-        steps = (ns - 1) * R
-    for i in range(0, steps):
-        P, k = _chain_step(P, shift, SUB, s0, i, nsub, h, H, DK, DV, tile, mask_s, ls, seq_len, SUB_LEN, REVERSE)
-        if REVERSE:
-            slot = k // R
-            done = k % R == 0  # P covers the segment's first sub-segment and all after it
-        else:
-            slot = (k + 1) // R - 1
-            done = (k + 1) % R == 0
-        if done:
-            tl.store(PBUF + ((g0 + slot).to(tl.int64) * H + h) * DK * DV + tile, P, mask=mask_s)
+    # every segment but the last (the first in reverse), whose start state no pass reads
+    for i in range(0, ns - 1):
+        P, k = _chain_step(P, shift, PBUF, g0, i, ns, h, H, DK, DV, tile, mask_s, ls, seq_len, SEG_LEN, REVERSE)
+        tl.store(PBUF + ((g0 + k).to(tl.int64) * H + h) * DK * DV + tile, P, mask=mask_s)
         shift = shift * 0

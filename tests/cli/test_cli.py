@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.corpus import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,14 +66,7 @@ def test_user_mistakes_are_one_line_with_exit_code_2(tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(40)] + ["the", "a", "."]
-    folder = tmp_path_factory.mktemp("corpus")
-    for split, n in (("train", 30), ("validation", 4)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(80))}) + "\n")
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 40, {"train": 30, "validation": 4}, 80)
 
 
 def test_tiny_train_run_trains_evaluates_and_exports(corpus, tmp_path):

@@ -11,22 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.corpus import write_corpus
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A small random-word corpus as jsonl (train/validation), so tests need no downloaded data."""
-    import random
-
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(60)] + ["the", "a", "of", "."]
-    folder = tmp_path_factory.mktemp("corpus")
-    for split, n in (("train", 60), ("validation", 8)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(120))}) + "\n")
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 60, {"train": 60, "validation": 8}, 120)
 
 
 def _args(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 
 import torch
 
@@ -14,13 +14,9 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.cache
-def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+# Looked up once, without importing Triton (ops stay importable with torch alone); a plain constant, so code that
+# torch.compile traces reads it without a cache wrapper Dynamo warns about.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def triton_usable(x: torch.Tensor) -> bool:
@@ -28,4 +24,4 @@ def triton_usable(x: torch.Tensor) -> bool:
     importable. Callers add their own conditions (dtype, shape limits, `torch.compiler.is_compiling()`)."""
     if x.device.type != "cuda" and not triton_interpret():
         return False
-    return triton_importable()
+    return TRITON_INSTALLED

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -76,30 +76,38 @@ def publish_folder(tmp: str | os.PathLike, target: str | os.PathLike, *, replace
     return True
 
 
-def check_target(out_dir: str | os.PathLike, overwrite: bool, error: type[Exception] = UserError) -> Path:
-    """The absolute path of `out_dir` if a folder may be written there, else `error` (one line, with the fix)."""
+def check_target(out_dir: str | os.PathLike, overwrite: bool, error: type[Exception] = UserError,
+                 replaceable: Callable[[Path], str | None] | None = None) -> Path:
+    """The absolute path of `out_dir` if a folder may be written there, else `error` (one line, with the fix).
+
+    `replaceable(folder)` says why a non-empty folder must not be replaced even with `overwrite` (None: it may be).
+    """
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise error(f"{out} exists and is not a folder; choose another out_dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise error(f"{out} exists and is not empty; pass overwrite=true to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise error(f"{out} exists and is not empty; pass overwrite=true to replace it")
+        reason = replaceable(out) if replaceable is not None else None
+        if reason:
+            raise error(reason)
     return out
 
 
 @contextlib.contextmanager
-def atomic_folder(out_dir: str | os.PathLike, overwrite: bool = False,
-                  error: type[Exception] = UserError) -> Iterator[Path]:
+def atomic_folder(out_dir: str | os.PathLike, overwrite: bool = False, error: type[Exception] = UserError,
+                  replaceable: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `out_dir`, on error it is removed.
 
-    A non-empty `out_dir` needs `overwrite=True` (else `error`); the previous folder is only moved aside (then
-    deleted) once the new one is complete.
+    A non-empty `out_dir` needs `overwrite=True` (else `error`) and must pass `replaceable` (see `check_target`);
+    the previous folder is only moved aside (then deleted) once the new one is complete.
     """
-    out = check_target(out_dir, overwrite, error)
+    out = check_target(out_dir, overwrite, error, replaceable)
     tmp = temp_folder(out)
     try:
         yield tmp
         if out.exists():
-            check_target(out, overwrite, error)  # it may have been filled meanwhile
+            check_target(out, overwrite, error, replaceable)  # it may have been filled meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

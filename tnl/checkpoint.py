@@ -134,6 +134,18 @@ def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
     return latest_valid(run_dir / "checkpoints", log=log)
 
 
+def verify_export(folder: Path, log=print) -> None:
+    """An exported folder's files must match its checksums.json; exports written before tnl wrote checksums load
+    with a note."""
+    if not (folder / CHECKSUMS).exists():
+        log(f"note: {folder} has no {CHECKSUMS} (exported before tnl wrote checksums); its weights are not verified")
+        return
+    problem = verify(folder)
+    if problem is not None:
+        raise ModelFolderError(f"exported model {folder} is broken ({problem}); export it again, or pass "
+                               "verify=false to load it anyway")
+
+
 def verify_checkpoint(ckpt: Path, log=print) -> None:
     """A checkpoint named explicitly must match its checksums (tnl writes checksums.json into each one)."""
     if not (ckpt / CHECKSUMS).exists():
@@ -175,15 +187,34 @@ def weight_files(folder: Path) -> list[Path]:
     return []
 
 
+def _unreadable(path: Path, err: BaseException) -> ModelFolderError:
+    text = str(err).splitlines()[0][:160] if str(err) else ""
+    return ModelFolderError(f"cannot read the weights in {path} ({type(err).__name__}: {text}): the file is "
+                            "corrupt, truncated or not a weights file; export or save it again, or use an earlier "
+                            "checkpoint")
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a corrupt or truncated weights file raises (safetensors' header/size checks, torch's unpickler)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, OSError, EOFError, pickle.UnpicklingError)
+
+
 def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            sd.update(load_file(str(f)))
-        else:
-            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+                sd.update(load_file(str(f)))
+            else:
+                sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        except (*_read_errors(), RuntimeError) as err:  # RuntimeError: torch's zip reader on a cut-short file
+            raise _unreadable(f, err) from None
     return sd
 
 
@@ -234,14 +265,39 @@ def _model_config_from_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any
     raise ModelFolderError(f"{run_dir} has neither model_config.json nor a model: section in .hydra/config.yaml")
 
 
+def _custom_tokenizer_code(folder: Path) -> str | None:
+    """The tokenizer class a tokenizer_config.json's auto_map asks to run as remote code, if any."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if isinstance(auto_map, dict):
+        ref = auto_map.get("AutoTokenizer")
+        ref = next((r for r in ref if r), None) if isinstance(ref, list) else ref
+        return str(ref or auto_map)
+    if isinstance(auto_map, list) and auto_map:
+        return str(next((r for r in auto_map if r), auto_map))
+    return None
+
+
 def load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
+    custom = _custom_tokenizer_code(folder)
     try:
         return AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:  # missing or unreadable files
-        raise ModelFolderError(f"cannot load the tokenizer from {folder} ({type(err).__name__}); "
-                               "it should hold tokenizer.json / tokenizer_config.json") from None
+    except Exception as err:  # missing, unreadable or custom-code files: say which
+        if custom is not None:
+            raise ModelFolderError(f"the tokenizer in {folder} needs its own code ({custom}, from tokenizer_config."
+                                   "json's auto_map) and tnl does not run remote code; save it as a fast tokenizer "
+                                   "(tokenizer.json) without auto_map") from None
+        present = [n for n in ("tokenizer.json", "tokenizer_config.json") if (folder / n).exists()]
+        text = str(err).splitlines()[0][:160] if str(err) else ""
+        hint = ("its files could not be read; save the tokenizer again" if present
+                else "it should hold tokenizer.json / tokenizer_config.json")
+        raise ModelFolderError(f"cannot load the tokenizer from {folder} ({type(err).__name__}: {text}); "
+                               f"{hint}") from None
 
 
 def load_run_checkpoint(ckpt: Path) -> LoadedModel:
@@ -295,7 +351,10 @@ def load_hf(folder: Path) -> LoadedModel:
             return load_official(folder)
         from .model import TransnormerForCausalLM
 
-        model = TransnormerForCausalLM.from_pretrained(str(folder))
+        try:
+            model = TransnormerForCausalLM.from_pretrained(str(folder))
+        except _read_errors() as err:
+            raise _unreadable(weight_files(folder)[0] if len(weight_files(folder)) == 1 else folder, err) from None
     else:
         from transformers import AutoModelForCausalLM
 
@@ -308,27 +367,33 @@ def load_hf(folder: Path) -> LoadedModel:
 
 
 def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> LoadedModel:
-    """Model (in eval mode) and tokenizer from a checkpoint, run, exported HF or official folder."""
+                    dtype: torch.dtype | None = None, verify: bool = True, name: str = "model_path",
+                    log=print) -> LoadedModel:
+    """Model (in eval mode) and tokenizer from a checkpoint, run, exported HF or official folder.
+
+    With `verify`, a checkpoint or export named explicitly must match its checksums.json (`verify=False` skips the
+    check); `name` is the setting that gave `path`, for the error messages."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelFolderError(f"model_path {p} does not exist")
+        raise ModelFolderError(f"{name} {p} does not exist")
     if not p.is_dir():
-        raise ModelFolderError(f"model_path {p} is a file; give a checkpoint folder (.../checkpoints/step_N) or an "
+        raise ModelFolderError(f"{name} {p} is a file; give a checkpoint folder (.../checkpoints/step_N) or an "
                                "exported model folder")
     if p.name == "checkpoints" and not (p / "checkpoints").is_dir() and not weight_files(p):
         p = p.parent  # RUN/checkpoints means the run
     verified = False  # checksums already read (hashing a multi-GB checkpoint twice costs seconds)
     if (p / "checkpoints").is_dir() and not weight_files(p):
-        latest = latest_checkpoint(p)
+        latest = latest_checkpoint(p, log=log)
         if latest is None:
             raise ModelFolderError(f"run folder {p} has no valid checkpoints/step_N (none yet, or all broken)")
         p, verified = latest, True
     if (p / "config.json").exists() and weight_files(p):
+        if verify:
+            verify_export(p, log=log)
         loaded = load_hf(p)
     elif weight_files(p):
-        if not verified:
-            verify_checkpoint(p)
+        if verify and not verified:
+            verify_checkpoint(p, log=log)
         loaded = load_run_checkpoint(p)
     else:
         raise ModelFolderError(f"{p} is not a model: no model.safetensors / pytorch_model.bin (a checkpoint) and "

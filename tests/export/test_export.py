@@ -131,7 +131,13 @@ def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
     (target / "keep.txt").write_text("old")
     with pytest.raises(ExportError, match="overwrite"):
         export_hf(model, tok, target)
-    assert (target / "keep.txt").read_text() == "old"
+    with pytest.raises(ExportError, match="not a previous export .*no config.json.*only replaces a folder that holds"):
+        export_hf(model, tok, target, overwrite=True)  # overwrite replaces previous exports only
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    (target / "keep.txt").unlink()
+    export_hf(model, tok, target)  # a previous export, plus a file of the user's
+    (target / "keep.txt").write_text("old")
+    before = sorted(p.name for p in target.iterdir())
 
     import tnl.export.hf as hf_mod
 
@@ -142,7 +148,7 @@ def test_overwrite_rules_and_atomic_replace(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(hf_mod, "write_model_code", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         export_hf(model, tok, target, overwrite=True)
-    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]  # the good folder survives a failed export
+    assert sorted(p.name for p in target.iterdir()) == before  # the good folder survives a failed export
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
     monkeypatch.undo()
 

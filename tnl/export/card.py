@@ -4,9 +4,34 @@ from __future__ import annotations
 
 import json
 import math
+import ntpath
+import posixpath
+import re
 from typing import Any
 
 _METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity")
+# an absolute path inside a text (not a URL's //host/..., not a hub id's org/name)
+_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~])~?/[^\s,;'\"()\[\]]+")
+
+
+def _is_local_path(v: Any) -> bool:
+    return isinstance(v, str) and (posixpath.isabs(v) or v.startswith("~") or bool(re.match(r"^[A-Za-z]:[\\/]", v)))
+
+
+def _basename(path: str) -> str:
+    return ntpath.basename(path.rstrip("/\\")) or path
+
+
+def without_local_paths(obj: Any) -> Any:
+    """`obj` (plain JSON-like data) without the machine's absolute paths, which an uploaded card would publish:
+    a mapping's value that is one is left out, a path in a list or inside a text keeps its last component only."""
+    if isinstance(obj, dict):
+        return {k: without_local_paths(v) for k, v in obj.items() if not _is_local_path(v)}
+    if isinstance(obj, list | tuple):
+        return [_basename(v) if _is_local_path(v) else without_local_paths(v) for v in obj]
+    if isinstance(obj, str):
+        return _PATH_IN_TEXT.sub(lambda m: _basename(m.group(0)), obj)
+    return obj
 
 
 def _fmt(v: Any) -> str:

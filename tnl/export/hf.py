@@ -12,10 +12,12 @@ from typing import Any
 import torch
 
 from tnl.atomic import atomic_folder
+from tnl.checkpoint import write_checksums
 
-from .card import model_card
+from .card import model_card, without_local_paths
 from .code import write_model_code
 from .errors import ExportError
+from .target import replaceable_export
 
 AUTO_MAP = {
     "AutoConfig": "configuration_transnormer.TransnormerConfig",
@@ -120,7 +122,8 @@ def export_hf(
     The folder holds config.json (with auto_map), safetensors weights (sharded with an index above
     `max_shard_size`), the modeling code and the tnl modules it imports (flattened), tokenizer files,
     generation_config.json and a README.md model card with `train_config` and the `eval_results` table.
-    It is written beside `out_dir` and renamed into place; a non-empty `out_dir` needs `overwrite=True`.
+    checksums.json (sha256 of every file, as checkpoints have) comes last. It is written beside `out_dir` and
+    renamed into place; a non-empty `out_dir` needs `overwrite=True` and must hold a previous export.
     """
     model = unwrap(model)
     cfg = getattr(model, "config", None)
@@ -128,14 +131,18 @@ def export_hf(
         raise ExportError(f"export_hf exports TransNormer models; got model_type {getattr(cfg, 'model_type', None)!r}")
     if tokenizer is None:
         raise ExportError("export_hf needs the tokenizer the model was trained with")
-    with atomic_folder(out_dir, overwrite, ExportError) as tmp:
+    # local absolute paths (data.path, cache_dir, output_dir, model_path) stay out of a folder meant for the hub
+    train_config = without_local_paths(_plain(train_config)) if train_config else None
+    eval_results = without_local_paths(_plain(eval_results)) if eval_results else None
+    with atomic_folder(out_dir, overwrite, ExportError, replaceable_export) as tmp:
         save_model_files(model, tmp, max_shard_size)
         write_model_code(tmp)
         tokenizer.save_pretrained(tmp)
         num_params = sum(p.numel() for p in model.parameters())
-        card = model_card(_card_config(cfg), train_config=_plain(train_config) if train_config else None,
-                          eval_results=_plain(eval_results) if eval_results else None, num_params=num_params)
+        card = model_card(_card_config(cfg), train_config=train_config, eval_results=eval_results,
+                          num_params=num_params)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if eval_results:
-            (tmp / "eval_results.json").write_text(json.dumps(_plain(eval_results), indent=2), encoding="utf-8")
+            (tmp / "eval_results.json").write_text(json.dumps(eval_results, indent=2), encoding="utf-8")
+        write_checksums(tmp)  # last: loading verifies the weights against it
     return Path(out_dir).expanduser().absolute()

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 
 from tnl.atomic import atomic_folder
+from tnl.checkpoint import write_checksums
 from tnl.official import DEFAULT_CODE_REPO, official_problems, to_official_config, to_official_state_dict
 
 from .errors import ExportError
 from .hf import unwrap
+from .target import replaceable_export
 
 
 def _save_sharded(sd: dict[str, torch.Tensor], folder: Path, max_shard_size: str | int) -> None:
@@ -48,7 +50,7 @@ def export_official(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pa
     if problems:
         raise ExportError("this model cannot be written in the official layout: " + "; ".join(problems))
     dtype = next(model.parameters()).dtype
-    with atomic_folder(out_dir, overwrite, ExportError) as tmp:
+    with atomic_folder(out_dir, overwrite, ExportError, replaceable_export) as tmp:
         config = to_official_config(cfg, dtype=dtype, code_repo=code_repo)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _save_sharded(to_official_state_dict(model), tmp, max_shard_size)
@@ -58,4 +60,5 @@ def export_official(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.Pa
 
         GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
                          pad_token_id=cfg.pad_token_id).save_pretrained(tmp)
+        write_checksums(tmp)  # last: loading verifies the weights against it
     return Path(out_dir).expanduser().absolute()

@@ -12,6 +12,7 @@ from .errors import ExportError
 from .hf import export_hf
 from .hub import push_to_hub
 from .official import export_official
+from .target import check_not_source
 
 FORMATS = ("hf", "official")
 
@@ -41,8 +42,11 @@ def run_export(cfg: Any, log=print) -> Path:
     fmt = cfg.get("format", "hf")
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    loaded = load_pretrained(cfg.checkpoint)
+    check_not_source(cfg.out_dir, cfg.checkpoint)  # before loading: nothing is read or written on a refusal
+    loaded = load_pretrained(cfg.checkpoint, verify=bool(cfg.get("verify", True)), name="checkpoint", log=log)
     log(f"loaded {loaded.kind} {loaded.path}")
+    out_path = Path(cfg.out_dir).expanduser()
+    replacing = out_path.is_dir() and any(out_path.iterdir())
     if fmt == "hf":
         if loaded.tokenizer is None:
             raise ExportError(f"{cfg.checkpoint} has no tokenizer; an HF export needs one")
@@ -53,7 +57,7 @@ def run_export(cfg: Any, log=print) -> Path:
     else:
         out = export_official(loaded.model, loaded.tokenizer, cfg.out_dir, overwrite=bool(cfg.get("overwrite", False)),
                               max_shard_size=str(cfg.get("max_shard_size", "2GB")), code_repo=cfg.get("code_repo"))
-    log(f"exported ({fmt}) to {out}")
+    log(f"exported ({fmt}) to {out}" + (" (replaced the previous export there)" if replacing else ""))
     if cfg.get("push_to_hub"):
         url = push_to_hub(out, cfg.push_to_hub, private=bool(cfg.get("private", False)))
         log(f"pushed to {url}")

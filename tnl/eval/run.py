@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from tnl.atomic import write_text_atomic
 from tnl.checkpoint import load_pretrained
 
-from .perplexity import EvalError, evaluate_documents
+from .perplexity import MODES, EvalError, evaluate_documents
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -91,6 +92,61 @@ def write_json(results: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (None: it can), found by creating and removing a probe file beside it
+    (permission bits alone say nothing for root or a read-only mount)."""
+    existing = next((a for a in path.parents if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    if path.is_dir():
+        return "it is a folder"
+    return None
+
+
+def fallback_output(name: str) -> Path:
+    """Where results go when their folder cannot be written: the current folder, else the temporary folder."""
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        if unwritable(folder / name) is None:
+            return folder / name
+    raise EvalError(f"no writable folder for {name} (neither the current folder nor {tempfile.gettempdir()}); "
+                    "set eval.output to a writable path")
+
+
+def output_path(ev: Any, loaded: Any, split: str, mode: str, log=print) -> Path:
+    """The JSON path, checked before the evaluation starts: an explicit eval.output that cannot be written is
+    refused; a read-only model folder (the default place) sends the results elsewhere, with a warning."""
+    if ev.get("output"):
+        out = Path(ev.output).expanduser()
+        problem = unwritable(out)
+        if problem:
+            raise EvalError(f"eval.output {out} cannot be written ({problem}); choose a writable path")
+        return out
+    out = default_output(loaded, split, mode)
+    problem = unwritable(out)
+    if problem is None:
+        return out
+    other = fallback_output(f"{out.stem}-{Path(loaded.path).name}.json")
+    log(f"WARNING: {out.parent} cannot be written ({problem}); the results will go to {other}")
+    return other
+
+
+def save_results(results: dict[str, Any], out: Path, log=print) -> Path:
+    """Write the JSON; if its folder stopped being writable during the evaluation, keep the results elsewhere."""
+    try:
+        return write_json(results, out)
+    except OSError as err:
+        other = fallback_output(f"{out.stem}-{Path(results.get('model_path', 'model')).name}.json")
+        log(f"WARNING: cannot write {out} ({type(err).__name__}: {err.strerror or err}); writing {other} instead")
+        return write_json(results, other)
+
+
 def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
     """Evaluate `cfg.model_path` on `cfg.eval.split` of `cfg.data`; print the table, write the JSON, return it."""
     from tnl.data import describe_source, load_documents
@@ -103,9 +159,13 @@ def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
         raise EvalError(f"eval.split must be validation or test, got {split!r}")
     device = resolve_device(ev.get("device"))
     dtype = resolve_dtype(ev.get("dtype"), device)
-    loaded = load_pretrained(cfg.model_path)
+    mode = ev.get("mode", "window")
+    if mode not in MODES:
+        raise EvalError(f"eval.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    loaded = load_pretrained(cfg.model_path, verify=bool(cfg.get("verify", True)), log=log)
     if loaded.tokenizer is None:
         raise EvalError(f"{cfg.model_path} has no tokenizer files; evaluation needs the model's tokenizer")
+    out = output_path(ev, loaded, split, mode, log=log)  # before the evaluation: its results must not be lost
     model_fingerprint = fingerprint_model(loaded.model)  # of the weights as stored, whatever eval.dtype is
     model = loaded.model.to(device=device, dtype=dtype)
     log(f"model: {loaded.kind} {loaded.path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -114,7 +174,7 @@ def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
     log(f"data: {source}")
     documents = list(load_documents(cfg.data, split, detokenized=False)["text"])
     results = evaluate_documents(
-        model, loaded.tokenizer, documents, mode=ev.get("mode", "window"), max_length=int(ev.get("max_length", 1024)),
+        model, loaded.tokenizer, documents, mode=mode, max_length=int(ev.get("max_length", 1024)),
         stride=ev.get("stride"), batch_size=int(ev.get("batch_size", 1)), device=device,
         progress=bool(ev.get("progress", True)),
     )
@@ -130,7 +190,7 @@ def run_evaluation(cfg: Any, log=print) -> dict[str, Any]:
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     log(format_table(results))
-    out = write_json(results, ev.get("output") or default_output(loaded, split, results["mode"]))
+    out = save_results(results, out, log=log)
     log(f"results: {out}")
     results["output"] = str(out)
     return results

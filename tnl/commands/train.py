@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -55,9 +57,23 @@ def after_training(run: FinishedRun) -> None:
         export_run(run)
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
+def run_training(cfg: DictConfig, on_ready=None) -> dict[str, Any]:
     """Train, evaluate, export: what `tnl train` does, without Hydra."""
-    return train(cfg, after=after_training)
+    return train(cfg, after=after_training, on_ready=on_ready)
+
+
+def _save_hydra_files(task_cfg: DictConfig, out: Path) -> None:
+    """RUN/.hydra as Hydra writes it (config, hydra, overrides). Hydra would write it before the task starts;
+    here it comes once the run folder is locked and a resume has loaded, so a refused run changes nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:  # the user asked Hydra for its own output_subdir: Hydra wrote it
+        return
+    folder = out / ".hydra"
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))
+    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
 
 def _task(cfg: DictConfig) -> None:
@@ -65,7 +81,7 @@ def _task(cfg: DictConfig) -> None:
 
     with open_dict(cfg):  # in a -m sweep each job gets its own folder (sweep dir / job number)
         cfg.output_dir = HydraConfig.get().runtime.output_dir
-    result = run_or_exit(run_training, cfg)
+    result = run_or_exit(run_training, cfg, on_ready=lambda out: _save_hydra_files(cfg, out))
     print(f"\nrun folder:  {result['output_dir']}")
     print(f"checkpoint:  {result['checkpoint']}")
     if "eval" in result:
@@ -80,4 +96,7 @@ def _task(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_schema()
+    # RUN/.hydra is written by _save_hydra_files once the run may start, not by Hydra before the task
+    if not any(arg.startswith(("hydra.output_subdir=", "++hydra.output_subdir=")) for arg in sys.argv[1:]):
+        sys.argv.append("hydra.output_subdir=null")
     hydra_entry(_task, "config")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from tnl.atomic import write_text_atomic
-from tnl.checkpoint import latest_valid, restore_checkpoint, save_checkpoint, verify
+from tnl.checkpoint import save_checkpoint
 from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer, resolve_paths
 from tnl.errors import UserError
 
@@ -31,6 +31,7 @@ from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsWriter
 from .plots import draw_plots
+from .resume import check_config, check_model, restore, resume_checkpoint
 from .schedule import lr_multiplier
 
 
@@ -76,19 +77,6 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, on_cuda: bool) -> t
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = on_cuda if cfg.optim.fused is None else cfg.optim.fused
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused)
-
-
-def _resume_folder(cfg: DictConfig, ckpt_root: Path, log) -> Path | None:
-    choice = str(cfg.resume)
-    if choice == "none":
-        return None
-    if choice == "auto":
-        return latest_valid(ckpt_root, log=log)
-    folder = Path(choice)
-    problem = verify(folder) if folder.is_dir() else "folder not found"
-    if problem:
-        raise TrainError(f"resume={choice}: {problem}; pass another checkpoint folder or resume=none")
-    return folder
 
 
 class _StopFlag:
@@ -150,9 +138,11 @@ class FinishedRun:
     result: dict[str, Any]  # what `train` returns; the steps add their entries
 
 
-def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
+          on_ready: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Train as `cfg` says, save the final checkpoint, run `after` on rank 0, draw the plots; returns the result
-    (output_dir, steps, tokens_seen, checkpoint, plots and whatever `after` added)."""
+    (output_dir, steps, tokens_seen, checkpoint, plots and whatever `after` added). `on_ready(run folder)` runs on
+    rank 0 once the run's config files are written (after a resume has loaded its checkpoint)."""
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
@@ -170,6 +160,9 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None) -
     if main:
         out.mkdir(parents=True, exist_ok=True)
     resolve_paths(cfg.data)  # config.yaml records the data and cache folders used
+    # a resume is checked against the run's saved config before any data work, and before anything is written
+    folder = resume_checkpoint(cfg, ckpt_root, log)
+    changes = check_config(folder, cfg) if folder is not None else []
 
     # data: rank 0 builds the tokenizer and token caches first, the others then read them
     with accelerator.main_process_first():
@@ -180,6 +173,8 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None) -
     train_windows = PackedWindows(train_arr, tc.seq_len, doc_aware, "train")
     val_windows = PackedWindows(val_arr, tc.seq_len, doc_aware, "validation")
 
+    if folder is not None:
+        check_model(folder, model_config(cfg, tokenizer), tokenizer)
     set_seed(tc.seed)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
@@ -195,17 +190,21 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None) -
     flops_per_token = train_flops_per_token(accelerator.unwrap_model(model), tc.seq_len)
     peak = peak_flops(accelerator.device)
 
+    # resume; the run folder's config files are written only once the checkpoint has loaded
+    state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "sampler": None, "bad_steps": 0, "wandb_run_id": None}
+    if folder is not None:
+        state.update(restore(accelerator, folder, log))
+        log(f"resumed from {folder} at step {state['step']}")
+        for line in changes:
+            log(f"config changed since the checkpoint: {line}")
     if main:
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_text_atomic(out / "model_config.json", model_config(cfg, tokenizer).to_json_string())
-        tokenizer.save_pretrained(str(out / "tokenizer"))
-
-    # resume
-    state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "sampler": None, "bad_steps": 0, "wandb_run_id": None}
-    folder = _resume_folder(cfg, ckpt_root, log)
-    if folder is not None:
-        state.update(restore_checkpoint(accelerator, folder))
-        log(f"resumed from {folder} at step {state['step']}")
+        if folder is None or not (out / "model_config.json").exists():
+            write_text_atomic(out / "model_config.json", model_config(cfg, tokenizer).to_json_string())
+        if folder is None or not (out / "tokenizer").is_dir():
+            tokenizer.save_pretrained(str(out / "tokenizer"))
+        if on_ready is not None:
+            on_ready(out)
     sampler = ResumableSampler(len(train_windows), tc.seed, accelerator.process_index, accelerator.num_processes)
     if state["sampler"]:
         sampler.load_state_dict(state["sampler"], log=log)

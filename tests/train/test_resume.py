@@ -1,0 +1,100 @@
+"""Resuming a run: a changed model or tokenizer is refused with the run folder untouched, training-only changes are
+logged, a run folder names its newest valid checkpoint, unreadable RNG states are reported."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.corpus import write_corpus
+from tests.train.test_train import _args, _losses, _run
+from tnl.checkpoint import write_checksums
+
+
+def folder_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, run folder) of a finished 4-step run with checkpoints at steps 2 and 4."""
+    base = tmp_path_factory.mktemp("resume")
+    corpus = write_corpus(base / "corpus", 60, {"train": 60, "validation": 8}, 120)
+    run = base / "run"
+    res = _run(_args(corpus, run, "train.max_steps=4", "train.save_every=2"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return corpus, run
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> tuple[Path, Path]:
+    corpus, run = finished
+    shutil.copytree(run, tmp_path / "run", symlinks=True)
+    return corpus, tmp_path / "run"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.decoder_layers=3", "model.decoder_layers: 2 -> 3"),
+    ("++model.decay_schedule=paper", "model.decay_schedule: tnl -> paper"),
+    ("tokenizer.vocab_size=400", "tokenizer.vocab_size: 300 -> 400"),
+    ("data.files.train=[validation.jsonl]", "tokenizer/: another vocabulary"),  # the BPE is trained on other data
+])
+def test_resume_with_another_model_or_tokenizer_is_refused_and_changes_nothing(run_copy, override, key):
+    corpus, run = run_copy
+    before = folder_hash(run)
+    res = _run(_args(corpus, run, "train.max_steps=6", override))
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot resume {run} with another model or tokenizer") and key in last
+    assert "new output_dir" in last and "Traceback" not in res.stderr
+    assert folder_hash(run) == before
+
+
+def test_resume_with_more_steps_continues_and_logs_the_change(run_copy):
+    corpus, run = run_copy
+    res = _run(_args(corpus, run, "train.max_steps=6", "train.save_every=3"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    assert "resumed from" in text and "step_4" in text
+    assert "config changed since the checkpoint: train.max_steps: 4 -> 6" in text
+    assert sorted(_losses(run)) == list(range(1, 7))
+    assert "max_steps: 6" in (run / "config.yaml").read_text()
+    assert "max_steps=6" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_resume_from_a_run_folder_takes_its_newest_valid_checkpoint(run_copy, tmp_path):
+    corpus, run = run_copy
+    (run / "checkpoints" / "step_4" / "model.safetensors").write_bytes(b"truncated")
+    res = _run(_args(corpus, tmp_path / "continued", "train.max_steps=3", f"resume={run}"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    assert "step_4 is unusable" in text and f"resumed from {run / 'checkpoints' / 'step_2'} at step 2" in text
+    assert sorted(_losses(tmp_path / "continued")) == [3]
+
+
+def test_resume_from_a_run_folder_without_valid_checkpoints_is_one_line(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
+    empty = tmp_path / "empty_run"
+    (empty / "checkpoints").mkdir(parents=True)
+    res = _run(_args(corpus, tmp_path / "new", "train.max_steps=3", f"resume={empty}"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: resume={empty}: the run has no valid checkpoints")
+
+
+def test_unreadable_rng_states_are_reported_and_training_goes_on(run_copy):
+    corpus, run = run_copy
+    step = run / "checkpoints" / "step_4"
+    (step / "random_states_0.pkl").write_bytes(b"not a pickle")
+    (step / "checksums.json").unlink()
+    write_checksums(step)  # the checkpoint verifies: only the RNG file is unreadable
+    res = _run(_args(corpus, run, "train.max_steps=5"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    assert text.count("random number generator states") == 1 and "no longer match an unbroken run" in text
+    assert sorted(_losses(run)) == list(range(1, 6))

@@ -80,7 +80,10 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, on_cuda: bool) -> t
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a clean exit."""
+    """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a clean exit (143 / 130).
+    Schedulers (SLURM, Kubernetes, `timeout`) and Ctrl-C signal the whole process group: the DataLoader workers
+    ignore both signals (`_ignore_stop_signals`), so the main process keeps its batches until the checkpoint is
+    saved."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -91,6 +94,11 @@ class _StopFlag:
         if self.signal is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.signal = signum
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _micro_loss(model, batch: dict[str, torch.Tensor], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,9 +216,10 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
     sampler = ResumableSampler(len(train_windows), tc.seed, accelerator.process_index, accelerator.num_processes)
     if state["sampler"]:
         sampler.load_state_dict(state["sampler"], log=log)
+    stop = _StopFlag()  # before the workers start: until they ignore the signals, it only sets their own flag
     loader = torch.utils.data.DataLoader(train_windows, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate,
                                          num_workers=tc.num_workers, pin_memory=accelerator.device.type == "cuda",
-                                         persistent_workers=tc.num_workers > 0,
+                                         persistent_workers=tc.num_workers > 0, worker_init_fn=_ignore_stop_signals,
                                          # its own generator: creating the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout masks would shift
                                          generator=torch.Generator().manual_seed(tc.seed))
@@ -224,7 +233,6 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
 
     metrics = MetricsWriter(out, main, state["step"] if folder else None, cfg.logger, state.get("wandb_run_id"),
                             OmegaConf.to_container(cfg, resolve=True))
-    stop = _StopFlag()
     step = state["step"]
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (main and tc.progress), dynamic_ncols=True,
                desc="train")

@@ -1,0 +1,40 @@
+"""A signal to the whole process group (what SLURM, Kubernetes, `timeout` and Ctrl-C send) saves a checkpoint:
+the DataLoader workers ignore it, the main process finishes its step, saves and exits 128 + the signal."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers.corpus import write_corpus
+from tests.train.test_train import _args
+from tnl.checkpoint import list_checkpoints, verify
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_saves_a_checkpoint_with_workers_running(tmp_path, sig):
+    corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
+    out = tmp_path / "run"
+    args = _args(corpus, out, "train.max_steps=100000", "train.save_every=0", "train.num_workers=2")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as a scheduler's job has
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-2000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)  # the main process and its DataLoader workers
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, output[-2000:]
+    assert f"checkpoint (signal {sig.name}) saved" in output and "DataLoader worker" not in output
+    (step, folder), = list_checkpoints(out / "checkpoints")
+    assert verify(folder) is None
+    assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3

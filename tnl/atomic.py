@@ -103,7 +103,13 @@ def atomic_folder(out_dir: str | os.PathLike, overwrite: bool = False, error: ty
     the previous folder is only moved aside (then deleted) once the new one is complete.
     """
     out = check_target(out_dir, overwrite, error, replaceable)
-    tmp = temp_folder(out)
+    try:
+        tmp = temp_folder(out)
+    except OSError as err:  # a read-only parent, or a file where a parent folder should be
+        blocker = next((a for a in out.parents if a.exists()), None)
+        why = f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir() else \
+            f"{type(err).__name__}: {err.strerror or err}"
+        raise error(f"cannot write {out} ({why}); choose a writable folder") from None
     try:
         yield tmp
         if out.exists():

@@ -93,6 +93,7 @@ def test_refused_targets_leave_everything_unchanged(tmp_path, run):
         (link / "checkpoints" / "step_5", run, "the folder being exported"),  # the checkpoint through a symlink
         (run, user, "not a previous export .*subfolder notes/.*only replaces a folder that holds an export"),
         (run, other_run, "not a previous export .*holds checkpoints, part of a training run"),
+        (run, tmp_path / "mine" / "notes" / "a.txt" / "x", "cannot write .*a.txt is a file, not a folder"),
     ]
     before = tree_hash(tmp_path)
     for checkpoint, out_dir, expected in cases:

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tnl.atomic import check_target
 from tnl.checkpoint import load_pretrained
 
 from .errors import ExportError
 from .hf import export_hf
 from .hub import push_to_hub
 from .official import export_official
-from .target import check_not_source
+from .target import check_not_source, replaceable_export
 
 FORMATS = ("hf", "official")
 
@@ -42,7 +43,9 @@ def run_export(cfg: Any, log=print) -> Path:
     fmt = cfg.get("format", "hf")
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    check_not_source(cfg.out_dir, cfg.checkpoint)  # before loading: nothing is read or written on a refusal
+    # before loading, so a refusal is quick (export_hf / export_official check again before they write)
+    check_not_source(cfg.out_dir, cfg.checkpoint)
+    check_target(cfg.out_dir, bool(cfg.get("overwrite", False)), ExportError, replaceable_export)
     loaded = load_pretrained(cfg.checkpoint, verify=bool(cfg.get("verify", True)), name="checkpoint", log=log)
     log(f"loaded {loaded.kind} {loaded.path}")
     out_path = Path(cfg.out_dir).expanduser()

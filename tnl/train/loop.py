@@ -32,6 +32,7 @@ from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsWriter
 from .plots import draw_plots
 from .resume import check_config, check_model, restore, resume_checkpoint
+from .run_lock import RunLock, RunLockedError
 from .schedule import lr_multiplier
 
 
@@ -152,8 +153,7 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
     (output_dir, steps, tokens_seen, checkpoint, plots and whatever `after` added). `on_ready(run folder)` runs on
     rank 0 once the run's config files are written (after a resume has loaded its checkpoint)."""
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import broadcast_object_list
 
     tc = cfg.train
     # accelerate logs every file it saves at INFO, and warns about the tied LM head on each save
@@ -161,12 +161,31 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     main = accelerator.is_main_process
-    log = accelerator.print
     # rank 0 chooses the run folder (an interpolated ${now:...} could differ between ranks)
     out = Path(broadcast_object_list([str(Path(cfg.output_dir).resolve())])[0])
-    ckpt_root = out / "checkpoints"
+    # one run per folder: rank 0 locks it before anything in it is read or written, every rank hears the outcome
+    lock, refused = RunLock(out), None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        refused = lock.try_acquire()
+    refused = broadcast_object_list([refused])[0]
+    if refused:
+        raise RunLockedError(refused)
+    try:
+        return _train(cfg, accelerator, out, after, on_ready)
+    finally:
+        lock.release()
+
+
+def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[FinishedRun], None] | None,
+           on_ready: Callable[[Path], None] | None) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    tc = cfg.train
+    main = accelerator.is_main_process
+    log = accelerator.print
+    ckpt_root = out / "checkpoints"
     resolve_paths(cfg.data)  # config.yaml records the data and cache folders used
     # a resume is checked against the run's saved config before any data work, and before anything is written
     folder = resume_checkpoint(cfg, ckpt_root, log)

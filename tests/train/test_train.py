@@ -72,6 +72,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_signal_saves(corpus, tmp_path)
     out = tmp_path / "run"
     first = _run(_args(corpus, out, "train.max_steps=4", "train.save_every=2", "train.keep_last=3"))
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "deprecated" not in first.stdout + first.stderr  # e.g. transformers' past_key_values -> cache rename
     newest = out / "checkpoints" / "step_4"
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated

@@ -34,6 +34,10 @@ from .configuration_transnormer import TransnormerConfig
 from .layers import SGLU, HeadRMSNorm, Lrpe, MixerInputs, SRMSNorm, doc_ids, sinusoidal_embedding
 from .norm_linear_attention import NormLinearAttention
 
+# the outputs' cache field: `cache` from transformers 5 (its old name `past_key_values` still works there, with a
+# deprecation warning on every use), `past_key_values` before (exports load with older versions too)
+_CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 _TF_MAJOR = int(transformers.__version__.split(".")[0])
 
 
@@ -206,8 +210,7 @@ class TransnormerModel(TransnormerPreTrainedModel):
             all_hidden += (hidden,)
         if not return_dict:
             return tuple(x for x in (hidden, past_key_values, all_hidden) if x is not None)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values,
-                                       hidden_states=all_hidden)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=all_hidden, **{_CACHE: past_key_values})
 
     @staticmethod
     def _positions(
@@ -294,14 +297,13 @@ class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
             return_dict=True, cu_seqlens=cu_seqlens, position_ids=position_ids,
         )
-        hidden = out.last_hidden_state
+        hidden, cache = out.last_hidden_state, getattr(out, _CACHE)
         if labels is not None and loss_chunk_size > 0:
             targets = labels if not shift_labels else F.pad(labels[:, 1:], (0, 1), value=-100)
             loss = fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size=loss_chunk_size)
             if not return_dict:
-                return tuple(x for x in (loss, out.past_key_values, out.hidden_states) if x is not None)
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values,
-                                          hidden_states=out.hidden_states)
+                return tuple(x for x in (loss, cache, out.hidden_states) if x is not None)
+            return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=out.hidden_states, **{_CACHE: cache})
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
@@ -315,11 +317,9 @@ class TransnormerForCausalLM(TransnormerPreTrainedModel, GenerationMixin):
             targets = (labels[:, 1:] if shift_labels else labels).to(logits.device)
             loss = F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), targets.reshape(-1), ignore_index=-100)
         if not return_dict:
-            rest = tuple(x for x in (logits, out.past_key_values, out.hidden_states) if x is not None)
+            rest = tuple(x for x in (logits, cache, out.hidden_states) if x is not None)
             return ((loss,) + rest) if loss is not None else rest
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states, **{_CACHE: cache})
 
     def prepare_inputs_for_generation(
         self,

@@ -48,9 +48,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_checksums(folder: Path) -> None:
-    """checksums.json: the sha256 of every file in `folder`, which `verify` checks before a checkpoint is used."""
-    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+def write_checksums(folder: Path, skip: tuple[str, ...] = ()) -> None:
+    """checksums.json: the sha256 of every file in `folder` but `skip`, which `verify` checks before the folder is
+    used."""
+    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != CHECKSUMS and p.name not in skip}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
 
 

@@ -144,5 +144,5 @@ def export_hf(
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if eval_results:
             (tmp / "eval_results.json").write_text(json.dumps(eval_results, indent=2), encoding="utf-8")
-        write_checksums(tmp)  # last: loading verifies the weights against it
+        write_checksums(tmp, skip=("README.md",))  # last; the card stays editable before an upload
     return Path(out_dir).expanduser().absolute()

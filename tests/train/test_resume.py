@@ -98,3 +98,37 @@ def test_unreadable_rng_states_are_reported_and_training_goes_on(run_copy):
     text = res.stdout + res.stderr
     assert text.count("random number generator states") == 1 and "no longer match an unbroken run" in text
     assert sorted(_losses(run)) == list(range(1, 6))
+
+
+def _corrupt(path: Path, text: str = "{not: [valid") -> None:
+    path.write_text(text)
+
+
+# (damage done to the run, extra overrides, expected start of the error after "error: ")
+DAMAGED = {
+    "config.yaml unreadable": (lambda run: _corrupt(run / "config.yaml"), (), "cannot resume: {run}/config.yaml is "
+                               "unreadable"),
+    "model_config.json unreadable": (lambda run: _corrupt(run / "model_config.json"), (),
+                                     "cannot resume: {run}/model_config.json is unreadable"),
+    # without model_config.json and with config.yaml edited to match, only the weights tell: they do not fit
+    "weights of another shape": (
+        lambda run: ((run / "model_config.json").unlink(), (run / "config.yaml").write_text(
+            (run / "config.yaml").read_text().replace("decoder_layers: 2", "decoder_layers: 3"))),
+        ("model.decoder_layers=3",), "cannot resume from {run}/checkpoints/step_4: Error(s) in loading state_dict"),
+    "every checkpoint broken": (
+        lambda run: [(s / "model.safetensors").write_bytes(b"x") for s in (run / "checkpoints").iterdir()], (),
+        "{run}/checkpoints holds checkpoints but none is valid"),
+    "resume names a file": (lambda run: None, ("resume={run}/config.yaml",), "resume={run}/config.yaml: not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_damaged_run_is_refused_in_one_line_and_left_as_it_was(run_copy, case):
+    corpus, run = run_copy
+    damage, extra, expected = DAMAGED[case]
+    damage(run)
+    before = folder_hash(run)
+    res = _run(_args(corpus, run, "train.max_steps=6", *[x.format(run=run) for x in extra]))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: " + expected.format(run=run))
+    assert folder_hash(run) == before

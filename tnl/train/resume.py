@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tnl.checkpoint import latest_valid, load_tokenizer, restore_checkpoint, verify
+from tnl.checkpoint import latest_valid, list_checkpoints, load_tokenizer, restore_checkpoint, verify
 from tnl.errors import UserError
 
 # what a checkpoint's weights were made for: a change of any of these keys is refused
@@ -36,10 +36,16 @@ def resume_checkpoint(cfg: DictConfig, ckpt_root: Path, log) -> Path | None:
     if choice == "none":
         return None
     if choice == "auto":
-        return latest_valid(ckpt_root, log=log)
+        newest = latest_valid(ckpt_root, log=log)
+        if newest is None and list_checkpoints(ckpt_root):  # starting over would replace the run's files
+            raise ResumeError(f"{ckpt_root} holds checkpoints but none is valid (see the warnings above); pass "
+                              "resume=none to start over in this folder (its files are replaced), or train into a "
+                              "new output_dir")
+        return newest
     folder = Path(choice).expanduser()
     if not folder.is_dir():
-        raise ResumeError(f"resume={choice}: folder not found; pass a run folder, a checkpoints/step_N folder, "
+        problem = "not a folder" if folder.exists() else "folder not found"
+        raise ResumeError(f"resume={choice}: {problem}; pass a run folder, a checkpoints/step_N folder, "
                           "resume=auto or resume=none")
     root = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
     if root.name == "checkpoints":  # a run folder (or its checkpoints/): its newest valid checkpoint
@@ -80,6 +86,12 @@ def _refuse(run: Path, keys: list[str]) -> None:
                       "fit only the run's own. Train into a new output_dir, or resume with the run's values")
 
 
+def _unreadable(path: Path, err: Exception) -> ResumeError:
+    first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+    return ResumeError(f"cannot resume: {path} is unreadable ({first}); remove it to resume without this check "
+                       "(it is written again once the checkpoint has loaded), or train into a new output_dir")
+
+
 def _describe(key: str, old: Any, new: Any) -> str:
     return f"{key}: {old} -> {new}"
 
@@ -90,7 +102,10 @@ def check_config(checkpoint: Path, cfg: DictConfig) -> list[str]:
     saved_file = run_folder(checkpoint) / "config.yaml"
     if not saved_file.is_file():
         return []
-    saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=True)
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=True)
+    except Exception as err:  # any YAML or interpolation error of a damaged file
+        raise _unreadable(saved_file, err) from None
     changed = _differences(saved, OmegaConf.to_container(cfg, resolve=True))
     refused = [_describe(k, *v) for k, v in changed.items() if k.startswith(_MODEL_PREFIXES)]
     if refused:
@@ -114,7 +129,10 @@ def check_model(checkpoint: Path, model_config: Any, tokenizer: Any) -> None:
     refused = []
     saved_model = run / "model_config.json"
     if saved_model.is_file():
-        old = json.loads(saved_model.read_text())
+        try:
+            old = json.loads(saved_model.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _unreadable(saved_model, err) from None
         new = json.loads(model_config.to_json_string())  # as model_config.json was written
         refused += [_describe(f"model.{k}", old.get(k), new.get(k)) for k in sorted((set(old) | set(new)) - _NOT_MODEL)
                     if old.get(k) != new.get(k)]
@@ -144,6 +162,10 @@ def restore(accelerator: Any, checkpoint: Path, log) -> dict[str, Any]:
     propagate, logger.propagate = logger.propagate, False
     try:
         state = restore_checkpoint(accelerator, checkpoint)
+    except (RuntimeError, KeyError, ValueError, OSError) as err:  # weights of another shape, a damaged state file
+        first = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ResumeError(f"cannot resume from {checkpoint}: {first}; resume another checkpoint, or train into a "
+                          "new output_dir") from None
     finally:
         logger.removeHandler(seen)
         logger.setLevel(level)

@@ -24,7 +24,10 @@ class RunLock:
 
     def try_acquire(self) -> str | None:
         """Take the lock: None when held now, else the one-line reason (naming the holder's pid)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            return f"cannot write into output_dir {self.path.parent} ({err.strerror}); pick a writable output_dir"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,6 +20,7 @@ from tnl.data import (
     prepare_tokenizer,
     split_articles,
 )
+from tnl.data.sources import source_key
 from tnl.data.tokenizer import train_bpe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,3 +242,31 @@ def test_caches_are_published_whole(tmp_path, monkeypatch):
                             num_proc=1, log=lambda *_: None)
     assert [p.name for p in (tmp_path / "tokens").iterdir()] == [arr.path.name]
     assert len(arr.doc_starts) == 3
+
+
+@pytest.mark.parametrize("sample_by", ["line", "document"])
+def test_one_text_file_is_the_train_split_with_held_out_validation(tmp_path, sample_by):
+    """data.path may be one file: the train split; without data.files.validation the first
+    data.validation_fraction of its documents (of its lines, when the file is one document) is validation."""
+    lines = [f"line {i} " + "word " * (i % 7) + "\n" for i in range(200)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(lines))
+    data = OmegaConf.load(ROOT / "configs/data/text.yaml")
+    data.path, data.cache_dir, data.sample_by, data.validation_fraction = str(corpus), str(tmp_path), sample_by, 0.1
+    train, val = (load_documents(data, s)["text"] for s in ("train", "validation"))
+    assert "".join(val) == "".join(lines[:20]) and "".join(train) == "".join(lines[20:])  # disjoint, together whole
+    assert len(train) == (180 if sample_by == "line" else 1)
+    keys = {s: source_key(data, s) for s in ("train", "validation")}
+    data.validation_fraction = 0.2
+    assert keys["train"] != keys["validation"] != source_key(data, "validation")  # a cache per split and fraction
+
+    (tmp_path / "val.txt").write_text("held apart\n")
+    data.files = {"validation": ["val.txt"]}  # relative to the file's folder
+    assert load_documents(data, "validation")["text"] == ["held apart\n"]
+    assert "".join(load_documents(data, "train")["text"]) == "".join(lines)
+    data.files, data.validation_fraction = {}, 0
+    with pytest.raises(DataError, match="data.files.validation=.* or set data.validation_fraction"):
+        load_documents(data, "validation")
+    data.path = str(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match="data.path .*missing.txt not found"):
+        load_documents(data, "train")

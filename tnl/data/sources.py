@@ -2,6 +2,9 @@
 
 `data.path` (the folder `data.files` are relative to) defaults to `$TNL_DATA_DIR` for WikiText configs, whose file
 names follow the layout of the shared local copy; unset, WikiText comes from the hub.
+`data.path` may also be one text file: it is the train split (files of `data.files` are then relative to its folder).
+Local text without a validation entry in `data.files` holds out the first `data.validation_fraction` of the training
+documents as validation (as Hugging Face's run_clm does); the rest is the train split.
 
 Every source ends as a `datasets.Dataset` (or `IterableDataset` when streaming) with one document per
 row in column "text"; `describe_source` says in one line which files or hub dataset a run used.
@@ -31,9 +34,18 @@ def data_root(cfg: Any) -> str | None:
 
 def _split_files(cfg: Any, split: str) -> list[str]:
     files = (cfg.get("files") or {}).get(split)
-    if not files:
-        raise DataError(f"data.files has no entry for split '{split}'; add data.files.{split}=[...] to the config")
     root = Path(os.path.expanduser(data_root(cfg))) if data_root(cfg) else None
+    if root is not None and not root.exists():
+        raise DataError(f"data.path {root} not found; give a folder of data files or one text file "
+                        "(WikiText: set TNL_DATA_DIR or data.path)")
+    if root is not None and root.is_file():  # one file: the train split
+        if split == "train" and not files:
+            files = [root.name]
+        root = root.parent
+    if not files:
+        also = " or set data.validation_fraction > 0 to hold out train text" if split == "validation" else ""
+        raise DataError(f"data.files has no entry for split '{split}'; add data.files.{split}=[...] to the config"
+                        + also)
     out: list[str] = []
     for name in [files] if isinstance(files, str) else list(files):
         pattern = str(root / name) if root is not None and not os.path.isabs(name) else os.path.expanduser(name)
@@ -51,8 +63,21 @@ def _use_local(cfg: Any) -> bool:
     return bool(data_root(cfg)) or cfg.kind == "text" and not cfg.get("hub_path")
 
 
+def held_out_fraction(cfg: Any) -> float:
+    """The share of local training documents held out as validation: `data.validation_fraction` where local text
+    names no validation files, else 0."""
+    if cfg.kind != "text" or not _use_local(cfg) or (cfg.get("files") or {}).get("validation"):
+        return 0.0
+    return float(cfg.get("validation_fraction") or 0.0)
+
+
 def describe_source(cfg: Any, split: str) -> str:
     """One line naming exactly what a split is read from."""
+    fraction = held_out_fraction(cfg) if split in ("train", "validation") else 0.0
+    if fraction:
+        part = "the first" if split == "validation" else "all but the first"
+        return f"{split}: {part} {fraction:.0%} of the train documents of local files " + ", ".join(
+            _split_files(cfg, "train"))
     if _use_local(cfg):
         return f"{split}: local files " + ", ".join(_split_files(cfg, split))
     return f"{split}: hub dataset {cfg.hub_path}" + (f" ({cfg.hub_name})" if cfg.get("hub_name") else "")
@@ -61,6 +86,10 @@ def describe_source(cfg: Any, split: str) -> str:
 def source_key(cfg: Any, split: str) -> list:
     """What identifies a split's text without reading it: each local file's path, size and mtime, or the
     hub dataset's own fingerprint (datasets caches hub downloads)."""
+    fraction = held_out_fraction(cfg) if split in ("train", "validation") else 0.0
+    if fraction:  # both splits are cut from the training files
+        files = _split_files(cfg, "train")
+        return [f"{split} held out", fraction, *[(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]]
     if _use_local(cfg):
         return [(f, os.path.getsize(f), os.path.getmtime(f)) for f in _split_files(cfg, split)]
     ds = _load_hub(cfg, split, streaming=False)
@@ -105,6 +134,24 @@ def _load_hub(cfg: Any, split: str, streaming: bool):
         ) from None
 
 
+def _hold_out(ds, fraction: float, split: str):
+    """The first `fraction` of the documents (split "validation") or the rest ("train"). A single document (a text
+    file read with sample_by=document) is cut at a line boundary instead."""
+    import datasets
+
+    texts = ds["text"]
+    if len(texts) == 1:
+        lines = texts[0].splitlines(keepends=True)
+        if len(lines) < 2:
+            raise DataError("the train file has one line, too little to hold out validation text; "
+                            "set data.files.validation")
+        cut = min(max(1, round(len(lines) * fraction)), len(lines) - 1)
+        return datasets.Dataset.from_dict({"text": ["".join(lines[:cut]) if split == "validation"
+                                                    else "".join(lines[cut:])]})
+    cut = min(max(1, round(len(texts) * fraction)), len(texts) - 1)
+    return ds.select(range(cut) if split == "validation" else range(cut, len(texts)))
+
+
 def load_documents(cfg: Any, split: str, detokenized: bool | None = None):
     """A dataset of documents (column "text") for `split` of the configured source.
 
@@ -114,12 +161,21 @@ def load_documents(cfg: Any, split: str, detokenized: bool | None = None):
     import datasets
 
     streaming = bool(cfg.get("streaming", False))
-    ds = _load_local(cfg, split, streaming) if _use_local(cfg) else _load_hub(cfg, split, streaming)
+    fraction = held_out_fraction(cfg) if split in ("train", "validation") else 0.0
+    if fraction and streaming:
+        raise DataError("a held-out validation fraction needs the whole train split; set data.files.validation "
+                        "or data.streaming=false")
+    if fraction:
+        ds = _load_local(cfg, "train", streaming)
+    else:
+        ds = _load_local(cfg, split, streaming) if _use_local(cfg) else _load_hub(cfg, split, streaming)
     column = cfg.get("text_column", "text")
     if column not in (ds.column_names or [column]):
         raise DataError(f"column '{column}' not in split '{split}' (columns: {ds.column_names}); set data.text_column")
     if column != "text":
         ds = ds.rename_column(column, "text")
+    if fraction:
+        ds = _hold_out(ds, fraction, split)
     if cfg.kind == "wikitext":
         if streaming:
             raise DataError("data.streaming is for large text corpora; WikiText is small, set data.streaming=false")

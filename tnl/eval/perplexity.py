@@ -14,6 +14,7 @@ Modes:
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -79,14 +80,23 @@ def _position_limit(model: torch.nn.Module) -> int | None:
     return None
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward argument that takes the cache: `cache` in transformers 5 models, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any = None, use_cache: bool = False):
     # Right padding only: a causal model's outputs at real positions never depend on later (pad) positions,
     # so no attention mask is passed and any causal LM gives the same scores batched or not.
     kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": use_cache}
     if cache is not None:
-        kwargs["past_key_values"] = cache
+        kwargs[_cache_argument(model)] = cache
     out = model(**kwargs)
-    return out.logits, (out.past_key_values if use_cache else None)
+    if not use_cache:
+        return out.logits, None
+    # transformers 5 names the field `cache` (`past_key_values` still works there, with a deprecation warning)
+    cache = out.get("cache")
+    return out.logits, (cache if cache is not None else out.get("past_key_values"))
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -10,6 +10,7 @@ import yaml
 from tnl.model import TransnormerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+BYTE_VOCAB = 256  # a config without a vocab_size (sized to the tokenizer when training) gets this one
 
 
 def config_names() -> list[str]:
@@ -23,5 +24,7 @@ def load_config(name: str, **overrides: Any) -> TransnormerConfig:
     if not path.is_file():
         raise ValueError(f"no model config {name!r}; the configs are {', '.join(config_names())}")
     fields = yaml.safe_load(path.read_text()) or {}
+    if fields.get("vocab_size") is None:  # training sizes it to the tokenizer; tools use the byte-level size
+        fields["vocab_size"] = BYTE_VOCAB
     fields.update(overrides)
     return TransnormerConfig(**fields)

@@ -40,4 +40,45 @@ def hydra_entry(task: Callable[[Any], Any], config_name: str) -> None:
         print(f"error: {CONFIG_DIR / config_name}.yaml not found; tnl reads the configs/ folder of its repository, "
               "so install it from a clone with `pip install -e .`", file=sys.stderr)
         sys.exit(2)
+    check_overrides(config_name, sys.argv[1:])
     hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(task)()
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose the config with the command line's overrides first, so that a misspelt key, a value of the wrong
+    type or an unknown group option is one `error:` line with exit 2 (Hydra's own report spans several lines).
+    Flags (-m, --help, --cfg, ...) and hydra.* overrides are left to Hydra."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        if settings.debug():
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's message and its cause on one line, without the config search path and OmegaConf's key dump."""
+    parts: list[str] = []
+    listing = False  # after "Available options in 'model':" come the options, one a line
+    for exc in (err, err.__cause__):
+        for line in str(exc or "").splitlines():
+            line = line.strip().rstrip(".")
+            if line.startswith(("Config search path", "provider=")):
+                break
+            if not line or line.startswith(("full_key:", "object_type=", "reference_type=")) or line in parts:
+                continue
+            if listing:
+                parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+            else:
+                parts.append(line)
+                listing = line.endswith(":")
+    return "; ".join(parts)

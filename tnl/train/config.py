@@ -219,8 +219,8 @@ def check_config(cfg: DictConfig) -> None:
     """Every value of a composed `tnl train` config, in one pass that reads no data; raises ConfigError."""
     _check_ranges(cfg)
     _check_tokenizer(cfg.tokenizer)
-    _check_data(cfg.data)
     _check_model(cfg.model)
+    _check_data(cfg.data)  # last: values are named even where the data files are missing
 
 
 def _check_data(data: DictConfig) -> None:

@@ -22,7 +22,7 @@ def _inputs(b, t, h, hkv, d, e, dtype=torch.float32, state=True, n=None):
     return q, k, v, decay, s0
 
 
-@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("backend", ["torch", "naive", "cumsum"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_state_match_recurrence(backend, shape):
     q, k, v, decay, s0 = _inputs(*shape, dtype=torch.float64)
@@ -32,7 +32,7 @@ def test_forward_and_state_match_recurrence(backend, shape):
     torch.testing.assert_close(final, f_ref, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("backend", ["torch", "naive", "cumsum"])
 def test_gradients_match_recurrence(backend):
     q, k, v, decay, s0 = _inputs(2, 70, 4, 2, 6, 10, dtype=torch.float64)
     leaves = [x.requires_grad_() for x in (q, k, v, s0)]
@@ -45,7 +45,7 @@ def test_gradients_match_recurrence(backend):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("backend", ["torch", "naive", "cumsum"])
 def test_qk_activation_silu_is_silu_then_attention(backend):
     q, k, v, decay, s0 = _inputs(2, 37, 4, 2, 6, 10, dtype=torch.float64)
     o, final = lightning_attn(q, k, v, decay, scale=0.7, initial_state=s0, output_final_state=True,
@@ -82,7 +82,7 @@ def test_low_precision_forward_is_close():
         assert err < 2e-2, f"{dtype}: relative error {err:.3g}"
 
 
-@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("backend", ["torch", "naive", "cumsum"])
 def test_varlen_matches_per_sequence_recurrence(backend):
     cu = torch.tensor([0, 5, 5, 70, 83], dtype=torch.int32)  # includes an empty sequence
     q, k, v, decay, s0 = _inputs(1, 83, 4, 2, 8, 6, dtype=torch.float64, n=4)
@@ -134,3 +134,38 @@ def test_bad_input_gets_one_line_error(mutate, message, monkeypatch):
     with pytest.raises(ValueError, match=message) as info:
         lightning_attn(args["q"], args["k"], args["v"], args["decay"], **kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cumsum_backend_is_exact_at_steep_decay_and_long_blocks(dtype):
+    """The materialised-state baseline keeps steep rates exact (rescaling by lambda^-s would overflow: 8 * T >> 88)
+    through three levels of its blockwise cumulative sum (T > 64 * 64, not a multiple of 64)."""
+    q, k, v, _, s0 = _inputs(1, 4200, 3, 3, 2, 3, dtype=dtype)
+    decay = torch.tensor([0.0, 0.01, 8.0])
+    o, final = lightning_attn(q, k, v, decay, scale=0.3, initial_state=s0, output_final_state=True, backend="cumsum")
+    o_ref, f_ref = recurrence(q, k, v, decay, 0.3, s0)
+    assert torch.isfinite(o).all()
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(o.double(), o_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(final.double(), f_ref, rtol=tol, atol=tol)
+
+
+def test_model_attn_backend_cumsum_reaches_the_op(monkeypatch):
+    """The model's `attn_backend` passes "cumsum" through to `lightning_attn` (a standard-linear-attention model for
+    benchmarks), with the logits of the blockwise backend."""
+    from tnl.model import TransnormerConfig, TransnormerForCausalLM
+    from tnl.ops.lightning_attn import interface
+
+    calls = []
+    real = interface.cumsum_lightning_attn
+    monkeypatch.setattr(interface, "cumsum_lightning_attn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    base = dict(vocab_size=61, decoder_embed_dim=32, decoder_layers=2, decoder_attention_heads=4, hidden_dim=32,
+                glu_dim=48, linear_use_lrpe_list=[1, 0], pad_token_id=0)
+    torch.manual_seed(0)
+    model = TransnormerForCausalLM(TransnormerConfig(**base, attn_backend="cumsum")).double().eval()
+    ref = TransnormerForCausalLM(TransnormerConfig(**base, attn_backend="torch")).double().eval()
+    ref.load_state_dict(model.state_dict())
+    ids = torch.randint(1, 61, (2, 70))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits)
+    assert len(calls) == 2  # one per layer

@@ -3,6 +3,7 @@
 - `interface.py`: `lightning_attn` (validation, varlen, backend choice).
 - `naive.py`: masked quadratic form (tests only).
 - `chunk.py`: blockwise PyTorch form, differentiable, any device: the reference.
+- `cumsum.py`: standard linear attention (every state materialised by a cumulative sum): a benchmark baseline.
 - `recurrent.py`: one-token state update for decoding.
 - The Triton form: `triton_entry.py` (entry points) over `passes.py` (passes, custom ops, autograd), `plan.py`
   (segments), `tuning.py` with `tuned_configs.py` (launch configs), `triton_kernels.py` (the kernels) and
@@ -10,6 +11,7 @@
 """
 
 from .chunk import chunk_lightning_attn
+from .cumsum import cumsum_lightning_attn
 from .interface import BACKENDS, lightning_attn, resolve_backend
 from .naive import naive_lightning_attn
 from .recurrent import recurrent_lightning_attn_step
@@ -17,6 +19,7 @@ from .recurrent import recurrent_lightning_attn_step
 __all__ = [
     "BACKENDS",
     "chunk_lightning_attn",
+    "cumsum_lightning_attn",
     "lightning_attn",
     "naive_lightning_attn",
     "recurrent_lightning_attn_step",

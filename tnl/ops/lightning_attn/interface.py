@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from ..common import triton_usable
 from .checks import check_qk_activation
 from .chunk import chunk_lightning_attn
+from .cumsum import cumsum_lightning_attn
 from .naive import naive_lightning_attn
 
-BACKENDS = ("auto", "torch", "naive", "triton")
+BACKENDS = ("auto", "torch", "naive", "triton", "cumsum")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -121,6 +122,9 @@ def lightning_attn(
     qk_activated: (SiLU(q), SiLU(k)) already computed by the caller (with qk_activation="silu"; q, k stay raw).
     The Triton backend then loads them as they are (faster than activating on load) and its backward multiplies
     dq, dk by SiLU'(q), SiLU'(k) as it writes them; gradients reach the raw q, k, none the activated copies.
+    backend: "auto" (Triton for CUDA tensors below float64, else "torch"), "triton", "torch" (blockwise
+    PyTorch), "naive" (masked quadratic, tests) or "cumsum" (standard linear attention: every [D, E] state
+    materialised by a cumulative sum, O(T D E) memory; a baseline for benchmarks).
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
     _validate(q, k, v, decay, initial_state, cu_seqlens)
@@ -139,7 +143,7 @@ def lightning_attn(
         )
     if qk_activation == "silu":
         q, k = qk_activated if qk_activated is not None else (F.silu(q), F.silu(k))
-    fn = naive_lightning_attn if name == "naive" else chunk_lightning_attn
+    fn = {"naive": naive_lightning_attn, "cumsum": cumsum_lightning_attn}.get(name, chunk_lightning_attn)
     if cu_seqlens is not None:
         return _per_sequence(fn, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens)
     return fn(q, k, v, decay, scale, initial_state, output_final_state)

@@ -116,10 +116,28 @@ def test_decay_schedules():
     assert alibi_slopes(6) == pytest.approx([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
     one = TransnormerConfig(decoder_layers=1, decoder_attention_heads=4)
     assert decay_rates(one, 0) == pytest.approx([s * (1 + 1e-5) for s in alibi_slopes(4)])
-    paper = TransnormerConfig(decoder_layers=4, decoder_attention_heads=8, decay_schedule="paper")
-    assert decay_rates(paper, 2) == pytest.approx([8 * (h + 1) / 8 * (1 - 2 / 4) for h in range(8)])
     none = TransnormerConfig(decoder_layers=2, decoder_attention_heads=4, decay_schedule="none")
     assert decay_rates(none, 0) == [0.0] * 4
+
+
+@pytest.mark.parametrize("heads,layers", [(8, 4), (6, 5), (1, 1)])
+def test_paper_schedule_is_the_layer_aware_formula(heads, layers):
+    """decay_schedule="paper" gives decay = -g_gamma with g_gamma = -(8 / H) * (1 - layer_idx / num_layers) * h,
+    h = 0..H-1 (the layer-aware lightning attention interface); "paper_one_based" numbers heads from 1. Both the
+    rates and what each TNL / hybrid layer hands to the attention op."""
+    for mixer in ("tnl", "hybrid"):
+        model = make(mixer, decoder_layers=layers, decoder_attention_heads=heads, hidden_dim=6 * heads,
+                     linear_use_lrpe_list=[0] * layers, decay_schedule="paper")
+        for layer_idx in range(layers):
+            g_gamma = [-(8.0 / heads) * (1.0 - layer_idx / layers) * h for h in range(heads)]
+            want = torch.tensor([-g for g in g_gamma], dtype=torch.float64)
+            got = model.model.layers[layer_idx].token_mixer.decay(torch.device("cpu"), torch.float64)
+            torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    cfg = TransnormerConfig(decoder_layers=layers, decoder_attention_heads=heads, hidden_dim=6 * heads,
+                            decay_schedule="paper_one_based")
+    for layer_idx in range(layers):
+        want = [8.0 / heads * (1.0 - layer_idx / layers) * h for h in range(1, heads + 1)]
+        assert decay_rates(cfg, layer_idx) == pytest.approx(want, rel=1e-15)
 
 
 def test_labels_loss_is_shifted_mean_over_kept_tokens():
@@ -417,7 +435,7 @@ def test_positions_restart_per_document_and_skip_left_pads():
 
 
 def test_single_layer_model_runs_with_every_schedule():
-    for schedule in ("tnl", "paper", "none"):
+    for schedule in ("tnl", "paper", "paper_one_based", "none"):
         model = make(decoder_layers=1, linear_use_lrpe_list=[1], decay_schedule=schedule)
         logits = model(torch.randint(1, V, (1, 6))).logits
         assert torch.isfinite(logits).all()

@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 
 TOKEN_MIXERS = ("tnl", "softmax", "hybrid")
 CHANNEL_MIXERS = ("sglu", "swiglu")
-DECAY_SCHEDULES = ("tnl", "paper", "none")
+DECAY_SCHEDULES = ("tnl", "paper", "paper_one_based", "none")
 POSITION_ENCODINGS = ("rope", "sinusoidal", "none")
 NORM_BACKENDS = ("auto", "triton", "torch")
 
@@ -25,7 +25,11 @@ class TransnormerConfig(PretrainedConfig):
     no_scale_embedding (False: embeddings scaled by sqrt(d)), init_std.
 
     tnl extensions:
-      decay_schedule: "tnl" (released code: s_h * (1 - l/(L-1) + 1e-5)), "paper" (s = 8(h+1)/H * (1 - l/L)), "none".
+      decay_schedule: per-head decay rates s (lambda = exp(-s)) of layer l of L, head h of H:
+        "tnl" (OpenNLPLab's released code: ALiBi slope s_h * (1 - l/(L-1) + 1e-5)),
+        "paper" (TNL paper sec. 3.1.1 as the layer-aware lightning attention interface has it: s = (8/H)(1 - l/L) h
+        for h = 0..H-1, i.e. g_gamma = -s), "paper_one_based" (the same with h = 1..H, which "paper" meant in
+        earlier tnl versions: a run trained with it then loads as it was trained under this name), "none".
       token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu".
       num_key_value_heads (softmax/hybrid GQA; None = H), position_encoding of softmax/hybrid ("rope" |
       "sinusoidal" | "none"; the TNL mixer uses LRPE per linear_use_lrpe_list instead),

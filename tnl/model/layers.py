@@ -105,13 +105,16 @@ def decay_rates(config: TransnormerConfig, layer_idx: int) -> list[float]:
     """Per-head decay rates s >= 0 of layer `layer_idx` (lambda = exp(-s)).
 
     "tnl" (released code): s_h * (1 - l/(L-1) + 1e-5), so the last layer barely decays; L = 1 uses factor 1 + 1e-5.
-    "paper" (TNL paper sec. 3.1.1): lambda = exp(-(8h/H) * (1 - l/L)), h = 1..H.  "none": no decay.
+    "paper" (TNL paper sec. 3.1.1, as the layer-aware lightning attention interface computes it): s_h =
+    (8/H) * (1 - l/L) * h for h = 0..H-1, so head 0 does not decay. "paper_one_based": the same with h = 1..H (what
+    "paper" gave before it followed that interface; for runs trained then). "none": no decay.
     """
     h, n_layers = config.decoder_attention_heads, config.decoder_layers
     if config.decay_schedule == "none":
         return [0.0] * h
-    if config.decay_schedule == "paper":
-        return [8.0 * (i + 1) / h * (1.0 - layer_idx / n_layers) for i in range(h)]
+    if config.decay_schedule in ("paper", "paper_one_based"):
+        first = 1 if config.decay_schedule == "paper_one_based" else 0
+        return [8.0 / h * (1.0 - layer_idx / n_layers) * (i + first) for i in range(h)]
     frac = layer_idx / (n_layers - 1) if n_layers > 1 else 0.0
     return [s * (1.0 - frac + 1e-5) for s in alibi_slopes(h)]
 

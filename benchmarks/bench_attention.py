@@ -1,12 +1,15 @@
-"""Benchmark tnl's Triton lightning attention against fla, lightning-attn and softmax SDPA (flash, causal).
+"""Benchmark tnl's public lightning_attn against fla, lightning-attn and softmax SDPA (flash, causal).
 
 bf16, H=16, B*T=65,536 tokens, T in {1k..64k}; head dims (D,E) in {(128,128), (64,64), (256,128)}.
 Times are triton.testing.do_bench medians (ms) of the forward and of forward+backward on random inputs;
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
     python -m benchmarks.bench_attention [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
-        [--methods tnl tnl_ptr fla lightning-attn sdpa]
-        (tnl: the defaults; tnl_ptr runs tnl's configs without TMA descriptors, KernelOptions(tma=False))
+        [--methods tnl tnl_internal tnl_ptr tnl_cumsum fla lightning-attn sdpa]
+        (tnl: the public `lightning_attn`, what users call; tnl_internal: the Triton entry point behind it, without
+        the public checks; tnl_ptr: the public call with tnl's configs without TMA descriptors,
+        KernelOptions(tma=False); tnl_cumsum: backend="cumsum", standard linear attention with materialised states,
+        n/a where it does not fit in memory)
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
         [--kernels] (adds each method's GPU kernel time per fwd+bwd call, from the profiler: what the time would
                      be without host overhead; do_bench above it means the call is host-bound)
@@ -30,13 +33,19 @@ import triton
 import triton.testing
 
 from benchmarks.markdown import current_section, rewrite_section, today
+from tnl.ops import lightning_attn
 from tnl.ops.lightning_attn.options import override_kernel_options
 from tnl.ops.lightning_attn.triton_entry import triton_lightning_attn
 
 TOKENS = 65536
 H = 16
-# tnl's kernel under different KernelOptions
-TNL_METHODS = {"tnl": {}, "tnl_ptr": {"tma": False}}
+# tnl's methods: (KernelOptions changes, lightning_attn keyword arguments); "internal" times the Triton entry point
+TNL_METHODS = {
+    "tnl": ({}, {}),
+    "tnl_internal": ({}, {"internal": True}),
+    "tnl_ptr": ({"tma": False}, {}),
+    "tnl_cumsum": ({}, {"backend": "cumsum"}),
+}
 
 
 def slopes(h: int) -> torch.Tensor:
@@ -69,7 +78,9 @@ def make_fns(name, impls, b, t, d, e):
         k = torch.randn(b, t, H, d, device=dev, dtype=dt).requires_grad_()
         v = torch.randn(b, t, H, e, device=dev, dtype=dt).requires_grad_()
         if name in TNL_METHODS:
-            return (lambda: triton_lightning_attn(q, k, v, decay, scale=1.0)[0]), [q, k, v]
+            kw = dict(TNL_METHODS[name][1])
+            fn = triton_lightning_attn if kw.pop("internal", False) else lightning_attn
+            return (lambda: fn(q, k, v, decay, scale=1.0, **kw)[0]), [q, k, v]
         fla = impls["fla"]
         g_gamma = -decay
         return (lambda: fla(q, k, v, g_gamma=g_gamma, scale=1.0)[0]), [q, k, v]
@@ -137,7 +148,7 @@ def warm_up_gpu(seconds: float = 2.0) -> None:
 
 def measure(name, impls, b, t, d, e, host: bool = False, kernels: bool = False):
     # the options are read at each launch: every call of the method runs inside them
-    opts = override_kernel_options(**TNL_METHODS[name]) if name in TNL_METHODS else contextlib.nullcontext()
+    opts = override_kernel_options(**TNL_METHODS[name][0]) if name in TNL_METHODS else contextlib.nullcontext()
     with opts:
         return _measure(name, impls, b, t, d, e, host, kernels)
 

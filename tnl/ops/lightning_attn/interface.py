@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ...settings import debug
 from ..common import triton_usable
 from .checks import check_qk_activation
 from .chunk import chunk_lightning_attn
@@ -45,7 +46,8 @@ def _validate(q, k, v, decay, initial_state, cu_seqlens) -> None:
         _fail(f"decay must be a tensor of shape [{h}] (one rate per q head), got {tuple(getattr(decay, 'shape', ()))}")
     if not decay.is_floating_point():
         _fail(f"decay must be a floating tensor, got {decay.dtype}")
-    if not torch.compiler.is_compiling() and bool((decay < 0).any()):
+    # value checks read device data only where that costs no synchronisation (CPU tensors) or under TNL_DEBUG=1
+    if not torch.compiler.is_compiling() and (decay.device.type == "cpu" or debug()) and bool((decay < 0).any()):
         _fail("decay rates must be >= 0 (the per-step factor is exp(-decay)); negative rates make the state blow up")
     for name, x in (("k", k), ("v", v), ("decay", decay)):
         if x.device != q.device:
@@ -56,7 +58,7 @@ def _validate(q, k, v, decay, initial_state, cu_seqlens) -> None:
             _fail(f"cu_seqlens needs a packed batch of one (B = 1), got B = {b}; flatten the batch first")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
             _fail("cu_seqlens must be a 1-D int32 tensor of N+1 offsets [0, ..., T]")
-        if not torch.compiler.is_compiling():
+        if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
             cs = cu_seqlens.tolist()
             if cs[0] != 0 or cs[-1] != t or any(a > b_ for a, b_ in zip(cs[:-1], cs[1:])):
                 _fail(f"cu_seqlens must rise from 0 to T = {t}, got {cs[:4]}...{cs[-2:]}")
@@ -116,7 +118,12 @@ def lightning_attn(
 
     Per head: S_t = exp(-decay) * S_{t-1} + k_t^T v_t and o_t = scale * q_t S_t, with S_0 = initial_state.
     q, k: [B, T, H, D] (k may have Hkv heads, H % Hkv == 0); v: [B, T, Hkv, E]; decay: [H].
-    cu_seqlens: int32 offsets [N+1] of N sequences packed in B = 1; each has its own initial/final state.
+    cu_seqlens: int32 (or int64) offsets [N+1] of N sequences packed in B = 1; each has its own initial/final state.
+    Pass it on the CPU (it may stay there while q is on the GPU): the call then never synchronises the device, as
+    segments are planned on the host and their tables reach the GPU by asynchronous copies. A cu_seqlens on the
+    GPU is read back once per call, which waits for the GPU.
+    No call synchronises the device otherwise: checks that need tensor values (decay >= 0, cu_seqlens rising from
+    0 to T) run where the tensor is on the CPU, and for device tensors only with TNL_DEBUG=1.
     qk_activation: None, or "silu" to apply SiLU to q and k first (the TNL feature map); the Triton backend
     does it inside its kernels, so SiLU(q), SiLU(k) are never written or kept for backward.
     qk_activated: (SiLU(q), SiLU(k)) already computed by the caller (with qk_activation="silu"; q, k stay raw).
@@ -127,6 +134,9 @@ def lightning_attn(
     materialised by a cumulative sum, O(T D E) memory; a baseline for benchmarks).
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
+    if cu_seqlens is not None and cu_seqlens.device.type != "cpu" and not torch.compiler.is_compiling():
+        # segments are planned on the host: a device tensor is read back here, once (a synchronisation)
+        cu_seqlens = cu_seqlens.cpu()
     _validate(q, k, v, decay, initial_state, cu_seqlens)
     check_qk_activation(q, k, qk_activation, qk_activated, _fail)
     name = resolve_backend(backend, q)

@@ -172,8 +172,8 @@ def load_documents(cfg: Any, split: str, detokenized: bool | None = None):
     column = cfg.get("text_column", "text")
     if column not in (ds.column_names or [column]):
         raise DataError(f"column '{column}' not in split '{split}' (columns: {ds.column_names}); set data.text_column")
-    if column != "text":
-        ds = ds.rename_column(column, "text")
+    if column != "text":  # the chosen column becomes "text", whatever other columns (a "text" one too) the rows hold
+        ds = ds.select_columns([column]).rename_column(column, "text")
     if fraction:
         ds = _hold_out(ds, fraction, split)
     if cfg.kind == "wikitext":

@@ -34,9 +34,22 @@ class TokenArray:
         return len(self.tokens)
 
 
+# Encoded with the tokenizer into its hash: catches wrapper settings (prefix spaces, lower-casing) that a slow
+# tokenizer keeps outside its vocabulary.
+_PROBE = " Hello, World! naïve 数据 1,234 @-@ don't  \n\tEnd"
+
+
 def tokenizer_hash(tokenizer) -> str:
-    """Hash of the tokenizer's full definition (vocab, merges, normalizers, special tokens)."""
-    blob = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    """Hash of everything about a tokenizer that decides a split's tokens: its full definition (vocab, merges,
+    normalizer, pre-tokenizer, added tokens; the sorted vocab for a slow tokenizer), its class, which id is the EOS
+    appended after each document, and its encoding of a probe text. Where it was loaded from is not part of it: the
+    same tokenizer from another folder (a checkpoint's, with `train.init_from`) shares the cache."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        definition = tokenizer.backend_tokenizer.to_str()
+    else:
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()))
+    probe = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    blob = json.dumps([type(tokenizer).__name__, definition, tokenizer.eos_token_id, len(tokenizer), probe])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

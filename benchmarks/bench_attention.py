@@ -5,11 +5,12 @@ Times are triton.testing.do_bench medians (ms) of the forward and of forward+bac
 ratios are to fla measured in the same run; memory is the peak allocated during fwd+bwd above the inputs.
 
     python -m benchmarks.bench_attention [--dims 128,128 64,64 256,128] [--T 1024 ...] [--write-md]
-        [--methods tnl tnl_internal tnl_ptr tnl_cumsum fla lightning-attn sdpa]
-        (tnl: the public `lightning_attn`, what users call; tnl_internal: the Triton entry point behind it, without
-        the public checks; tnl_ptr: the public call with tnl's configs without TMA descriptors,
-        KernelOptions(tma=False); tnl_cumsum: backend="cumsum", standard linear attention with materialised states,
-        n/a where it does not fit in memory)
+        [--methods tnl tnl_reverse tnl_internal tnl_ptr tnl_cumsum fla lightning-attn sdpa]
+        (tnl: the public `lightning_attn`, what users call; tnl_reverse: the same with reverse=True (the notes
+        give its time over tnl's per row); tnl_internal: the Triton entry point behind it, without the public
+        checks; tnl_ptr: the public call with tnl's configs without TMA descriptors, KernelOptions(tma=False);
+        tnl_cumsum: backend="cumsum", standard linear attention with materialised states, n/a where it does not
+        fit in memory)
         [--host]   (adds each method's host CPU time per fwd+bwd call: launch-bound when close to its time)
         [--kernels] (adds each method's GPU kernel time per fwd+bwd call, from the profiler: what the time would
                      be without host overhead; do_bench above it means the call is host-bound)
@@ -42,6 +43,7 @@ H = 16
 # tnl's methods: (KernelOptions changes, lightning_attn keyword arguments); "internal" times the Triton entry point
 TNL_METHODS = {
     "tnl": ({}, {}),
+    "tnl_reverse": ({}, {"reverse": True}),
     "tnl_internal": ({}, {"internal": True}),
     "tnl_ptr": ({"tma": False}, {}),
     "tnl_cumsum": ({}, {"backend": "cumsum"}),
@@ -228,6 +230,7 @@ def main() -> int:
     lines.append(header)
     lines.append("|" + "---|" * (header.count("|") - 1))
     flat = {}
+    reverse_notes = []
     for dims in args.dims:
         d, e = (int(x) for x in dims.split(","))
         for t in args.T:
@@ -247,12 +250,17 @@ def main() -> int:
             print(line, flush=True)
             if res.get("tnl"):
                 flat.setdefault((d, e), []).append((res["tnl"][0] / (b * t), res["tnl"][1] / (b * t)))
+                if res.get("tnl_reverse"):
+                    rev = res["tnl_reverse"]
+                    reverse_notes.append(f"tnl D,E={d},{e}: reverse / forward at T={t}: fwd "
+                                         f"{rev[0] / res['tnl'][0]:.2f}, fwd+bwd {rev[1] / res['tnl'][1]:.2f}")
     notes = []
     for (d, e), per_tok in flat.items():
         f = [x[0] for x in per_tok]
         fb = [x[1] for x in per_tok]
         notes.append(f"tnl D,E={d},{e}: time per token max/min over T: fwd {max(f) / min(f):.2f}, "
                      f"fwd+bwd {max(fb) / min(fb):.2f}")
+    notes += reverse_notes
     table = "\n".join(lines)
     print("\n" + table)
     for n in notes:

@@ -27,3 +27,17 @@ def recurrence(q, k, v, decay, scale=1.0, initial_state=None, cu_seqlens=None):
                 o[bi, tt, head] = scale * (q[bi, tt, head] @ S)
             finals[seq, head] = S
     return o, finals
+
+
+def flip_index(t, cu_seqlens=None):
+    """Token order with each sequence (each packed one under cu_seqlens) reversed in place."""
+    bounds = cu_seqlens.tolist() if cu_seqlens is not None else [0, t]
+    return torch.cat([torch.arange(e - 1, s - 1, -1) for s, e in zip(bounds[:-1], bounds[1:])]).long()
+
+
+def reverse_recurrence(q, k, v, decay, scale=1.0, initial_state=None, cu_seqlens=None):
+    """The recurrence run from each sequence's end: the forward one on time-flipped inputs, its output flipped back
+    (the final state is the one after each sequence's first token)."""
+    idx = flip_index(q.shape[1], cu_seqlens)
+    o, final = recurrence(q[:, idx], k[:, idx], v[:, idx], decay, scale, initial_state, cu_seqlens)
+    return o[:, idx], final

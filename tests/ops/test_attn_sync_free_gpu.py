@@ -1,5 +1,5 @@
 """The public `lightning_attn` never synchronises the device in a training step (fwd + bwd), dense and varlen
-(cu_seqlens on the CPU): `torch.cuda.set_sync_debug_mode("error")` turns any synchronising
+(cu_seqlens on the CPU), forward and reverse: `torch.cuda.set_sync_debug_mode("error")` turns any synchronising
 CUDA call into an error. Run on a CUDA machine with `pytest -m gpu tests/ops/test_attn_sync_free_gpu.py`."""
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ CASES = {  # name: (B, T, H, Hkv, D, cu_seqlens or None)
 }
 
 
-def _step(q, k, v, decay, s0, cu):
-    o, final = lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+def _step(q, k, v, decay, s0, cu, reverse):
+    o, final = lightning_attn(q, k, v, decay, scale=0.5, initial_state=s0, output_final_state=True, cu_seqlens=cu,
+                              reverse=reverse)
     (o.float().square().sum() + final.square().sum()).backward()
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_public_fwd_bwd_never_synchronises(name):
+def test_public_fwd_bwd_never_synchronises(name, reverse):
     b, t, h, hkv, d, cu = CASES[name]
     dev = "cuda"
     torch.manual_seed(0)
@@ -36,12 +38,12 @@ def test_public_fwd_bwd_never_synchronises(name):
     cu_t = torch.tensor(cu, dtype=torch.int32) if cu is not None else None  # on the CPU: planned on the host
     n = len(cu) - 1 if cu is not None else b
     s0 = torch.randn(n, h, d, d, device=dev, requires_grad=True)
-    _step(q, k, v, decay, s0, cu_t)  # first call: compiles and tunes (those synchronise)
+    _step(q, k, v, decay, s0, cu_t, reverse)  # first call: compiles and tunes (those synchronise)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
-            _step(q, k, v, decay, s0, cu_t)
+            _step(q, k, v, decay, s0, cu_t, reverse)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

@@ -96,8 +96,36 @@ def test_matches_float64(name):
     assert all(v < tol for v in errs.values()), errs
 
 
+# every path of the plan once, run with reverse=True (each sequence from its end)
+REVERSE_CASES = [
+    "fp32 odd T=1001 D=48 E=96 grouped 8/2",
+    "fp32 segmented forced seg=512, odd T",
+    "bf16 B4 T16384 H16 D=E=64 two segments (PREFIX, auto)",
+    "fp32 varlen segmented seg=512",
+    "bf16 B4 T4097 H16 D=E=128 one wave (TMA), odd T",
+    "bf16 B4 T4096 H16 grouped 16/4 D=E=128 one wave (TMA) SiLU folded",
+    "bf16 B1 T20000 H16 D=256 E=128 segmented (TMA; state pass split in 4, partial last)",
+    "fp32 B1 T30001 H16 D=E=128 init, state pass split in 2, odd T",
+    "bf16 B16 T2048 H8 D=E=128 SiLU(q), SiLU(k) given (compiled model path), packed q, k, v",
+]
+
+
+@pytest.mark.parametrize("name", REVERSE_CASES)
+def test_reverse_matches_float64(name):
+    """reverse=True against the float64 blockwise reference run on time-flipped copies."""
+    b, t, h, hkv, d, e, dtype, opts = CASES[name]
+    opts = dict(opts)
+    seg_len = opts.pop("seg_len", None)
+    with override_kernel_options(seg_len=seg_len) if seg_len else contextlib.nullcontext():
+        errs, finite = _errors(b, t, h, hkv, d, e, dtype, reverse=True, **opts)
+    tol = 2e-5 if dtype == F32 else 2e-2
+    print(f"reverse {name}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    assert finite, "non-finite outputs or gradients"
+    assert all(v < tol for v in errs.values()), errs
+
+
 def _errors(b, t, h, hkv, d, e, dtype, init=True, cu=None, scale=1.0, noncontig=False, silu=False,
-            misaligned=False, preact=False) -> tuple[dict[str, float], bool]:
+            misaligned=False, preact=False, reverse=False) -> tuple[dict[str, float], bool]:
     # preact: q, k, v are views of one packed projection (as the model's qkvu) and SiLU(q), SiLU(k) are passed
     # beside them (qk_activated, the compiled model's path): backward applies SiLU' as it writes dq, dk
     dev = "cuda"
@@ -128,7 +156,7 @@ def _errors(b, t, h, hkv, d, e, dtype, init=True, cu=None, scale=1.0, noncontig=
     poison = torch.full((2**28,), float("nan"), device=dev)  # freed blocks hold NaN: unwritten outputs show
     del poison
     o, final = _triton(q, k, v, decay, scale=scale, initial_state=s0, output_final_state=True, cu_seqlens=cut,
-                       qk_activation="silu" if silu or preact else None, qk_activated=activated)
+                       qk_activation="silu" if silu or preact else None, qk_activated=activated, reverse=reverse)
     go = torch.randn(o.shape, device=dev, dtype=torch.float64)
     gf = torch.randn(final.shape, device=dev, dtype=torch.float64)
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
@@ -139,7 +167,7 @@ def _errors(b, t, h, hkv, d, e, dtype, init=True, cu=None, scale=1.0, noncontig=
     ref = [x.detach().double().requires_grad_() for x in leaves]
     qr, kr = (torch.nn.functional.silu(x) for x in ref[:2]) if silu else ref[:2]
     o_r, f_r = lightning_attn(qr, kr, ref[2], decay.double(), scale=scale, initial_state=ref[3] if init else None,
-                              output_final_state=True, cu_seqlens=cut, backend="torch")
+                              output_final_state=True, cu_seqlens=cut, backend="torch", reverse=reverse)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
     errs = {"o": rel(o, o_r), "final": rel(final, f_r)}
     for nm, g, gr in zip(["dq", "dk", "dv", "ds0"], grads, grads_r):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ...settings import debug
-from ..common import triton_usable
+from ..common import accumulation_dtype, triton_usable
 from .checks import check_qk_activation
 from .chunk import chunk_lightning_attn
 from .cumsum import cumsum_lightning_attn
@@ -80,6 +80,16 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
+def _time_flipped(fn: Callable) -> Callable:
+    """A single-sequence backend run from the sequence's end: on copies flipped in time, its output flipped back."""
+
+    def run(q, k, v, decay, scale, initial_state, output_final_state):
+        o, final = fn(q.flip(1), k.flip(1), v.flip(1), decay, scale, initial_state, output_final_state)
+        return o.flip(1), final
+
+    return run
+
+
 def _per_sequence(fn: Callable, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens):
     """Run a single-sequence backend over each packed sequence of a varlen batch."""
     offsets = cu_seqlens.tolist()
@@ -87,10 +97,10 @@ def _per_sequence(fn: Callable, q, k, v, decay, scale, initial_state, output_fin
     for i, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
         if end == start:
             state0 = initial_state[i : i + 1] if initial_state is not None else None
-            if output_final_state:
-                e = v.shape[-1]
-                zero = q.new_zeros(1, q.shape[2], q.shape[3], e, dtype=torch.float32)
-                finals.append(state0.float() if state0 is not None else zero)
+            if output_final_state:  # an empty sequence's final state is its initial state, in the states' dtype
+                acc = accumulation_dtype(q.dtype)
+                zero = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[-1], dtype=acc)
+                finals.append(state0.to(acc) if state0 is not None else zero)
             continue
         state0 = initial_state[i : i + 1] if initial_state is not None else None
         o, f = fn(q[:, start:end], k[:, start:end], v[:, start:end], decay, scale, state0, output_final_state)
@@ -113,6 +123,7 @@ def lightning_attn(
     backend: str = "auto",
     qk_activation: str | None = None,
     qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention with per-head exponential decay (Lightning Attention-2).
 
@@ -132,6 +143,10 @@ def lightning_attn(
     backend: "auto" (Triton for CUDA tensors below float64, else "torch"), "triton", "torch" (blockwise
     PyTorch), "naive" (masked quadratic, tests) or "cumsum" (standard linear attention: every [D, E] state
     materialised by a cumulative sum, O(T D E) memory; a baseline for benchmarks).
+    reverse: each sequence (each packed one under cu_seqlens) runs from its end: S_t = exp(-decay) * S_{t+1} +
+    k_t^T v_t, o_t = scale * q_t S_t, initial_state entering after the last token and final_state the state after
+    the first; the same as the forward call on inputs flipped in time, its output flipped back. The Triton kernels
+    walk time backwards (nothing is copied); the PyTorch backends flip copies.
     Returns (o [B, T, H, E] in q's dtype, final_state [N, H, D, E] fp32 or None).
     """
     if cu_seqlens is not None and cu_seqlens.device.type != "cpu" and not torch.compiler.is_compiling():
@@ -149,11 +164,13 @@ def lightning_attn(
         return triton_lightning_attn(
             q, k, v, decay, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens, qk_activation=qk_activation,
-            qk_activated=qk_activated,
+            qk_activated=qk_activated, reverse=reverse,
         )
     if qk_activation == "silu":
         q, k = qk_activated if qk_activated is not None else (F.silu(q), F.silu(k))
     fn = {"naive": naive_lightning_attn, "cumsum": cumsum_lightning_attn}.get(name, chunk_lightning_attn)
+    if reverse:
+        fn = _time_flipped(fn)
     if cu_seqlens is not None:
         return _per_sequence(fn, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens)
     return fn(q, k, v, decay, scale, initial_state, output_final_state)

@@ -47,7 +47,7 @@ def _descriptor(x: torch.Tensor, rows: int, cols: int):
 
 def chunk_pass(
     qr, kr, vr, groups, decay, init, init_strides, out, final, *,
-    skv: float, sout: float, reverse: bool, final_decay: int, plan: Plan, role: str,
+    skv: float, sout: float, reverse: bool, final_decay: int, plan: Plan, role: str, mirrored: bool = False,
     act: tuple[bool, bool, bool] = (False, False, False), dact: tuple[torch.Tensor, int] | None = None,
     starts_t: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
@@ -55,6 +55,10 @@ def chunk_pass(
     Segmented plans first build each segment's start state (returned).
     `starts_t`: start states another pass of the same plan already built, transposed ([.., DV, DK] of this pass):
     used instead of building them (the dk pass's state is the transpose of the dv pass's).
+    `reverse`: the pass's order in a forward-order call (the adjoint passes dK, dV run reversed, their start state
+    shifted by one token); `mirrored`: the call runs with time mirrored (`lightning_attn(reverse=True)`), so every
+    pass walks the other way: the same kernel with REVERSE flipped, pointers walking the time axis from each
+    sequence's end, no flipped copy of any input. Tuning keys stay those of the unmirrored pass (same work).
     `act`: SiLU applied to (qr, kr, vr) as loaded; `dact` = (raw input, head group): out *= SiLU'(raw)."""
     b, t, h, _ = out.shape
     dk, dv = qr.shape[-1], vr.shape[-1]
@@ -77,6 +81,7 @@ def chunk_pass(
     sx = xraw.stride() if dact is not None else (0, 0, 0, 0)
 
     tiles = (qr, kr, vr, out)
+    walk_back = reverse != mirrored  # the kernels' REVERSE
     tma_allowed = kernel_options().tma and TensorDescriptor is not None and not plan.varlen
 
     # the state-only pass may cut each segment into sub-segments (plan.state_split): (programs per head, their
@@ -109,7 +114,7 @@ def chunk_pass(
             qd, kd, vd, od, sub if sub is not None else decay,
             *qr.stride(), *kr.stride(), *vr.stride(), *out.stride(), *si, *sx,
             t, h, gq, gk, gv, gx, dk, dv, seg_len, nseg, plan.seg_len, cuts[False][1], cuts[False][2], skv, sout,
-            BD=bd, BE=be, C=c, REVERSE=reverse, HAS_INIT=has_init and write_o,
+            BD=bd, BE=be, C=c, REVERSE=walk_back, HAS_INIT=has_init and write_o,
             INIT_SHIFT=int(reverse and has_init), WRITE_O=write_o, STORE_FINAL=final is not None,
             FINAL_DECAY=final_decay,
             IS_VARLEN=plan.varlen, SEGMENTED=plan.segmented, PREC=prec, UPCAST=upcast,
@@ -140,7 +145,7 @@ def chunk_pass(
             grid = (cdiv(dv, bee), cdiv(dk, bde), plan.n * h)
             _k._scan_kernel[grid](
                 pbuf, init_, decay, plan.seqinfo, *si, h, dk, dv, plan.seg_len,
-                BD=bde, BE=bee, REVERSE=reverse, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
+                BD=bde, BE=bee, REVERSE=walk_back, HAS_INIT=has_init, INIT_SHIFT=int(reverse and has_init),
                 num_warps=4,
             )
     run(tuning.MAIN_CONFIGS, True, role)
@@ -150,9 +155,10 @@ def chunk_pass(
 # ---------------------------------------------------------------------------------------------- forward, backward
 
 def fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act=None,
-             k_act=None):
+             k_act=None, reverse=False):
     """(o, final state or an empty tensor, segment start states of a segmented plan or None). `q_act`, `k_act`:
-    SiLU(q), SiLU(k) computed by the caller (qk_silu), loaded as they are instead of activating q, k on load."""
+    SiLU(q), SiLU(k) computed by the caller (qk_silu), loaded as they are instead of activating q, k on load.
+    `reverse`: each sequence from its end (every pass mirrored in time)."""
     b, t, h, d = q.shape
     e = v.shape[-1]
     group = h // k.shape[2]
@@ -163,7 +169,7 @@ def fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlen
     qa, ka, load_act = (q_act, k_act, False) if q_act is not None else (q, k, qk_silu)
     starts = chunk_pass(qa, ka, v, (1, group, group), decay, init, init.stride() if init is not None else None, o,
                         final, skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan, role="fwd",
-                        act=(load_act, load_act, False))
+                        act=(load_act, load_act, False), mirrored=reverse)
     return o, (final if final is not None else q.new_empty(0, dtype=torch.float32)), starts
 
 
@@ -179,12 +185,13 @@ def kept_starts_shape(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor
 
 
 def bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
-             fwd_starts=None, q_act=None, k_act=None, out=None):
+             fwd_starts=None, q_act=None, k_act=None, out=None, reverse=False):
     """`fwd_starts`: the forward's segment start states, or None (varlen under the custom ops, whose fake
     implementation cannot know a varlen plan's data-dependent segment count). `q_act`, `k_act` (with qk_silu):
     SiLU(q), SiLU(k) as the forward loaded them; the passes load them as they are and only multiply their dq, dk
     outputs by SiLU'(q), SiLU'(k) (gradients w.r.t. the raw q, k either way). `out`: (dq, dk, dv) tensors, any
-    strides, to write the gradients into (H == Hkv, all three needed)."""
+    strides, to write the gradients into (H == Hkv, all three needed). `reverse`: the backward of a reverse call
+    (every pass mirrored: dQ from each sequence's end, dK and dV from its start)."""
     b, t, h, d = q.shape
     hkv, e = k.shape[2], v.shape[-1]
     group = h // hkv
@@ -205,7 +212,7 @@ def bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_
         chunk_pass(do, v, ka, (1, group, group), decay, init, st, dq, None,
                    skv=1.0, sout=scale, reverse=False, final_decay=0, plan=plan_d, role="dq",
                    act=(False, False, la), dact=(q, 1) if qk_silu else None,
-                   starts_t=fwd_starts if same_plan else None)
+                   starts_t=fwd_starts if same_plan else None, mirrored=reverse)
     need_dinit = initial_state is not None
     dinit = torch.empty(plan_e.n, h, d, e, device=q.device, dtype=torch.float32) if need_dinit else None
     kv_dtype = k.dtype if group == 1 else torch.float32
@@ -214,7 +221,7 @@ def bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_
         dv = out[2] if out is not None else torch.empty(b, t, h, e, device=q.device, dtype=kv_dtype)
         r_starts = chunk_pass(ka, qa, do, (group, 1, 1), decay, dfin, dfin.stride() if dfin is not None else None,
                               dv, dinit, skv=scale, sout=1.0, reverse=True, final_decay=1, plan=plan_e, role="dv",
-                              act=(la, la, False))
+                              act=(la, la, False), mirrored=reverse)
     if need_dkv:
         # dk_j = v_j R_j^T: reverse order on (v, do, q), state R^T; the dv pass built R's segment start states
         dk = out[1] if out is not None else torch.empty(b, t, h, d, device=q.device, dtype=kv_dtype)
@@ -222,7 +229,7 @@ def bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_
         chunk_pass(v, do, qa, (group, 1, 1), decay, dfin, st, dk, None,
                    skv=scale, sout=1.0, reverse=True, final_decay=0, plan=plan_d, role="dk",
                    act=(False, False, la), dact=(k, group) if qk_silu else None,
-                   starts_t=r_starts if same_plan else None)
+                   starts_t=r_starts if same_plan else None, mirrored=reverse)
         if group > 1:
             dk = dk.view(b, t, hkv, group, d).sum(3).to(k.dtype)
             dv = dv.view(b, t, hkv, group, e).sum(3).to(v.dtype)
@@ -243,10 +250,11 @@ def fwd_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
     initial_state: Optional[torch.Tensor], output_final_state: bool, cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     qk_silu: bool, q_act: Optional[torch.Tensor] = None, k_act: Optional[torch.Tensor] = None,  # noqa: UP045
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # custom_op schemas want typing.Optional
     """(o, final state, segment start states kept for the dq pass or an empty tensor)."""
     o, final, starts = fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu,
-                                q_act, k_act)
+                                q_act, k_act, reverse)
     if starts is None or cu_seqlens is not None:  # what kept_starts_shape tells the fake implementation
         starts = q.new_empty(0, dtype=torch.float32)
     return o, final, starts
@@ -256,7 +264,8 @@ fwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_fwd", mutates_args=())(
 
 
 @fwd_op.register_fake
-def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act=None, k_act=None):
+def _fwd_fake(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act=None, k_act=None,
+              reverse=False):
     b, t, h, d = q.shape
     e = v.shape[-1]
     n = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
@@ -272,9 +281,11 @@ def _bwd_impl(
     scale: float,
     need_dq: bool, need_dkv: bool, qk_silu: bool, fwd_starts: torch.Tensor,
     q_act: Optional[torch.Tensor] = None, k_act: Optional[torch.Tensor] = None,  # noqa: UP045
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return bwd_core(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu,
-                    fwd_starts=fwd_starts if fwd_starts.numel() else None, q_act=q_act, k_act=k_act)
+                    fwd_starts=fwd_starts if fwd_starts.numel() else None, q_act=q_act, k_act=k_act,
+                    reverse=reverse)
 
 
 _bwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())(_bwd_impl)
@@ -282,19 +293,20 @@ _bwd_op = torch.library.custom_op(f"{_NS}::lightning_attn_bwd", mutates_args=())
 
 @_bwd_op.register_fake
 def _bwd_fake(do, dfinal, q, k, v, decay, initial_state, cu_seqlens, scale, need_dq, need_dkv, qk_silu, fwd_starts,
-              q_act=None, k_act=None):
+              q_act=None, k_act=None, reverse=False):
     dinit = (initial_state.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
              else q.new_empty(0, dtype=torch.float32))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act = inputs
+    q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act, reverse = inputs
     # the forward's segment start states are the dq pass's (transposed): kept, backward skips a state pass and a
     # scan for B * segments * H * D * E fp32 (8 MiB per layer at tnl_385m, T=8k)
     ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens, output[2], q_act, k_act)
     ctx.scale = scale
     ctx.qk_silu = qk_silu
+    ctx.reverse = reverse
     ctx.init_dtype = initial_state.dtype if initial_state is not None else None
 
 
@@ -307,10 +319,10 @@ def _backward_with(bwd, ctx, do, dfinal):
     need = ctx.needs_input_grad
     dq, dk, dv, dinit = bwd(
         do, dfinal, q, k, v, decay, initial_state, cu_seqlens, ctx.scale, need[0], need[1] or need[2], ctx.qk_silu,
-        starts if starts is not None else q.new_empty(0, dtype=torch.float32), q_act, k_act,
+        starts if starts is not None else q.new_empty(0, dtype=torch.float32), q_act, k_act, ctx.reverse,
     )
     dinit = dinit.to(ctx.init_dtype) if initial_state is not None else None
-    return dq, dk, dv, None, None, dinit, None, None, None, None, None  # none for q_act, k_act: see bwd_core
+    return dq, dk, dv, None, None, dinit, None, None, None, None, None, None  # none for q_act, k_act: see bwd_core
 
 
 def _backward(ctx, do, dfinal, dstarts):
@@ -325,12 +337,13 @@ class EagerLightningAttn(torch.autograd.Function):
     a few hundred microseconds of CPU per call (measured on an H100), more than the kernels take at D=64."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act):
+    def forward(ctx, q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act, k_act,
+                reverse=False):
         # eager keeps start states for varlen plans too (the custom ops cannot: see kept_starts_shape)
         o, final, starts = fwd_core(q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu,
-                                    q_act, k_act)
+                                    q_act, k_act, reverse)
         _setup_context(ctx, (q, k, v, decay, scale, initial_state, output_final_state, cu_seqlens, qk_silu, q_act,
-                             k_act), (o, final, starts))
+                             k_act, reverse), (o, final, starts))
         return o, final
 
     @staticmethod

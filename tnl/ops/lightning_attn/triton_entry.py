@@ -42,8 +42,10 @@ def triton_lightning_attn(
     cu_seqlens: torch.Tensor | None = None,
     qk_activation: str | None = None,
     qk_activated: tuple[torch.Tensor, torch.Tensor] | None = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked lightning attention in Triton; same contract as `lightning_attn` (inputs already validated).
+    `reverse`: each sequence from its end; the kernels walk the time axis backwards (no flipped copies).
     `qk_activation="silu"`: q and k are raw and SiLU is applied inside the kernels (gradients are w.r.t. raw).
     `qk_activated`: (SiLU(q), SiLU(k)) when the caller has them: the kernels load those as they are, and backward
     only multiplies dq, dk by SiLU'(q), SiLU'(k) as it writes them (no separate SiLU backward, and dq, dk come
@@ -56,7 +58,7 @@ def triton_lightning_attn(
     # torch.compile traces the custom op; eager calls skip its dispatch and autograd wrappers
     fn = fwd_op if torch.compiler.is_compiling() else EagerLightningAttn.apply
     o, final = fn(q, k, v, decay, float(scale), initial_state, bool(output_final_state), cu_seqlens,
-                  qk_activation == "silu", q_act, k_act)[:2]
+                  qk_activation == "silu", q_act, k_act, bool(reverse))[:2]
     return o, (final if output_final_state else None)
 
 

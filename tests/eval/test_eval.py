@@ -85,7 +85,9 @@ def test_evaluate_documents_metrics(gpt2, tok):
     assert texts[0] != docs[0]
     toks = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert max(len(t) for t in toks) <= 128  # one window each: the reference is plain full-context scoring
-    ll = sum(brute_force_loglik(gpt2, [0, *t[:-1]], t, per_token=True) for t in toks)
+    # BOS (not EOS: they differ here) conditions the first token; test_eval_lm_eval.py pins this against lm-eval
+    assert tok.bos_token_id != tok.eos_token_id
+    ll = sum(brute_force_loglik(gpt2, [tok.bos_token_id, *t[:-1]], t, per_token=True) for t in toks)
     words = sum(len(re.split(r"\s+", d)) for d in docs)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     assert (res["num_tokens"], res["num_words"], res["num_bytes"]) == (sum(map(len, toks)), words, nbytes)

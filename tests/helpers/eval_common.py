@@ -20,8 +20,10 @@ def random_article(rng: random.Random, n_lines: int = 3) -> str:
     return "".join(lines)
 
 
-def make_tokenizer(texts: list[str] | None = None, vocab_size: int = 300):
-    """A byte-level BPE trained here (offline), wrapped as a fast HF tokenizer with one EOS/BOS/PAD token."""
+def make_tokenizer(texts: list[str] | None = None, vocab_size: int = 300, bos: bool = True):
+    """A byte-level BPE trained here (offline), wrapped as a fast HF tokenizer. EOS (and PAD) is `<|endoftext|>`
+    (id 0); BOS is a different token, `<s>` (id 1), so a test sees which of the two a rule uses; `bos=False`
+    gives a tokenizer without BOS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,11 +33,13 @@ def make_tokenizer(texts: list[str] | None = None, vocab_size: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", clean_up_tokenization_spaces=False)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>" if bos else None, eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>", clean_up_tokenization_spaces=False)
+    assert out.eos_token_id == 0 and out.bos_token_id == (1 if bos else None)
+    return out
 
 
 def make_gpt2(vocab_size: int, n_positions: int = 256, seed: int = 0):

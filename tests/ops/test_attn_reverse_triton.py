@@ -133,6 +133,24 @@ def test_reverse_custom_op_passes_opcheck(options):
     torch.library.opcheck(passes.fwd_op, (q, k, v, decay, 0.5, s0, True, None, False, None, None, True))
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_layer_interface_on_triton(reverse):
+    """lightning_attn_layer on the Triton backend: decay -g_gamma from the formula written out here, scale
+    1/sqrt(D), packed sequences with one initial state each, grouped kv heads."""
+    from tests.helpers.attn_reference import recurrence
+    from tnl.ops import lightning_attn_layer
+
+    h, d, layer_idx, num_layers = 4, 16, 1, 3
+    cu = torch.tensor([0, 9, 30, 41], dtype=torch.int32)
+    q, k, v, _, s0 = _inputs(1, 41, h, 2, d, 16, n=3)
+    o, final = lightning_attn_layer(q, k, v, layer_idx, num_layers, initial_state=s0, reverse=reverse, cu_seqlens=cu,
+                                    backend="triton")
+    decay = torch.tensor([(8 / h) * (1 - layer_idx / num_layers) * i for i in range(h)], dtype=torch.float64)
+    ref = reverse_recurrence if reverse else recurrence
+    o_r, f_r = ref(q, k, v, decay, d ** -0.5, s0, cu_seqlens=cu)
+    assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5
+
+
 if not IN_CHILD:
     for _name in [n for n in globals() if n.startswith("test_") and n != "test_reverse_kernels_interpreted"]:
         del globals()[_name]

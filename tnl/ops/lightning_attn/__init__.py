@@ -1,6 +1,7 @@
 """Lightning attention: the public `lightning_attn` and the forms behind it.
 
 - `interface.py`: `lightning_attn` (validation, varlen, backend choice).
+- `layer.py`: `lightning_attn_layer`, the layer-aware interface (decay from layer_idx / num_layers).
 - `naive.py`: masked quadratic form (tests only).
 - `chunk.py`: blockwise PyTorch form, differentiable, any device: the reference.
 - `cumsum.py`: standard linear attention (every state materialised by a cumulative sum): a benchmark baseline.
@@ -13,6 +14,7 @@
 from .chunk import chunk_lightning_attn
 from .cumsum import cumsum_lightning_attn
 from .interface import BACKENDS, lightning_attn, resolve_backend
+from .layer import layer_decay, lightning_attn_layer
 from .naive import naive_lightning_attn
 from .recurrent import recurrent_lightning_attn_step
 
@@ -20,7 +22,9 @@ __all__ = [
     "BACKENDS",
     "chunk_lightning_attn",
     "cumsum_lightning_attn",
+    "layer_decay",
     "lightning_attn",
+    "lightning_attn_layer",
     "naive_lightning_attn",
     "recurrent_lightning_attn_step",
     "resolve_backend",

@@ -1,0 +1,160 @@
+"""`python scripts/compare.py` end to end on a tiny protocol (two arms, one seed, a few steps, through the real
+`tnl train` / `tnl evaluate`): the report's rows are the runs' own evaluation JSONs, a re-run starts nothing, and the
+report can be rebuilt elsewhere from the runs' small files. The learning-rate choice is checked against brute force."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.corpus import write_corpus
+from tnl.compare.protocol import load_protocol
+from tnl.compare.runs import best_lr, update_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compare(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "TNL_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def tiny_protocol(folder: Path, corpus: Path) -> Path:
+    data = ["data=text", f"data.path={corpus}", "data.files.train=[train.jsonl]",
+            "data.files.validation=[validation.jsonl]", "data.files.test=[test.jsonl]"]
+    protocol = {
+        "name": "tiny", "output_dir": str(folder / "runs"), "lrs": [0.003], "seeds": [0], "splits": ["test"],
+        "baseline": "tnl",
+        "train": ["model=tiny", "model.vocab_size=null", *data, "tokenizer.vocab_size=300", "train.seq_len=32",
+                  "train.batch_size=4", "train.mixed_precision=no", "train.eval_every=2", "train.eval_batches=2",
+                  "train.num_workers=0", "train.progress=false", "train.max_steps=4", "train.save_every=0",
+                  "train.attn_backend=torch", "train.final_eval=false", "train.export=false"],
+        "evaluate": [*data, "eval.batch_size=4"],
+        "arms": {"tnl": {"label": "TNL tiny", "table": "main", "train": [], "stream": True},
+                 "softmax": {"label": "softmax tiny", "table": "main", "train": ["model.token_mixer=softmax"]}},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def table_rows(markdown: str, heading: str) -> dict[str, dict[str, str]]:
+    """The markdown table under `heading`: first cell -> {column: cell}."""
+    table = []
+    for line in markdown.split(f"### {heading}\n", 1)[1].lstrip("\n").splitlines():
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    head, rows = table[0], table[2:]
+    return {row[0]: dict(zip(head, row)) for row in rows}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One full compare.py call on the tiny protocol."""
+    tmp = tmp_path_factory.mktemp("compare")
+    corpus = write_corpus(tmp / "corpus", 40, {"train": 30, "validation": 4, "test": 4}, 80)
+    protocol = tiny_protocol(tmp, corpus)
+    md, img = tmp / "results.md", tmp / "img"
+    md.write_text("# Results\n\n<!-- other -->\nkept as it is\n<!-- /other -->\n")
+    args = ["--protocol", str(protocol), "--results-md", str(md), "--img-dir", str(img)]
+    proc = compare(*args, cwd=tmp, cache=tmp / "cache")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, args, proc
+
+
+def test_report_rows_are_the_runs_own_evaluations(done):
+    tmp, _, proc = done
+    assert proc.stdout.count("$ python -m tnl train") == 2 and proc.stdout.count("$ python -m tnl evaluate") == 3
+    md = (tmp / "results.md").read_text()
+    assert "<!-- other -->\nkept as it is\n<!-- /other -->" in md  # other sections stay
+    rows = table_rows(md, "TNL vs Transformer")
+    for label, arm in (("TNL tiny", "tnl"), ("softmax tiny", "softmax")):
+        run = tmp / "runs" / arm / "lr0.003-seed0"
+        assert json.loads((run / "compare.json").read_text())["status"] == "done"
+        window = json.loads((run / "eval_test_window.json").read_text())
+        assert window["mode"] == "window" and window["max_length"] == 32  # the training length
+        assert Path(window["model_path"]) == run
+        row = rows[label]
+        assert row["test word ppl"] == f"{window['word_perplexity']:.2f}"
+        assert row["test bits/byte"] == f"{window['bits_per_byte']:.4f}"
+        assert row["test token ppl"] == f"{window['token_perplexity']:.2f}"
+        assert row["lr"] == "0.003" and row["seeds"] == "1"
+        if arm == "tnl":
+            stream = json.loads((run / "eval_test_stream.json").read_text())
+            assert stream["mode"] == "stream" and row["test word ppl, stream"] == f"{stream['word_perplexity']:.2f}"
+        else:
+            assert not (run / "eval_test_stream.json").exists() and row["test word ppl, stream"] == "n/a"
+    for png in ("compare_tiny_curves.png", "compare_tiny_arms.png"):
+        assert 0 < (tmp / "img" / png).stat().st_size < 100_000
+
+
+def test_a_rerun_skips_finished_work_and_a_copy_rebuilds_the_report(done):
+    tmp, args, _ = done
+    evals = sorted((tmp / "runs").rglob("eval_*.json"))
+    before = {p: p.stat().st_mtime_ns for p in evals}
+    md_before = (tmp / "results.md").read_text()
+    again = compare(*args, "--copy-summaries", str(tmp / "copy"), cwd=tmp, cache=tmp / "cache")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ python -m tnl" not in again.stdout  # nothing started
+    assert again.stdout.count("[skip]") == 5
+    assert {p: p.stat().st_mtime_ns for p in evals} == before
+    assert not list((tmp / "copy").rglob("*.safetensors"))  # small files only
+
+    # the same report from the copied files alone, elsewhere
+    other = tmp / "other.md"
+    rebuilt = compare("--protocol", args[1], "--report", "--output-dir", str(tmp / "copy"), "--results-md",
+                      str(other), "--img-dir", str(tmp / "img2"), cwd=tmp, cache=tmp / "cache")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    for heading in ("TNL vs Transformer", "Learning-rate sweep"):
+        assert table_rows(other.read_text(), heading) == table_rows(md_before, heading)
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    proto = tmp_path / "p.yaml"
+    proto.write_text(yaml.safe_dump({"name": "p", "lrs": [1e-3], "seeds": [1], "arms": {"a": {"train": []}}}))
+    proc = compare("--protocol", str(proto), "--only", "b", "--dry-run", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no arm 'b' in {proto}; the arms are a"
+    proto.write_text(yaml.safe_dump({"name": "p", "lrs": [], "seeds": [1], "arms": {"a": {}}}))
+    proc = compare("--protocol", str(proto), "--dry-run", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {proto}: lrs must be a non-empty list")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_chosen_learning_rate_has_the_lowest_validation_loss(tmp_path):
+    """Random validation curves for five rates (one beyond the protocol's, found on disk; one diverged, one
+    unfinished): the choice is the finished, non-diverged rate with the lowest loss anywhere on its curve."""
+    rng = random.Random(0)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "output_dir": str(tmp_path / "runs"), "lrs": [1e-4, 3e-4, 1e-3, 3e-3],
+                                    "seeds": [7, 8], "arms": {"a": {"train": []}}}))
+    protocol = load_protocol(path)
+    arm = protocol.arm("a")
+    lowest = {}
+    for lr, status in ((1e-4, "done"), (3e-4, "done"), (1e-3, "diverged"), (3e-3, None), (5e-3, "done")):
+        folder = protocol.run_dir(arm, lr, 7)
+        folder.mkdir(parents=True)
+        rows = [{"step": s, "split": "validation", "loss": rng.uniform(2, 4)} for s in range(10, 60, 10)]
+        rows.insert(2, {"step": 25, "loss": 0.5, "lr": lr})  # a training row: never a validation loss
+        if lr == 1e-3:
+            rows.append({"step": 60, "split": "validation", "loss": 0.1})  # diverged: never chosen
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if status:
+            update_record(folder, status=status)
+        if status == "done":
+            lowest[lr] = min(r["loss"] for r in rows if r.get("split") == "validation")
+    other_seed = protocol.run_dir(arm, 2e-3, 8)  # another seed is not part of the sweep
+    other_seed.mkdir(parents=True)
+    (other_seed / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "validation", "loss": 0.0}) + "\n")
+    update_record(other_seed, status="done")
+    lr, loss = best_lr(protocol, arm)
+    assert (lr, loss) == min(((v, k) for k, v in lowest.items()))[::-1]

@@ -1,0 +1,116 @@
+"""`python scripts/compare.py`: run a protocol (configs/compare/small.yaml by default), then write its report.
+
+    python scripts/compare.py                                   # everything, then docs/results.md
+    python scripts/compare.py --only tnl transformer --seeds 1 --lrs 1e-3 --time-limit 520
+    python scripts/compare.py --report                          # only the report, from the finished runs
+    python scripts/compare.py --dry-run                         # the commands it would run
+
+Re-running skips finished runs and evaluations and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from tnl import settings
+from tnl.errors import UserError
+
+from .protocol import load_protocol
+from .report import write_report
+from .runner import Deadline, Runner
+from .runs import RECORD
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_FILES = ("*.json", "metrics.jsonl", "config.yaml", "train.log")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="compare.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", default=str(ROOT / "configs" / "compare" / "small.yaml"),
+                    help="protocol file (default configs/compare/small.yaml)")
+    ap.add_argument("--only", nargs="+", metavar="ARM", help="these arms only")
+    ap.add_argument("--seeds", nargs="+", type=int, help="these seeds only")
+    ap.add_argument("--lrs", nargs="+", type=float, help="these learning rates of the sweep only")
+    ap.add_argument("--steps", type=int, help="train.max_steps for every run (its own output folder: -steps<N>)")
+    ap.add_argument("--output-dir", help="where the run folders go (default: the protocol's output_dir)")
+    ap.add_argument("--time-limit", type=float, metavar="SECONDS",
+                    help="start nothing after this; a run still training is stopped with a checkpoint")
+    ap.add_argument("--report", action="store_true", help="only write the report from the finished runs")
+    ap.add_argument("--no-report", action="store_true", help="run, but leave the report alone")
+    ap.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"), help="the report's file")
+    ap.add_argument("--img-dir", default=str(ROOT / "docs" / "img"), help="the report's plots")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--retry-failed", action="store_true", help="train diverged runs again")
+    ap.add_argument("--copy-summaries", metavar="DIR",
+                    help="copy each run's small files (records, metrics, evaluations, config; no checkpoints) to DIR, "
+                         "the same layout: `--report --output-dir DIR` then works from them elsewhere")
+    return ap.parse_args(argv)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces the report's runs."""
+    try:
+        protocol = Path(args.protocol).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        protocol = args.protocol
+    cmd = "python scripts/compare.py"
+    if protocol != "configs/compare/small.yaml":
+        cmd += f" --protocol {protocol}"
+    if args.steps:
+        cmd += f" --steps {args.steps}"
+    return cmd
+
+
+def copy_summaries(output_dir: Path, dest: Path) -> int:
+    """Copy the run folders' small files to `dest` (same relative paths); the number of run folders copied."""
+    count = 0
+    for record in sorted(output_dir.glob(f"*/*/{RECORD}")):
+        folder = record.parent
+        target = dest / folder.relative_to(output_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for pattern in SMALL_FILES:
+            for path in folder.glob(pattern):
+                shutil.copy2(path, target / path.name)
+        count += 1
+    return count
+
+
+def run(args: argparse.Namespace) -> int:
+    protocol = load_protocol(args.protocol, args.output_dir, args.steps)
+    if args.only:
+        for name in args.only:
+            protocol.arm(name)  # an unknown arm is one error line before anything runs
+    status = 0
+    if not args.report:
+        runner = Runner(protocol, deadline=Deadline(args.time_limit), dry_run=args.dry_run,
+                        retry_failed=args.retry_failed)
+        outcome = runner.run(args.only, args.seeds, args.lrs)
+        print(f"\nruns: {protocol.output_dir}")
+        for line in outcome.lines:
+            print(f"  {line}")
+        if outcome.interrupted:
+            print("  stopped at the time limit: re-run the same command to continue")
+        status = 1 if outcome.failed else 0
+    if args.copy_summaries:
+        n = copy_summaries(protocol.output_dir, Path(args.copy_summaries))
+        print(f"copied the small files of {n} runs to {args.copy_summaries}")
+    if not args.dry_run and not args.no_report:
+        path = write_report(protocol, Path(args.results_md), Path(args.img_dir), command_line(args))
+        print(f"report: {path}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        status = run(args)
+    except UserError as err:
+        if settings.debug():
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status)

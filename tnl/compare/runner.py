@@ -1,0 +1,226 @@
+"""Run a protocol: each arm's learning-rate sweep on the first seed, its best rate (lowest validation loss) on the
+other seeds, then `tnl evaluate` of every run at the best rate. Each run is a normal `tnl train` run folder (its own
+lock, resume, best checkpoint), started as a subprocess; finished runs and evaluations are skipped, interrupted ones
+resume, so the work can be split over several calls (`--only`, `--seeds`, `--lrs`, `--time-limit`)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .protocol import Arm, Protocol
+from .runs import Run, best_lr, eval_path, find_run, read_json, sweep_runs, update_record
+
+DIVERGED = "non-finite steps in a row"  # the training loop's message when it gives up on a run
+
+
+def environment() -> dict[str, Any]:
+    """Device and versions of this machine, recorded with each run."""
+    import torch
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    import transformers
+
+    env["transformers"] = transformers.__version__
+    if torch.cuda.is_available():
+        env["device"] = f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}"
+    else:
+        env["device"] = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+class Deadline:
+    """`--time-limit`: no new command after it, and a running one is asked to stop (SIGTERM: `tnl train` saves a
+    checkpoint and exits), so the work of a time-limited call is kept. SIGTERM/SIGINT to this process mean the same."""
+
+    def __init__(self, seconds: float | None):
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.stopped = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+
+    def _stop(self, _signum, _frame) -> None:
+        self.stopped = True
+
+    def passed(self) -> bool:
+        return self.stopped or (self.end is not None and time.monotonic() >= self.end)
+
+
+@dataclass
+class Outcome:
+    """What one call did: lines for the final summary, and whether anything failed."""
+
+    lines: list[str] = field(default_factory=list)
+    failed: bool = False
+    interrupted: bool = False
+
+
+class Runner:
+    def __init__(self, protocol: Protocol, *, deadline: Deadline, dry_run: bool = False, retry_failed: bool = False,
+                 python: str = sys.executable, log: Callable[[str], None] = print):
+        self.protocol = protocol
+        self.deadline = deadline
+        self.dry_run = dry_run
+        self.retry_failed = retry_failed
+        self.python = python
+        self.log = log
+        self.outcome = Outcome()
+        self._env: dict[str, Any] | None = None
+
+    @property
+    def env(self) -> dict[str, Any]:
+        if self._env is None:
+            self._env = environment()
+        return self._env
+
+    def tnl(self, args: Sequence[str]) -> tuple[int, float, str]:
+        """`python -m tnl ARGS`: (exit status, seconds, its last error line). Its output streams through; its
+        stderr is shown when it ends."""
+        cmd = [self.python, "-u", "-m", "tnl", *args]
+        self.log("$ python -m tnl " + " ".join(args))
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        asked = False
+        while True:
+            try:
+                _, err = proc.communicate(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                if self.deadline.passed() and not asked:
+                    self.log("time limit: asking the run to stop (it saves a checkpoint; re-run to resume)")
+                    proc.send_signal(signal.SIGTERM)
+                    asked = True
+        if err:
+            sys.stderr.write(err)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        return proc.returncode, time.monotonic() - start, lines[-1] if lines else ""
+
+    def train(self, run: Run) -> str:
+        """Train `run` unless it is finished; its status afterwards."""
+        tag = f"{run.arm.name} lr={run.lr:g} seed={run.seed}"
+        status = run.status
+        if status == "done" or (status == "diverged" and not self.retry_failed):
+            self.log(f"[skip] {tag}: {status}")
+            return status
+        if self.deadline.passed():
+            self.outcome.interrupted = True
+            return status
+        args = ["train", *self.protocol.train_overrides(run.arm, run.lr, run.seed)]
+        if self.dry_run:
+            self.log(f"[train] {tag}\n  tnl " + " ".join(args))
+            return status
+        self.log(f"[train] {tag}" + (" (resuming)" if status == "started" else ""))
+        rc, seconds, last = self.tnl(args)
+        spent = run.record.get("train_seconds", 0.0) + seconds
+        if rc == 0:
+            run.record = update_record(run.folder, status="done", train_seconds=spent, environment=self.env,
+                                       command=["tnl", *args], finished=_now())
+        elif rc == 2 and DIVERGED in last:
+            run.record = update_record(run.folder, status="diverged", train_seconds=spent, error=last,
+                                       environment=self.env, command=["tnl", *args], finished=_now())
+            self.outcome.lines.append(f"{tag}: diverged ({last})")
+        else:
+            if run.folder.is_dir():
+                run.record = update_record(run.folder, status="started", train_seconds=spent)
+            if self.deadline.passed():
+                self.outcome.interrupted = True
+                self.outcome.lines.append(f"{tag}: stopped at the time limit (re-run to resume)")
+            else:
+                self.outcome.failed = True
+                self.outcome.lines.append(f"{tag}: tnl train exited {rc}: {last}")
+        return run.status
+
+    def evaluate(self, run: Run) -> None:
+        """Evaluate the run's best checkpoint (`model_path=<run folder>`) on each split: windows of its training
+        length, plus the recurrent stream for arms that have one; evaluations already written are skipped."""
+        modes = ["window", "stream"] if run.arm.stream else ["window"]
+        config = yaml.safe_load((run.folder / "config.yaml").read_text(encoding="utf-8")) \
+            if (run.folder / "config.yaml").is_file() else {}
+        length = int(config.get("train", {}).get("seq_len", 512))
+        for split in self.protocol.splits:
+            for mode in modes:
+                out = eval_path(run.folder, split, mode)
+                tag = f"{run.arm.name} lr={run.lr:g} seed={run.seed} {split} {mode}"
+                done = read_json(out)
+                if done is not None and "word_perplexity" in done:
+                    self.log(f"[skip] evaluate {tag}: {out.name}")
+                    continue
+                if self.deadline.passed():
+                    self.outcome.interrupted = True
+                    return
+                args = ["evaluate", f"model_path={run.folder}", *self.protocol.evaluate, f"eval.split={split}",
+                        f"eval.mode={mode}", f"eval.max_length={length}", f"eval.output={out}", "eval.progress=false"]
+                if self.dry_run:
+                    self.log(f"[evaluate] {tag}\n  tnl " + " ".join(args))
+                    continue
+                self.log(f"[evaluate] {tag}")
+                rc, seconds, last = self.tnl(args)
+                if rc == 0:
+                    times = dict(run.record.get("eval_seconds", {}))
+                    times[f"{split}_{mode}"] = seconds
+                    run.record = update_record(run.folder, eval_seconds=times)
+                elif not self.deadline.passed():
+                    self.outcome.failed = True
+                    self.outcome.lines.append(f"evaluate {tag}: tnl evaluate exited {rc}: {last}")
+
+    def run_arm(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> None:
+        protocol = self.protocol
+        sweep_seed = protocol.seeds[0]
+        arm_seeds = arm.seeds(protocol.seeds)
+        if seeds is None or sweep_seed in seeds:
+            wanted = protocol.lrs if lrs is None else tuple(lrs)
+            for lr in wanted:
+                self.train(find_run(protocol, arm, lr, sweep_seed))
+        chosen = best_lr(protocol, arm)
+        if chosen is None:
+            self.outcome.lines.append(f"{arm.name}: no finished learning-rate sweep run at seed {sweep_seed} yet; "
+                                      "its other seeds and evaluations wait for one")
+            return
+        lr, loss = chosen
+        swept = [r for r in sweep_runs(protocol, arm) if r.status == "done"]
+        self.log(f"{arm.name}: best learning rate {lr:g} (validation loss {loss:.4f}; "
+                 f"{len(swept)} of {len(protocol.lrs)} rates finished)")
+        for seed in arm_seeds:
+            if seeds is not None and seed not in seeds:
+                continue
+            run = find_run(protocol, arm, lr, seed)
+            if seed != sweep_seed:
+                self.train(run)
+            if run.status == "done":
+                self.evaluate(run)
+
+    def run(self, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            lrs: Sequence[float] | None = None) -> Outcome:
+        arms = [self.protocol.arm(name) for name in only] if only else list(self.protocol.arms)
+        for arm in arms:
+            if self.deadline.passed():
+                self.outcome.interrupted = True
+                break
+            self.run_arm(arm, seeds, lrs)
+        return self.outcome
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

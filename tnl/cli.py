@@ -7,6 +7,7 @@ Each command reads one config of configs/ (see `tnl <command> --help`); a user's
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from tnl.commands import run_or_exit
@@ -18,9 +19,11 @@ COMMANDS = {
     "train": ("tnl.commands.train", "train a model, then evaluate and export it (configs/config.yaml)"),
     "evaluate": ("tnl.commands.evaluate", "document-level perplexity of a model (configs/evaluate.yaml)"),
     "export": ("tnl.commands.export", "Hugging Face or OpenNLPLab export of a checkpoint (configs/export.yaml)"),
+    "generate": ("tnl.commands.generate", "text from a model, streamed to the terminal (configs/generate.yaml)"),
     "prepare-data": ("tnl.commands.prepare_data", "build the tokenizer and token caches (configs/config.yaml)"),
 }
 ALIASES = {"prepare_data": "prepare-data"}
+CONFIG_NAMES = {"train": "config", "prepare-data": "config"}  # the others read configs/<command>.yaml
 
 
 def usage() -> str:
@@ -29,6 +32,49 @@ def usage() -> str:
              "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _config_keys(text: str) -> list[str]:
+    """A config file's own lines, comments kept, without its `defaults:` list and `hydra:` section."""
+    lines, skipping = [], False
+    for line in text.splitlines():
+        if re.match(r"^(defaults|hydra):", line):
+            skipping = True
+            continue
+        if skipping and (not line.strip() or line[0] in " -#"):
+            continue
+        skipping = False
+        lines.append(line)
+    return lines
+
+
+def _groups(text: str, config_dir) -> list[str]:
+    """`group=default  (options)` for each config group in the file's defaults list."""
+    out = []
+    for m in re.finditer(r"^\s*-\s*(?:optional\s+)?(\w+):\s*(\S+)", text, re.MULTILINE):
+        group, default = m.groups()
+        options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        if options:
+            out.append(f"  {group}={default}  ({', '.join(options)})")
+    return out
+
+
+def command_help(name: str) -> str:
+    """What `tnl NAME --help` prints before Hydra's listing: the command's usage, its config groups and main keys
+    with their comments (from the config file itself, so the help never drifts from the defaults)."""
+    from tnl.commands import CONFIG_DIR
+
+    module = importlib.import_module(COMMANDS[name][0])
+    parts = [(module.__doc__ or COMMANDS[name][1]).strip(), ""]
+    config = CONFIG_DIR / f"{CONFIG_NAMES.get(name, name)}.yaml"
+    if config.is_file():
+        text = config.read_text(encoding="utf-8")
+        groups = _groups(text, CONFIG_DIR)
+        if groups:
+            parts += ["config groups (group=option):", *groups, ""]
+        parts += [f"main keys ({config.relative_to(CONFIG_DIR.parent)}; set any key of the config below as "
+                  "key=value):", *("  " + line for line in _config_keys(text)), ""]
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(command_help(name), flush=True)  # then Hydra's own --help: the composed config
     sys.argv = [f"tnl {name}", *argv[1:]]  # Hydra parses sys.argv
     module.main()
 

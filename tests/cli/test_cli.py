@@ -41,7 +41,7 @@ def test_usage_and_unknown_commands(tmp_path):
     assert bare.returncode == 2 and "usage: tnl" in bare.stderr
     bad = tnl("trian", "x=1", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "error: unknown command 'trian'; choose one of train, evaluate, export, prepare-data")
+        "error: unknown command 'trian'; choose one of train, evaluate, export, generate, prepare-data")
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "export", "prepare-data", "prepare_data"])

@@ -43,23 +43,26 @@ def fingerprint_documents(documents: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | None, key: str = "eval.device") -> torch.device:
+    """`auto` (CUDA when visible, else CPU), cpu, cuda or cuda:N; `key` names the setting in errors."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise EvalError(f"eval.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError):
+        raise EvalError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise EvalError(f"{key}={name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError("eval.device=cuda but no CUDA GPU is visible; use eval.device=cpu")
+        raise EvalError(f"{key}=cuda but no CUDA GPU is visible; use {key}=cpu")
     return device
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str | None, device: torch.device, key: str = "eval.dtype") -> torch.dtype:
     if name in (None, "", "auto"):  # bf16 on GPU (fp32 log-softmax still), exact fp32 on CPU
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise EvalError(f"eval.dtype={name!r}; use auto, float32, bfloat16 or float16")
+        raise EvalError(f"{key}={name!r}; use auto, float32, bfloat16 or float16")
     return DTYPES[name]
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from tests.cli.test_cli import tnl
 from tests.helpers.eval_common import make_tnl, make_tokenizer
@@ -43,6 +42,8 @@ def exports(tmp_path_factory, tok) -> dict[str, Path]:
 
 
 def generate(folder: Path, capsys=None, **kw) -> list[dict]:
+    from omegaconf import OmegaConf  # imported here: the GPU test below runs where omegaconf is not installed
+
     cfg = OmegaConf.create({"model_path": str(folder), "device": "cpu", "max_new_tokens": 12, "temperature": 0,
                             "seed": 0, **kw})
     rows = run_generation(cfg)
@@ -172,6 +173,8 @@ def test_hostile_inputs_are_one_line_and_change_nothing(exports, tmp_path, monke
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             (folder / name).unlink(missing_ok=True)
     before = _tree_hash(tmp_path, exports["sinusoidal"])
+    from omegaconf import OmegaConf
+
     cfg = OmegaConf.create({"model_path": str(folder), "device": "cpu", "temperature": 0, "max_new_tokens": 4,
                             "verify": False, **overrides})
     with pytest.raises(UserError) as err:

@@ -37,8 +37,12 @@ def wikitext_cfg(data_dir, tmp_path, **over):
 
 
 def test_split_articles_groups_by_title_not_section():
-    lines = [" \n", " = A = \n", " \n", " = = Sec = = \n", " text a \n", " = B = \n", " text b \n"]
-    assert split_articles(lines) == [" = A = \n \n = = Sec = = \n text a \n", " = B = \n text b \n"]
+    """A page runs from its title to the line before the next title, less that line's newline; the last page keeps
+    the final newline; hub rows ("" for a blank line) give the same pages as the raw lines."""
+    lines = [" \n", " = A = \n", " \n", " = = Sec = = \n", " text a \n", " \n", " = B = \n", " text b \n"]
+    pages = [" = A = \n \n = = Sec = = \n text a \n ", " = B = \n text b \n"]
+    assert split_articles(lines) == pages
+    assert split_articles([x if x.strip() else "" for x in lines]) == pages
 
 
 def test_wikitext_valid_and_test_have_the_published_article_counts(data_dir, tmp_path):

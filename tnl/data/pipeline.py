@@ -10,12 +10,15 @@ from tnl import settings
 from .sources import data_root, describe_source, load_documents, source_key
 from .token_cache import TokenArray, build_token_array
 from .tokenizer import load_tokenizer
+from .wikitext import PAGE_FORMAT
 
 
 def text_key(data_cfg: Any, split: str) -> tuple:
-    """What identifies a split's documents (source files or hub fingerprint, and how they are read)."""
-    return (source_key(data_cfg, split), data_cfg.kind, data_cfg.get("detokenize", False), data_cfg.get("sample_by"),
-            data_cfg.get("text_column"))
+    """What identifies a split's documents (source files or hub fingerprint, and how they are read). WikiText keys
+    also name the page format, so caches built from pages cut another way are not reused."""
+    key = (source_key(data_cfg, split), data_cfg.kind, data_cfg.get("detokenize", False), data_cfg.get("sample_by"),
+           data_cfg.get("text_column"))
+    return (*key, PAGE_FORMAT) if data_cfg.kind == "wikitext" else key
 
 
 def cache_root(data_cfg: Any) -> Path:

@@ -1,7 +1,8 @@
-"""WikiText specifics: article boundaries and the detokenizer used by lm-evaluation-harness.
+"""WikiText specifics: article pages and the detokenizer used by lm-evaluation-harness.
 
-WikiText lines come as " = Title = " for an article, " = = Section = = " for sections. An article
-(one document) runs from its title line to the line before the next title.
+WikiText lines come as " = Title = " for an article, " = = Section = = " for sections. A page (one document) is the
+text from one title line up to the line before the next title, without the newline that ends that last line: the
+document-level pages of `EleutherAI/wikitext_document_level`, which lm-eval's wikitext task scores, byte for byte.
 """
 
 from __future__ import annotations
@@ -9,27 +10,36 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-_TITLE = re.compile(r"^ = [^=].* = \s*$")
+# Names how split_articles cuts pages, for cache keys: pages cut another way are other text.
+PAGE_FORMAT = "document-level pages"
 
 
 def is_article_title(line: str) -> bool:
-    """True for a top-level ` = Title = ` line (not ` = = Section = = `)."""
-    return bool(_TITLE.match(line))
+    """True for a top-level ` = Title = ` line (not ` = = Section = = `), by the document-level builder's test:
+    with runs of "= =" joined, the stripped line starts with "= " and ends with " ="."""
+    joined = line.replace("= = =", "===").replace("= =", "==").strip()
+    return joined.startswith("= ") and joined.endswith(" =")
 
 
 def split_articles(lines: Iterable[str]) -> list[str]:
-    """Group WikiText lines (each ending in "\\n", as HF's rows do) into one string per article."""
-    docs: list[list[str]] = []
-    current: list[str] = []
-    for line in lines:
-        if is_article_title(line):
-            if any(x.strip() for x in current):
-                docs.append(current)
-            current = []  # blank lines before the first title belong to no article
-        current.append(line)
-    if any(x.strip() for x in current):
-        docs.append(current)
-    return ["".join(doc) for doc in docs]
+    """Group WikiText rows into pages. Rows are lines with their "\n" (local files read line by line); an empty row
+    is a blank line of the Hugging Face line-level dataset, which stores the raw files' " " lines as "" (restored
+    here, so hub and local text give the same pages). Text before the first title is a page of its own unless blank;
+    the last page keeps the file's final newline, as the builder's does."""
+    pages: list[list[str]] = [[]]
+    for row in lines:
+        line = row if row else " \n"
+        if is_article_title(line) and pages[-1]:
+            pages.append([])
+        pages[-1].append(line)
+    out = []
+    for i, page in enumerate(pages):
+        text = "".join(page)
+        if i < len(pages) - 1 and text.endswith("\n"):  # that newline separates this page from the next title
+            text = text[:-1]
+        if text.strip():
+            out.append(text)
+    return out
 
 
 # Undo WikiText's tokenization the way lm-evaluation-harness's wikitext task does before scoring, in the

@@ -9,8 +9,9 @@ complete.
 `load_pretrained` loads a model and its tokenizer from
 - a training checkpoint `RUN/checkpoints/step_N/`: the model is rebuilt from `RUN/model_config.json` (or the
   `model:` mapping of `RUN/.hydra/config.yaml` / `RUN/config.yaml`, whichever the run saved; it also becomes the
-  model card's training config), the tokenizer is `RUN/tokenizer/`; a run folder itself means its latest valid
-  checkpoint;
+  model card's training config), the tokenizer is `RUN/tokenizer/`;
+  a run folder itself means its best checkpoint (`checkpoints/best`, lowest validation loss) when it has one, else
+  its latest valid step_N;
 - an exported Hugging Face folder (config.json + weights + tokenizer files), tnl's own or any causal LM;
 - an OpenNLPLab TransNormerLLM folder (their config field names; see `tnl.official`).
 """
@@ -33,6 +34,7 @@ from .errors import ModelFolderError
 from .official import from_official_config, from_official_state_dict, is_official_config
 
 _STEP = re.compile(r"^step_(\d+)$")
+BEST = "best"  # RUN/checkpoints/best: the checkpoint of the lowest validation loss (tnl.train.best)
 CHECKSUMS = "checksums.json"
 STATE = "trainer_state.json"
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -92,9 +94,11 @@ def latest_valid(root: Path, log=print) -> Path | None:
     return None
 
 
-def save_checkpoint(accelerator: Any, root: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Save on all ranks (collective), publish atomically on rank 0, prune to the last `keep_last`."""
-    final = root / f"step_{step}"
+def save_checkpoint(accelerator: Any, root: Path, step: int, state: dict[str, Any], keep_last: int,
+                    name: str | None = None) -> Path:
+    """Save on all ranks (collective), publish atomically on rank 0, prune to the last `keep_last` step_N.
+    `name` (e.g. BEST) saves into that folder instead of step_N; it is never pruned."""
+    final = root / (name or f"step_{step}")
     tmp = root / f".{final.name}.tmp"  # one name every rank computes: they all write into it
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save that crashed
@@ -105,13 +109,36 @@ def save_checkpoint(accelerator: Any, root: Path, step: int, state: dict[str, An
     if accelerator.is_main_process:
         (tmp / STATE).write_text(json.dumps(state, indent=1))
         write_checksums(tmp)
-        _fsync_dir(tmp)
-        publish_folder(tmp, final, replace=True)  # same step saved again (a signal right after a periodic save)
-        _fsync_dir(root)
-        for _s, folder in list_checkpoints(root)[max(1, keep_last):]:
-            shutil.rmtree(folder, ignore_errors=True)
+        _publish(tmp, final, root)
+        if name is None:
+            for _s, folder in list_checkpoints(root)[max(1, keep_last):]:
+                shutil.rmtree(folder, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _publish(tmp: Path, final: Path, root: Path) -> None:
+    _fsync_dir(tmp)
+    publish_folder(tmp, final, replace=True)  # same step saved again (a signal right after a periodic save)
+    _fsync_dir(root)
+
+
+def copy_checkpoint(source: Path, name: str) -> Path:
+    """A finished checkpoint published again under `name` beside it (rank 0 only): hard links where the file system
+    has them (no second copy of the bytes; pruning `source` later leaves these files), else a copy."""
+    root = source.parent
+    final, tmp = root / name, root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    _publish(tmp, final, root)
+    return final
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def restore_checkpoint(accelerator: Any, folder: Path) -> dict[str, Any]:
@@ -134,6 +161,26 @@ def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
     """The newest step_N of a run whose files match their checksums (as resume picks it); broken ones are
     reported and skipped, so a corrupt newest save never ends up evaluated or exported."""
     return latest_valid(run_dir / "checkpoints", log=log)
+
+
+def best_checkpoint(run_dir: Path, log=print) -> Path | None:
+    """RUN/checkpoints/best when it exists and verifies; a broken one is reported and skipped."""
+    folder = run_dir / "checkpoints" / BEST
+    if not folder.is_dir():
+        return None
+    problem = verify(folder)
+    if problem is not None:
+        log(f"WARNING: the best checkpoint {folder} is unusable ({problem}); using the newest step_N instead")
+        return None
+    return folder
+
+
+def checkpoint_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json (step, tokens seen, best-so-far bookkeeping, ...); {} when unreadable."""
+    try:
+        return json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def verify_export(folder: Path, log=print) -> None:
@@ -385,10 +432,18 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
         p = p.parent  # RUN/checkpoints means the run
     verified = False  # checksums already read (hashing a multi-GB checkpoint twice costs seconds)
     if (p / "checkpoints").is_dir() and not weight_files(p):
-        latest = latest_checkpoint(p, log=log)
-        if latest is None:
-            raise ModelFolderError(f"run folder {p} has no valid checkpoints/step_N (none yet, or all broken)")
-        p, verified = latest, True
+        best = best_checkpoint(p, log=log)
+        if best is not None:
+            state = checkpoint_state(best)
+            loss = (state.get("best") or {}).get("best_val_loss")
+            log(f"{name} {p}: using the run's best checkpoint, step {state.get('step')}"
+                + (f" (validation loss {loss:.4f})" if isinstance(loss, float) else ""))
+            p, verified = best, True
+        else:
+            latest = latest_checkpoint(p, log=log)
+            if latest is None:
+                raise ModelFolderError(f"run folder {p} has no valid checkpoints/step_N (none yet, or all broken)")
+            p, verified = latest, True
     if (p / "config.json").exists() and weight_files(p):
         if verify:
             verify_export(p, log=log)

@@ -22,7 +22,7 @@ from . import hydra_entry, run_or_exit
 
 def final_evaluation(run: FinishedRun) -> None:
     """Document-level perplexity of the validation split (windows of train.seq_len) -> eval_validation.json,
-    and a row of metrics.jsonl."""
+    and a row of metrics.jsonl. The weights are the best checkpoint's when the run has one (train.keep_best)."""
     from tnl.data import load_documents
     from tnl.eval import evaluate_documents
 
@@ -34,7 +34,10 @@ def final_evaluation(run: FinishedRun) -> None:
     scores["split"] = "validation"
     path = run.output_dir / "eval_validation.json"
     write_text_atomic(path, json.dumps(scores, indent=1))
+    # at the last step; `evaluated_step` names the weights scored (the best checkpoint's step, when one is used)
     run.log_metrics({"step": run.step, "split": "validation", "loss": math.log(scores["token_perplexity"]),
+                     "evaluated_step": run.best_step or run.step, "best_step": run.result.get("best_step"),
+                     "best_val_loss": run.result.get("best_val_loss"),
                      **{k: v for k, v in scores.items() if k != "split"}})
     run.result["eval"] = scores
     run.result["eval_file"] = str(path)
@@ -84,6 +87,10 @@ def _task(cfg: DictConfig) -> None:
     result = run_or_exit(run_training, cfg, on_ready=lambda out: _save_hydra_files(cfg, out))
     print(f"\nrun folder:  {result['output_dir']}")
     print(f"checkpoint:  {result['checkpoint']}")
+    if result.get("best_step") is not None:
+        where = result.get("best_checkpoint", result["checkpoint"])
+        print(f"best:        step {result['best_step']}, validation loss {result['best_val_loss']:.4f}  ({where})"
+              + ("; stopped early" if result.get("early_stopped") else ""))
     if "eval" in result:
         ev = result["eval"]
         print(f"validation:  token ppl {ev['token_perplexity']:.2f}, word ppl {ev['word_perplexity']:.2f}, "

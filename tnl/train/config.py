@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tnl import settings
 from tnl.errors import UserError
 
+from .optim import NO_DECAY_KINDS
 from .schedule import SCHEDULES
 
 
@@ -56,6 +57,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.1
+    # parameters that get no weight decay (tnl.train.optim): any of bias | norm | embedding
+    no_decay: list[str] = field(default_factory=lambda: ["bias", "norm", "embedding"])
     fused: bool | None = None  # None: fused on CUDA, plain elsewhere
 
 
@@ -81,6 +84,8 @@ class TrainConfig:
     eval_batches: int = 50
     save_every: int = 500
     keep_last: int = 3
+    keep_best: bool = True  # RUN/checkpoints/best: lowest validation loss, used by the final evaluation and export
+    early_stop_patience: int | None = None  # stop after this many evaluations without a better loss (null/0: off)
     compile: bool = False
     # with compile: fraction of the saved activations the partitioner may keep (< 1 recomputes cheap ops)
     compile_memory_budget: float = 1.0
@@ -172,6 +177,13 @@ def _check_ranges(cfg: DictConfig) -> None:
     _need(o.lr >= 0, "optim.lr", o.lr, "a number >= 0")
     _need(o.eps > 0, "optim.eps", o.eps, "a number > 0")
     _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    _need(all(k in NO_DECAY_KINDS for k in o.no_decay), "optim.no_decay", list(o.no_decay),
+          f"a list of {' | '.join(NO_DECAY_KINDS)}")
+    patience = t.early_stop_patience
+    _need(patience is None or patience >= 0, "train.early_stop_patience", patience,
+          "an integer >= 1 (null or 0: off)")
+    _need(not patience or t.eval_every > 0, "train.early_stop_patience", patience,
+          "it together with train.eval_every > 0 (it counts evaluations)")
     _need(all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas), "two numbers in [0, 1)")
     _need(s.name in SCHEDULES, "scheduler.name", s.name, " | ".join(SCHEDULES))
     _need(s.warmup_steps >= 0, "scheduler.warmup_steps", s.warmup_steps, "an integer >= 0")

@@ -22,14 +22,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from tnl.atomic import write_text_atomic
-from tnl.checkpoint import save_checkpoint
+from tnl.checkpoint import BEST, copy_checkpoint, save_checkpoint
 from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer, resolve_paths
 from tnl.errors import UserError
 
+from .best import BestTracker, use_best
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
 from .metrics import MetricsWriter
+from .optim import build_optimizer
 from .plots import draw_plots
 from .resume import check_config, check_model, restore, resume_checkpoint
 from .run_lock import RunLock, RunLockedError
@@ -69,15 +71,6 @@ def build_model(cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
     if backend != "auto" and config.attn_backend == "auto":
         config.attn_backend = backend
     return TransnormerForCausalLM(config)
-
-
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, on_cuda: bool) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, vectors (biases, LRPE angles) do not."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = on_cuda if cfg.optim.fused is None else cfg.optim.fused
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused)
 
 
 class _StopFlag:
@@ -142,6 +135,7 @@ class FinishedRun:
     output_dir: Path
     device: torch.device
     step: int
+    best_step: int | None  # the step of the weights in `model` (the best checkpoint's) when not the last step
     log: Callable[..., None]
     log_metrics: Callable[[dict[str, Any]], None]  # a row of metrics.jsonl (and wandb)
     result: dict[str, Any]  # what `train` returns; the steps add their entries
@@ -179,7 +173,7 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
 
 def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[FinishedRun], None] | None,
            on_ready: Callable[[Path], None] | None) -> dict[str, Any]:
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
 
     tc = cfg.train
@@ -219,8 +213,10 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
 
     # resume; the run folder's config files are written only once the checkpoint has loaded
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "sampler": None, "bad_steps": 0, "wandb_run_id": None}
+    best = BestTracker()
     if folder is not None:
         state.update(restore(accelerator, folder, log))
+        best.load_state_dict(state.get("best"))
         log(f"resumed from {folder} at step {state['step']}")
         for line in changes:
             log(f"config changed since the checkpoint: {line}")
@@ -261,15 +257,32 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
 
     def checkpoint(reason: str) -> Path:
         nonlocal last_saved
-        state.update(step=step, sampler=sampler.state_dict(), wandb_run_id=metrics.wandb_run_id)
+        state.update(step=step, sampler=sampler.state_dict(), wandb_run_id=metrics.wandb_run_id,
+                     best=best.state_dict())
         path = save_checkpoint(accelerator, ckpt_root, step, dict(state), tc.keep_last)
         last_saved = step
         if reason != "periodic":
             log(f"checkpoint ({reason}) saved: {path}")
         return path
 
+    def save_best() -> None:
+        """RUN/checkpoints/best: hard links to step_N when it was saved at this step, else a save of its own."""
+        if last_saved == step and (ckpt_root / f"step_{step}").is_dir():
+            if main:
+                copy_checkpoint(ckpt_root / f"step_{step}", BEST)
+            accelerator.wait_for_everyone()
+        else:
+            state.update(step=step, sampler=sampler.state_dict(), wandb_run_id=metrics.wandb_run_id,
+                         best=best.state_dict())
+            save_checkpoint(accelerator, ckpt_root, step, dict(state), tc.keep_last, name=BEST)
+
+    stopped = best.should_stop(tc.early_stop_patience)
+    if stopped:
+        log(f"the run stopped early at step {step} (no better validation loss since step {best.best_step}); "
+            "raise train.early_stop_patience to train on")
+
     try:
-        while step < tc.max_steps:
+        while step < tc.max_steps and not stopped:
             micro = [next(batches) for _ in range(tc.grad_accum)]
             sampler.consumed += tc.batch_size * tc.grad_accum
             micro = [{k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()} for b in micro]
@@ -315,14 +328,28 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
                              "skipped_steps": state["bad_steps"]})
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 window_tokens, window_start = 0, time.perf_counter()
+            improved = False
             if tc.eval_every > 0 and step % tc.eval_every == 0:
                 vloss = validation_loss(model, val_windows, tc.eval_batches, tc.batch_size, accelerator.device,
                                         tc.loss_chunk_size)
+                if accelerator.num_processes > 1:  # every rank takes rank 0's decisions (best, early stop)
+                    vloss = broadcast_object_list([vloss])[0]
+                improved, warning = best.update(step, vloss)
                 vppl = math.exp(min(vloss, 50))
-                metrics.log({"step": step, "split": "validation", "loss": vloss, "token_perplexity": vppl})
-                log(f"step {step}: validation loss {vloss:.4f}, token perplexity {vppl:.2f}")
-            if tc.save_every > 0 and step % tc.save_every == 0:
-                checkpoint("periodic")
+                metrics.log({"step": step, "split": "validation", "loss": vloss, "val_loss": vloss,
+                             "token_perplexity": vppl, **best.row()})
+                log(f"step {step}: validation loss {vloss:.4f}, token perplexity {vppl:.2f}"
+                    + (" (best so far)" if improved else f" (best: step {best.best_step}, {best.best_val_loss:.4f})"))
+                if warning:
+                    log(warning)
+                stopped = best.should_stop(tc.early_stop_patience)
+            if (tc.save_every > 0 and step % tc.save_every == 0) or stopped:
+                checkpoint("early stop" if stopped else "periodic")
+            if improved and tc.keep_best:
+                save_best()
+            if stopped:
+                log(f"early stopping at step {step}: no better validation loss in {best.evals_since_best} "
+                    f"evaluations since step {best.best_step} (train.early_stop_patience={tc.early_stop_patience})")
             if stop.signal is not None:
                 checkpoint(f"signal {signal.Signals(stop.signal).name}")
                 raise SystemExit(128 + stop.signal)
@@ -337,9 +364,21 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     if last_saved != step or not (ckpt_root / f"step_{step}").exists():
         checkpoint("final")
     result["checkpoint"] = str(ckpt_root / f"step_{step}")
+    result.update(best_step=best.best_step, best_val_loss=best.best_val_loss, early_stopped=stopped)
+    unwrapped = accelerator.unwrap_model(model)
+    evaluated = use_best(unwrapped, ckpt_root / BEST, best, tc.keep_best, step, log) if main else None
+    if tc.keep_best and best.best_step is not None and (ckpt_root / BEST).is_dir():
+        result["best_checkpoint"] = str(ckpt_root / BEST)
+    if main:
+        metrics.log({"step": step, "split": "summary", "best_step": best.best_step,
+                     "best_val_loss": best.best_val_loss, "evaluated_step": evaluated or step,
+                     "early_stopped": stopped})
+        if best.best_step is not None:
+            log(f"best validation loss {best.best_val_loss:.4f} at step {best.best_step}"
+                + (f" (checkpoint {ckpt_root / BEST})" if evaluated is not None else ""))
     if main and after is not None:
-        after(FinishedRun(cfg, accelerator.unwrap_model(model), tokenizer, out, accelerator.device, step, log,
-                          metrics.log, result))
+        after(FinishedRun(cfg, unwrapped, tokenizer, out, accelerator.device, step, evaluated, log, metrics.log,
+                          result))
     if main:
         result["plots"] = [str(p) for p in draw_plots(out)]
     metrics.close()

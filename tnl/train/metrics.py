@@ -16,6 +16,10 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _before(row: dict[str, Any], step: int) -> bool:
+    return row["step"] <= step and row.get("split") != "summary" and "word_perplexity" not in row
+
+
 class MetricsWriter:
     """Appends to `output_dir/metrics.jsonl` (rank 0 only). On resume, lines past the resumed step are
     dropped first, so the file reads as one unbroken run."""
@@ -31,7 +35,8 @@ class MetricsWriter:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            # the rows of the resumed steps; the end-of-run rows (summary, final evaluation) come again
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and _before(json.loads(ln), resume_step)]
             write_text_atomic(self.path, "".join(ln + "\n" for ln in keep))
         if wandb_cfg is not None and wandb_cfg.name == "wandb":
             import wandb

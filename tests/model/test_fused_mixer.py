@@ -20,24 +20,30 @@ else:
 
     EPS = 1e-6
 
-    def _reference(qkvu, w, decay, heads, cu):
-        """float64: out = W (u * SRMSNorm(o)), o = attention of (SiLU(q), SiLU(k), v) by the recurrence."""
+    def _parts(qkvu, heads, kv_heads):
+        """q, k, v, u of the packed [q | k | v | u] with H, Hkv, Hkv, H heads, as [B, T, heads, Dh]."""
         b, t, n = qkvu.shape
-        q, k, v, u = (x.reshape(b, t, heads, -1) for x in qkvu.chunk(4, dim=-1))
+        dh = n // (2 * (heads + kv_heads))
+        sizes = (heads * dh, kv_heads * dh, kv_heads * dh, heads * dh)
+        return [x.reshape(b, t, -1, dh) for x in qkvu.split(sizes, dim=-1)]
+
+    def _reference(qkvu, w, decay, heads, cu, kv_heads=None):
+        """float64: out = W (u * SRMSNorm(o)), o = attention of (SiLU(q), SiLU(k), v) by the recurrence."""
+        q, k, v, u = _parts(qkvu, heads, kv_heads or heads)
         o, _ = recurrence(F.silu(q), F.silu(k), v, decay, cu_seqlens=cu)
         o = o.flatten(-2)
         y = u.flatten(-2) * o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + EPS)
         return y @ w.t()
 
-    def _fused(qkvu, w, decay, heads, cu, given=True):
-        b, t, n = qkvu.shape
-        q, k = (x.reshape(b, t, heads, -1) for x in qkvu.chunk(4, dim=-1)[:2])
+    def _fused(qkvu, w, decay, heads, cu, given=True, kv_heads=None):
+        q, k = _parts(qkvu, heads, kv_heads or heads)[:2]
         # the activated copies stay in the autograd graph (as in the model): the op must give them no gradient
         acts = (F.silu(q), F.silu(k)) if given else (None, None)
-        return FM.gated_attention_output(qkvu, *acts, decay, w, heads, EPS, cu_seqlens=cu)
+        return FM.gated_attention_output(qkvu, *acts, decay, w, heads, EPS, cu_seqlens=cu, kv_heads=kv_heads)
 
     @pytest.mark.parametrize("compiling", [False, True])  # the eager Function or the custom op
-    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48", "silu_in_kernels", "tma"])
+    @pytest.mark.parametrize("case", ["plain", "segmented", "varlen", "head_dim_48", "silu_in_kernels", "tma",
+                                      "gqa", "gqa_silu_in_kernels"])
     def test_fused_output_matches_float64(case, compiling, monkeypatch):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         torch.manual_seed(0)
@@ -58,13 +64,16 @@ else:
             b, cu = 1, torch.tensor([0, 9, 9, 37], dtype=torch.int32)
         if case == "head_dim_48":
             dh = 48
-        qkvu = torch.randn(b, t, 4 * heads * dh, requires_grad=True)
+        kv_heads = heads
+        if case.startswith("gqa"):  # 4 q heads in 2 groups, varlen with an empty document
+            heads, kv_heads, b, cu = 4, 2, 1, torch.tensor([0, 9, 9, 37], dtype=torch.int32)
+        qkvu = torch.randn(b, t, 2 * (heads + kv_heads) * dh, requires_grad=True)
         w = (torch.randn(24, heads * dh) / 8).requires_grad_()
         decay = torch.rand(heads) * 0.5
         with override_kernel_options(seg_len=seg_len):
-            out = _fused(qkvu, w, decay, heads, cu, given=case != "silu_in_kernels")
+            out = _fused(qkvu, w, decay, heads, cu, given=not case.endswith("silu_in_kernels"), kv_heads=kv_heads)
             ref_in = [x.detach().double().requires_grad_() for x in (qkvu, w)]
-            ref = _reference(*ref_in, decay, heads, cu)
+            ref = _reference(*ref_in, decay, heads, cu, kv_heads)
             torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
             g = torch.randn(ref.shape, dtype=torch.float64)
             grads = torch.autograd.grad(out, (qkvu, w), g.float())
@@ -90,12 +99,13 @@ else:
             assert got.dtype == torch.bfloat16
             assert ((got.double() - want).norm() / want.norm()).item() < 3e-2
 
-    @pytest.mark.parametrize("norm_backend", ["auto", "torch"])
-    def test_fused_op_passes_opcheck(norm_backend):
-        """Schema, fake implementation (start-state shape from the plan) and autograd registration, segmented."""
+    @pytest.mark.parametrize("norm_backend,kv_heads", [("auto", 2), ("torch", 1)])
+    def test_fused_op_passes_opcheck(norm_backend, kv_heads):
+        """Schema, fake implementation (start-state shape from the plan) and autograd registration, segmented;
+        grouped k/v heads too (kv_heads < heads)."""
         heads, dh = 2, 16
-        qkvu = torch.randn(3, 40, 4 * heads * dh, requires_grad=True)
-        q, k = (x.reshape(3, 40, heads, dh) for x in qkvu.detach().chunk(4, dim=-1)[:2])
+        qkvu = torch.randn(3, 40, 2 * (heads + kv_heads) * dh, requires_grad=True)
+        q, k = _parts(qkvu.detach(), heads, kv_heads)[:2]
         w = torch.randn(24, heads * dh, requires_grad=True)
         with override_kernel_options(seg_len=16):
             torch.library.opcheck(FM._forward, (qkvu, F.silu(q), F.silu(k), torch.rand(heads), w, None, heads, EPS,
@@ -117,7 +127,7 @@ else:
 
     def test_bad_shapes_get_one_line_errors():
         qkvu, w = torch.randn(2, 5, 128), torch.randn(8, 32)
-        with pytest.raises(ValueError, match=r"qkvu \[B, T, 4 \* heads \* head_dim\]"):
+        with pytest.raises(ValueError, match=r"qkvu \[B, T, 2 \* \(heads \+ kv_heads\) \* head_dim\]"):
             FM.gated_attention_output(qkvu, torch.randn(2, 5, 2, 8), torch.randn(2, 5, 2, 8), torch.rand(2), w, 2,
                                       EPS)
         q = torch.randn(2, 5, 2, 16)
@@ -128,7 +138,7 @@ else:
 
     @pytest.mark.parametrize("settings", [
         {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"},
-        {"norm_backend": "triton"},
+        {"norm_backend": "triton"}, {"num_key_value_heads": 1},
     ])
     @pytest.mark.parametrize("compiling", [True, False])
     def test_model_uses_the_fused_op_and_matches_float64(compiling, settings, monkeypatch):
@@ -142,7 +152,8 @@ else:
         torch.manual_seed(0)
         cfg = dict(vocab_size=64, decoder_embed_dim=32, hidden_dim=32, glu_dim=48, decoder_layers=3,
                    decoder_attention_heads=2, linear_use_lrpe_list=[1, 0, 0])
-        ref = TransnormerForCausalLM(TransnormerConfig(**cfg, attn_backend="torch")).double().train()
+        shape = {k: v for k, v in settings.items() if k == "num_key_value_heads"}  # grouped k/v heads: both models
+        ref = TransnormerForCausalLM(TransnormerConfig(**cfg, **shape, attn_backend="torch")).double().train()
         model = TransnormerForCausalLM(TransnormerConfig(**cfg, **settings, attn_backend="triton")).train()
         model.load_state_dict(ref.state_dict())
         calls = []

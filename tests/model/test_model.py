@@ -33,6 +33,8 @@ def reference_tnl_logits(model: TransnormerForCausalLM, ids: torch.Tensor) -> to
     sd = {k: v.detach().double() for k, v in model.state_dict().items()}
     d, n_heads, n_layers, hid = cfg.decoder_embed_dim, cfg.decoder_attention_heads, cfg.decoder_layers, cfg.hidden_dim
     dh = hid // n_heads
+    n_kv = cfg.num_key_value_heads  # grouped heads: q head h reads k/v head h // (H / Hkv)
+    group = n_heads // n_kv
     b, t = ids.shape
     x = sd["model.embed_tokens.weight"][ids] * math.sqrt(d)
     n = torch.arange(t, dtype=torch.float64)
@@ -40,19 +42,21 @@ def reference_tnl_logits(model: TransnormerForCausalLM, ids: torch.Tensor) -> to
     for li in range(n_layers):
         p = f"model.layers.{li}."
         xn = srms(x)
-        q, k, v, u = (xn @ sd[p + "token_mixer.qkvu_proj.weight"].T).split(hid, dim=-1)
-        q, k = F.silu(q).view(b, t, n_heads, dh), F.silu(k).view(b, t, n_heads, dh)
-        v = v.view(b, t, n_heads, dh)
-        if cfg.linear_use_lrpe_list[li]:
-            theta = sd[p + "token_mixer.lrpe.theta"].view(1, 1, n_heads, dh)
+        q, k, v, u = (xn @ sd[p + "token_mixer.qkvu_proj.weight"].T).split([hid, n_kv * dh, n_kv * dh, hid], dim=-1)
+        q, k = F.silu(q).view(b, t, n_heads, dh), F.silu(k).view(b, t, n_kv, dh)
+        v = v.view(b, t, n_kv, dh)
+        if cfg.linear_use_lrpe_list[li]:  # one angle set per k/v head
+            theta = sd[p + "token_mixer.lrpe.theta"].view(1, 1, n_kv, dh)
             ang = n.view(1, t, 1, 1) * theta
-            q = torch.cat([q * ang.cos(), q * ang.sin()], -1)
+            q_ang = torch.stack([ang[:, :, h // group] for h in range(n_heads)], dim=2)
+            q = torch.cat([q * q_ang.cos(), q * q_ang.sin()], -1)
             k = torch.cat([k * ang.cos(), k * ang.sin()], -1)
         o = torch.zeros(b, t, n_heads, dh, dtype=torch.float64)
         for h in range(n_heads):
             s = 2.0 ** (-8.0 * (h + 1) / n_heads) * (1 - li / (n_layers - 1) + 1e-5)
             decay = torch.where(dist >= 0, torch.exp(-s * dist), torch.zeros(()))
-            o[:, :, h] = ((q[:, :, h] @ k[:, :, h].transpose(1, 2)) * decay) @ v[:, :, h]
+            kh, vh = k[:, :, h // group], v[:, :, h // group]
+            o[:, :, h] = ((q[:, :, h] @ kh.transpose(1, 2)) * decay) @ vh
         o = srms(o.reshape(b, t, hid)) * u
         x = x + o @ sd[p + "token_mixer.out_proj.weight"].T
         xn = srms(x)
@@ -71,11 +75,12 @@ def randomize_lrpe(model: TransnormerForCausalLM) -> None:
 
 @pytest.mark.parametrize("settings", [
     {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"}, {"norm_backend": "triton"},
+    {"num_key_value_heads": 2}, {"num_key_value_heads": 1},
 ])
 def test_forward_matches_direct_formula_float64(settings):
     model = make(**settings).double()
     randomize_lrpe(model)
-    ids = torch.randint(1, V, (2, 19))
+    ids = torch.randint(1, V, (2, 150))  # more than two of the PyTorch path's 64-token blocks, and a partial one
     got = model(ids).logits
     want = reference_tnl_logits(model, ids)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

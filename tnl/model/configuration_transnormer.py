@@ -31,8 +31,11 @@ class TransnormerConfig(PretrainedConfig):
         for h = 0..H-1, i.e. g_gamma = -s), "paper_one_based" (the same with h = 1..H, which "paper" meant in
         earlier tnl versions: a run trained with it then loads as it was trained under this name), "none".
       token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu".
-      num_key_value_heads (softmax/hybrid GQA; None = H), position_encoding of softmax/hybrid ("rope" |
-      "sinusoidal" | "none"; the TNL mixer uses LRPE per linear_use_lrpe_list instead),
+      num_key_value_heads: k/v heads (grouped-query attention; None = H, H a multiple of it) of every token mixer:
+        TNL projects k and v to this many heads, each shared by H / num_key_value_heads q heads (with its own decay
+        rate per q head; decoding states stay [B, H, D, E]; LRPE angles per k/v head).
+      position_encoding of softmax/hybrid ("rope" | "sinusoidal" | "none"; the TNL mixer uses LRPE per
+      linear_use_lrpe_list instead),
       rope_theta, sliding_window (softmax; None = full causal), qk_norm (RMSNorm on q/k heads),
       hybrid_block_size (hybrid: softmax within blocks of this many tokens, decayed linear attention across).
       attn_backend: backend passed to `lightning_attn` ("auto" picks Triton on CUDA).
@@ -150,7 +153,9 @@ class TransnormerConfig(PretrainedConfig):
              f"linear_use_lrpe_list has {len(self.linear_use_lrpe_list)} entries for {self.decoder_layers} layers")
         h = self.decoder_attention_heads
         need(self.hidden_dim % h == 0, f"hidden_dim {self.hidden_dim} must be divisible by {h} heads")
-        need(h % self.num_key_value_heads == 0, f"{h} heads must be a multiple of num_key_value_heads")
+        kv = self.num_key_value_heads
+        need(isinstance(kv, int) and 1 <= kv <= h and h % kv == 0,
+             f"num_key_value_heads must divide decoder_attention_heads ({h}), got {kv!r}")
         need(self.hybrid_block_size >= 1, "hybrid_block_size must be >= 1")
         need(self.sliding_window is None or self.sliding_window >= 1, "sliding_window must be None or >= 1")
         for name in ("fused_mixer", "fold_qk_activation"):

@@ -6,7 +6,8 @@ where qkvu is the packed input projection (paper eq. 5-7). Traced as separate op
 concatenation of dq, dk, dv and du that Inductor writes by copying the attention op's three outputs (the
 kernels cannot write into its slices) with du's arithmetic fused in: nine bf16 activation-sized passes per block
 (4.4 ms of a tnl_385m step at T=2048 on an H100). Here the attention backward kernels and the gate's backward
-write straight into one d(qkvu) buffer (eager autograd's SplitBackward makes the same copy). Compiled, SiLU(q),
+write straight into one d(qkvu) buffer (eager autograd's SplitBackward makes the same copy). With grouped k/v
+heads (fewer k, v heads than q heads) the kernels' dq, dk, dv are copied into it instead. Compiled, SiLU(q),
 SiLU(k) come in from the caller (Inductor computes them, and may recompute them for backward); the kernels load
 them and apply SiLU' as they write dq, dk, so the gradient is w.r.t. the raw q, k and none flows into the
 activated copies. Eager, the kernels apply SiLU as they load q and k. As in `_GatedNormLinear`, the gated,
@@ -27,10 +28,13 @@ from ..ops.srms_norm import gated_norm_backward, gated_norm_forward
 _NS = "tnl" if __name__ == "tnl.model.fused_mixer" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
-def _split(qkvu: torch.Tensor, heads: int) -> list[torch.Tensor]:
-    """q, k, v, u as [B, T, H, Dh] views of the packed [B, T, 4 H Dh] tensor."""
+def _split(qkvu: torch.Tensor, heads: int, width: int) -> list[torch.Tensor]:
+    """q, u as [B, T, H, Dh] and k, v as [B, T, Hkv, Dh] views of the packed [B, T, 2 (H + Hkv) Dh] tensor;
+    `width` = H Dh (the output projection's input). Hkv = H (no GQA) is the [B, T, 4 H Dh] layout."""
     b, t, n = qkvu.shape
-    return list(qkvu.view(b, t, 4, heads, n // (4 * heads)).unbind(2))
+    dh = width // heads
+    kv = n // 2 - width
+    return [x.view(b, t, -1, dh) for x in qkvu.split((width, kv, kv, width), dim=-1)]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ def _forward_impl(qkvu: torch.Tensor, q_act: Optional[torch.Tensor], k_act: Opti
     """(out, o, r, attention start states): o and r (the norm's reciprocal RMS) and the states are for backward."""
     from ..ops.lightning_attn.triton_entry import triton_attn_forward
 
-    q, k, v, u = _split(qkvu, heads)
+    q, k, v, u = _split(qkvu, heads, weight.shape[1])
     o, starts = triton_attn_forward(q, k, v, decay, cu_seqlens=cu_seqlens, **_acts(q_act, k_act))
     y, r = gated_norm_forward(_flat(o), _flat(u), eps, backend=norm_backend)
     with torch.autocast(qkvu.device.type, enabled=False):
@@ -80,12 +84,16 @@ def _backward_impl(dout: torch.Tensor, qkvu: torch.Tensor, q_act: Optional[torch
     """(d qkvu, d weight)."""
     from ..ops.lightning_attn.triton_entry import triton_attn_backward
 
-    q, k, v, u = _split(qkvu, heads)
+    q, k, v, u = _split(qkvu, heads, weight.shape[1])
     dqkvu = torch.empty(qkvu.shape, device=qkvu.device, dtype=qkvu.dtype)
-    dq, dk, dv, du = _split(dqkvu, heads)
+    dq, dk, dv, du = _split(dqkvu, heads, weight.shape[1])
     do, _, dw = gated_linear_backward(dout, _flat(o), _flat(u), r, weight, du_out=_flat(du), norm_backend=norm_backend)
-    triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens, out=(dq, dk, dv),
-                         **_acts(q_act, k_act))
+    grouped = k.shape[2] != heads  # GQA: the kernels sum each group's dk, dv in fp32, then they are copied in
+    grads = triton_attn_backward(do.view(o.shape), q, k, v, decay, starts, cu_seqlens=cu_seqlens,
+                                 out=None if grouped else (dq, dk, dv), **_acts(q_act, k_act))
+    if grouped:
+        for dst, src in zip((dq, dk, dv), grads):
+            dst.copy_(src)
     return dqkvu, dw
 
 
@@ -98,7 +106,7 @@ def _(qkvu, q_act, k_act, decay, weight, cu_seqlens, heads, eps, norm_backend):
     from ..ops.lightning_attn.triton_entry import triton_attn_states_shape
 
     b, t, _ = qkvu.shape
-    q, _, v, _ = _split(qkvu, heads)
+    q, _, v, _ = _split(qkvu, heads, weight.shape[1])
     return (qkvu.new_empty(b, t, weight.shape[0]), torch.empty_like(q), qkvu.new_empty(b, t, 1, dtype=torch.float32),
             qkvu.new_empty(triton_attn_states_shape(q, v, cu_seqlens), dtype=torch.float32))
 
@@ -145,22 +153,24 @@ class _EagerGatedAttnOut(torch.autograd.Function):
 
 def gated_attention_output(qkvu: torch.Tensor, q_act: torch.Tensor | None, k_act: torch.Tensor | None,
                            decay: torch.Tensor, weight: torch.Tensor, heads: int, eps: float,
-                           cu_seqlens: torch.Tensor | None = None, norm_backend: str = "auto") -> torch.Tensor:
-    """W_o (u * SRMSNorm(lightning_attn(SiLU(q), SiLU(k), v))) for qkvu = [q | k | v | u] ([B, T, 4 H Dh]);
-    q_act, k_act: SiLU(q), SiLU(k) ([B, T, H, Dh]) computed by the caller, or None to have the kernels apply
-    SiLU as they load q and k. Gradients flow to qkvu (w.r.t. the raw q, k) and weight ([out, H Dh], in qkvu's
-    dtype). Triton kernels only: CUDA tensors, or the Triton interpreter. `norm_backend`: the gate's norm kernels'
-    (the model config's)."""
+                           cu_seqlens: torch.Tensor | None = None, norm_backend: str = "auto",
+                           kv_heads: int | None = None) -> torch.Tensor:
+    """W_o (u * SRMSNorm(lightning_attn(SiLU(q), SiLU(k), v))) for qkvu = [q | k | v | u] ([B, T, 2 (H + Hkv) Dh]:
+    q and u with `heads` heads, k and v with `kv_heads`, default `heads`); q_act, k_act: SiLU(q), SiLU(k)
+    ([B, T, H, Dh], [B, T, Hkv, Dh]) computed by the caller, or None to have the kernels apply SiLU as they load q
+    and k. Gradients flow to qkvu (w.r.t. the raw q, k) and weight ([out, H Dh], in qkvu's dtype). Triton kernels
+    only: CUDA tensors, or the Triton interpreter. `norm_backend`: the gate's norm kernels' (the model config's)."""
     b, t, n = qkvu.shape
-    dh = n // (4 * heads)
-    if n % (4 * heads) or (q_act is None) != (k_act is None) or (
-            q_act is not None and (q_act.shape != (b, t, heads, dh) or k_act.shape != q_act.shape)):
-        raise ValueError(f"gated_attention_output: qkvu [B, T, 4 * heads * head_dim] with q_act, k_act both None or "
-                         f"[B, T, heads, head_dim]; got {tuple(qkvu.shape)}, "
+    kv_heads = heads if kv_heads is None else kv_heads
+    dh = n // (2 * (heads + kv_heads))
+    if kv_heads < 1 or heads % kv_heads or n != 2 * (heads + kv_heads) * dh or (q_act is None) != (k_act is None) \
+            or (q_act is not None and (q_act.shape != (b, t, heads, dh) or k_act.shape != (b, t, kv_heads, dh))):
+        raise ValueError(f"gated_attention_output: qkvu [B, T, 2 * (heads + kv_heads) * head_dim] with q_act, k_act "
+                         f"both None or [B, T, heads or kv_heads, head_dim]; got {tuple(qkvu.shape)}, "
                          f"{None if q_act is None else tuple(q_act.shape)}, "
-                         f"{None if k_act is None else tuple(k_act.shape)} for {heads} heads")
-    if weight.dtype != qkvu.dtype or weight.shape[1] != n // 4:
-        raise ValueError(f"gated_attention_output: weight must be {qkvu.dtype} [out, {n // 4}], got "
+                         f"{None if k_act is None else tuple(k_act.shape)} for {heads} heads, {kv_heads} k/v heads")
+    if weight.dtype != qkvu.dtype or weight.shape[1] != heads * dh:
+        raise ValueError(f"gated_attention_output: weight must be {qkvu.dtype} [out, {heads * dh}], got "
                          f"{weight.dtype} {tuple(weight.shape)}")
     args = (qkvu.contiguous(), q_act, k_act, decay.detach().to(torch.float32), weight, cu_seqlens, heads, float(eps),
             norm_backend)

@@ -137,9 +137,13 @@ class Lrpe(nn.Module):
         return (10000.0 ** (-2.0 / d * torch.arange(d, dtype=torch.float32))).reshape(num_heads, 1, head_dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, H, D]; positions: [B or 1, T] integer. Returns [B, T, H, 2D] in x's dtype."""
+        """x: [B, T, H, D] with H a multiple of num_heads (grouped heads: each of a group's H / num_heads heads gets
+        its group's angles); positions: [B or 1, T] integer. Returns [B, T, H, 2D] in x's dtype."""
         acc = accumulation_dtype(x.dtype)
-        ang = positions.to(acc)[:, :, None, None] * self.theta.to(acc).view(1, 1, self.num_heads, -1)
+        theta = self.theta.to(acc).view(1, 1, self.num_heads, -1)
+        if x.shape[2] != self.num_heads:
+            theta = theta.repeat_interleave(x.shape[2] // self.num_heads, dim=2)
+        ang = positions.to(acc)[:, :, None, None] * theta
         xf = x.to(acc)
         return torch.cat([xf * torch.cos(ang), xf * torch.sin(ang)], dim=-1).to(x.dtype)
 

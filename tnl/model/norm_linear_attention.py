@@ -19,9 +19,12 @@ class NormLinearAttention(nn.Module, DecayMixin):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.decoder_attention_heads
+        self.num_kv_heads = config.num_key_value_heads  # grouped k/v heads (GQA): H / Hkv q heads share one
         self.hidden_dim = config.hidden_dim
         self.head_dim = config.hidden_dim // self.num_heads
-        self.qkvu_proj = nn.Linear(config.decoder_embed_dim, 4 * config.hidden_dim, bias=config.bias)
+        self.kv_dim = self.num_kv_heads * self.head_dim
+        # packed [q | k | v | u]: H, Hkv, Hkv and H heads (4 * hidden_dim without GQA, the official layout)
+        self.qkvu_proj = nn.Linear(config.decoder_embed_dim, 2 * (config.hidden_dim + self.kv_dim), bias=config.bias)
         self.out_proj = nn.Linear(config.hidden_dim, config.decoder_embed_dim, bias=config.bias)
         self.act = get_activation(config.linear_act_fun)
         # SiLU can run inside the attention op (the Triton kernels apply it as they load q and k, so SiLU(q),
@@ -39,16 +42,16 @@ class NormLinearAttention(nn.Module, DecayMixin):
         self.fused_output = config.fused_mixer
         self.norm_backend = config.norm_backend
         self.use_lrpe = bool(config.linear_use_lrpe_list[layer_idx])
-        if self.use_lrpe:
-            self.lrpe = Lrpe(self.num_heads, self.head_dim)
+        if self.use_lrpe:  # one angle set per k/v head, shared by its q heads (the relative property needs it)
+            self.lrpe = Lrpe(self.num_kv_heads, self.head_dim)
         self.decay_list = decay_rates(config, layer_idx)
         self.backend = config.attn_backend
 
     def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
-        h, dh = self.num_heads, self.head_dim
+        h, hkv, dh = self.num_heads, self.num_kv_heads, self.head_dim
         qkvu = self.qkvu_proj(x)
-        q, k, v, u = qkvu.chunk(4, dim=-1)
+        q, k, v, u = qkvu.split((self.hidden_dim, self.kv_dim, self.kv_dim, self.hidden_dim), dim=-1)
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state = layer.state if layer is not None else None
         decoding = state is not None and t == 1
@@ -56,18 +59,18 @@ class NormLinearAttention(nn.Module, DecayMixin):
         fold = fusable and not torch.compiler.is_compiling()
         activated = None
         if fusable and not fold:  # compiled: Inductor computes SiLU(q), SiLU(k); the op applies SiLU' in backward
-            activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, h, dh))
+            activated = (self.act(q).view(b, t, h, dh), self.act(k).view(b, t, hkv, dh))
         if fusable and self.fused_output and layer is None and (activated is not None or torch.is_grad_enabled()) \
                 and resolve_backend(self.backend, q) == "triton":
             # attention, gate and output projection as one op (fused_mixer.py); eager: SiLU inside the kernels
             w = self.out_proj.weight
             out = gated_attention_output(qkvu, *(activated or (None, None)), self.decay(x.device, x.dtype),
                                          w.to(qkvu.dtype), h, GATE_NORM_EPS, cu_seqlens=inp.cu_seqlens,
-                                         norm_backend=self.norm_backend)
+                                         norm_backend=self.norm_backend, kv_heads=hkv)
             return out + self.out_proj.bias.to(out.dtype) if self.out_proj.bias is not None else out
         if not fold and activated is None:
             q, k = self.act(q), self.act(k)
-        q, k, v = q.view(b, t, h, dh), k.view(b, t, h, dh), v.view(b, t, h, dh)
+        q, k, v = q.view(b, t, h, dh), k.view(b, t, hkv, dh), v.view(b, t, hkv, dh)
         if self.use_lrpe:
             q, k = self.lrpe(q, inp.positions), self.lrpe(k, inp.positions)
         if inp.key_mask is not None:  # pad tokens never enter the state

@@ -38,3 +38,40 @@ def test_signal_to_the_process_group_saves_a_checkpoint_with_workers_running(tmp
     (step, folder), = list_checkpoints(out / "checkpoints")
     assert verify(folder) is None
     assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3
+
+
+def test_repeated_signals_during_the_save_neither_break_it_nor_print_a_traceback(tmp_path):
+    """A scheduler may repeat its signal and a user may press Ctrl-C twice: the first signal's checkpoint is saved
+    and its exit status stands; later ones (SIGTERM and SIGINT, sent without pause until the process is gone, so
+    some land during the save) only print a note."""
+    corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
+    out = tmp_path / "run"
+    args = _args(corpus, out, "train.max_steps=100000", "train.save_every=0", "train.num_workers=1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-2000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # first (Python runs pending handlers lowest signal number first)
+        repeats = 0
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                os.killpg(proc.pid, (signal.SIGTERM, signal.SIGINT)[repeats % 2])
+            except ProcessLookupError:
+                break
+            repeats += 1
+            time.sleep(0.005)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert repeats > 0 and proc.returncode == 128 + signal.SIGINT, output[-2000:]
+    assert "Traceback" not in output and "checkpoint (signal SIGINT) saved" in output
+    assert output.count("already stopping") == 1
+    (step, folder), = list_checkpoints(out / "checkpoints")
+    assert verify(folder) is None
+    assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,13 +82,19 @@ class _StopFlag:
 
     def __init__(self):
         self.signal: int | None = None
+        self.noted = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame):
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
+        # a second signal (a scheduler's repeat, a second Ctrl-C) must not interrupt the save: the first one's
+        # checkpoint and exit status stand
+        if self.signal is None:
+            self.signal = signum
+        elif not self.noted:
+            self.noted = True
+            print(f"{signal.Signals(signum).name}: already stopping; saving the checkpoint first (kill -9 stops "
+                  "without saving)", file=sys.stderr, flush=True)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -352,6 +359,7 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
                     f"evaluations since step {best.best_step} (train.early_stop_patience={tc.early_stop_patience})")
             if stop.signal is not None:
                 checkpoint(f"signal {signal.Signals(stop.signal).name}")
+                _ignore_stop_signals(0)  # saved: repeats must not kill the exit (Python resets its handlers late)
                 raise SystemExit(128 + stop.signal)
     except torch.OutOfMemoryError:
         raise TrainError(f"out of memory at train.batch_size={tc.batch_size}, train.seq_len={tc.seq_len}: lower "

@@ -192,7 +192,9 @@ def write_md(data: dict[str, Any], png: Path) -> None:
     body = (f"`{data['command']}`\n· {data['device']} · {data['versions']} · {data['date']}\n\n{table(data)}\n"
             f"![training tokens/s against sequence length]({rel})\n")
     if not RESULTS_MD.exists():
-        RESULTS_MD.write_text("# Results\n")
+        from tnl.compare.report import INTRO
+
+        RESULTS_MD.write_text(INTRO)
     rewrite_section("bench_seq_len", body, chapter="Speed against sequence length", path=RESULTS_MD)
     print(f"rewrote <!-- bench_seq_len --> in {RESULTS_MD} and {png}")
 
@@ -209,7 +211,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import triton
 
         versions += f", triton {triton.__version__}"
-    data = {"command": " ".join(["python -m benchmarks.bench_seq_len", *(shlex.quote(a) for a in sys.argv[1:])]),
+    shown = []  # the command as docs show it: without where this machine kept its files or its time limit
+    skip = False
+    for a in sys.argv[1:]:
+        if skip or a.startswith(("--json=", "--budget=")):
+            skip = False
+            continue
+        if a in ("--json", "--budget"):
+            skip = True
+            continue
+        shown.append(shlex.quote(a))
+    data = {"command": " ".join(["python -m benchmarks.bench_seq_len", *shown]),
             "device": torch.cuda.get_device_name(), "versions": versions, "date": today(), "size": args.size,
             "tokens": args.tokens, "methods": list(args.methods), "rows": []}
     start = time.monotonic()

@@ -158,3 +158,17 @@ def test_the_chosen_learning_rate_has_the_lowest_validation_loss(tmp_path):
     update_record(other_seed, status="done")
     lr, loss = best_lr(protocol, arm)
     assert (lr, loss) == min(((v, k) for k, v in lowest.items()))[::-1]
+
+
+def test_check_composes_every_arm_without_running(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", 20, {"train": 4, "validation": 2, "test": 2}, 20)
+    path = tiny_protocol(tmp_path, corpus)
+    protocol = yaml.safe_load(path.read_text())
+    protocol["arms"]["softmax"]["train"].append("model.decay_schedule=sometimes")
+    path.write_text(yaml.safe_dump(protocol))
+    proc = compare("--protocol", str(path), "--check", cwd=tmp_path, cache=tmp_path / "cache")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "ok     tnl" in lines and "ok     evaluate" in lines
+    assert any(ln.startswith("error  softmax: model: decay_schedule must be one of") for ln in lines), lines
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()

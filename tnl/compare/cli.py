@@ -18,10 +18,10 @@ from pathlib import Path
 from tnl import settings
 from tnl.errors import UserError
 
-from .protocol import load_protocol
+from .protocol import Protocol, load_protocol
 from .report import write_report
 from .runner import Deadline, Runner
-from .runs import RECORD
+from .runs import RECORD, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_FILES = ("*.json", "metrics.jsonl", "config.yaml", "train.log")
@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--img-dir", default=str(ROOT / "docs" / "img"), help="the report's plots")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--retry-failed", action="store_true", help="train diverged runs again")
+    ap.add_argument("--eval-each", action="store_true",
+                    help="evaluate every sweep run as soon as it has trained, not only the chosen rate's (for "
+                         "machines that do not keep run folders between calls)")
+    ap.add_argument("--check", action="store_true",
+                    help="compose and check every run's tnl train config and the evaluation config, run nothing")
     ap.add_argument("--copy-summaries", metavar="DIR",
                     help="copy each run's small files (records, metrics, evaluations, config; no checkpoints) to DIR, "
                          "the same layout: `--report --output-dir DIR` then works from them elsewhere")
@@ -66,10 +71,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def copy_summaries(output_dir: Path, dest: Path) -> int:
-    """Copy the run folders' small files to `dest` (same relative paths); the number of run folders copied."""
+    """Copy the small files of the finished run folders to `dest` (same relative paths); how many were copied.
+    Unfinished runs are left out: without their checkpoints they could only start again."""
     count = 0
     for record in sorted(output_dir.glob(f"*/*/{RECORD}")):
         folder = record.parent
+        if read_record(folder).get("status") not in ("done", "diverged"):
+            continue
         target = dest / folder.relative_to(output_dir)
         target.mkdir(parents=True, exist_ok=True)
         for pattern in SMALL_FILES:
@@ -79,15 +87,45 @@ def copy_summaries(output_dir: Path, dest: Path) -> int:
     return count
 
 
+def check(protocol: Protocol, only: list[str] | None) -> int:
+    """Compose each arm's `tnl train` config (at the first rate and seed) and the evaluation config, and run the
+    value checks `tnl train` runs at start (data files included): one line per arm; 1 if any fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tnl.commands import CONFIG_DIR
+    from tnl.train.config import check_config, register_schema
+
+    register_schema()
+    bad = 0
+    arms = [protocol.arm(a) for a in only] if only else list(protocol.arms)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        jobs = [(a.name, "config", protocol.train_overrides(a, protocol.lrs[0], protocol.seeds[0])) for a in arms]
+        jobs.append(("evaluate", "evaluate", [*protocol.evaluate, "model_path=x"]))
+        for name, config, overrides in jobs:
+            try:
+                cfg = compose(config, overrides=overrides)
+                if config == "config":
+                    check_config(cfg)
+                print(f"ok     {name}")
+            except (HydraException, OmegaConfBaseException, UserError) as err:
+                bad = 1
+                print(f"error  {name}: {str(err).splitlines()[0]}")
+    return bad
+
+
 def run(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol, args.output_dir, args.steps)
     if args.only:
         for name in args.only:
             protocol.arm(name)  # an unknown arm is one error line before anything runs
+    if args.check:
+        return check(protocol, args.only)
     status = 0
     if not args.report:
         runner = Runner(protocol, deadline=Deadline(args.time_limit), dry_run=args.dry_run,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, eval_each=args.eval_each)
         outcome = runner.run(args.only, args.seeds, args.lrs)
         print(f"\nruns: {protocol.output_dir}")
         for line in outcome.lines:

@@ -105,7 +105,8 @@ def _arm(name: str, spec: Any, where: str) -> Arm:
 
 def load_protocol(path: str | Path, output_dir: str | Path | None = None, max_steps: int | None = None) -> Protocol:
     """Read and check a protocol file. `output_dir` replaces the file's; `max_steps` changes the token budget (the
-    runs then go to a folder of their own, `<output_dir>-steps<N>`, so different budgets never mix)."""
+    runs then go to a folder of their own, the file's `<output_dir>-steps<N>` unless `output_dir` is given, so
+    different budgets never mix)."""
     path = Path(path)
     if not path.is_file():
         raise ProtocolError(f"protocol file {path} not found; the protocols are in configs/compare/")
@@ -140,7 +141,8 @@ def load_protocol(path: str | Path, output_dir: str | Path | None = None, max_st
         if max_steps < 1:
             raise ProtocolError(f"--steps must be >= 1, got {max_steps}")
         extra["max_steps"] = max_steps
-        out = out.with_name(f"{out.name}-steps{max_steps}")
+        if output_dir is None:
+            out = out.with_name(f"{out.name}-steps{max_steps}")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in arms_raw:
         raise ProtocolError(f"{path}: baseline {baseline!r} is not one of the arms")

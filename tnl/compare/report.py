@@ -125,7 +125,7 @@ def _environment(results: list[ArmResult]) -> tuple[str, str]:
                 v += f", tnl {env['commit']}"
             if v not in versions:
                 versions.append(v)
-    return "; ".join(d for d in devices if d) or "–", "; ".join(versions) or "–"
+    return "; ".join(d for d in devices if d) or "no run yet", "; ".join(versions) or "–"
 
 
 def main_table(protocol: Protocol, results: list[ArmResult]) -> str:
@@ -207,13 +207,17 @@ def sweep_table(results: list[ArmResult]) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "(no runs yet)"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _budget(cfg: dict[str, Any]) -> str:
-    t = cfg.get("train", {})
+    t = cfg.get("train")
+    if not t:
+        return "the token budget is in the overrides above"
     try:
         per_step = int(t["batch_size"]) * int(t.get("grad_accum", 1)) * int(t["seq_len"])
         total = per_step * int(t["max_steps"])
@@ -264,7 +268,9 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
     for other in (r for r in pair if base is not None and r is not base):
         ratio = (statistics.mean(base.values("test", "window", "word_perplexity"))
                  / statistics.mean(other.values("test", "window", "word_perplexity")))
-        lines.append(f"- {base.arm.label} / {other.arm.label}, test word perplexity: {ratio:.3f}")
+        paper = (f"; the paper's, full data: {base.arm.paper[1] / other.arm.paper[1]:.3f}"
+                 if base.arm.paper and other.arm.paper else "")
+        lines.append(f"- {base.arm.label} / {other.arm.label}, test word perplexity: {ratio:.3f}{paper}")
     paper = paper_table(results)
     if paper:
         lines += ["", "### The paper's numbers", "",
@@ -280,13 +286,21 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         lines.append("")
     not_run = [r.arm.label for r in results if not r.evaluated()]
     if not_run:
-        lines.append(f"Not run yet: {', '.join(not_run)}.")
+        lines.append(f"Not run yet: {'; '.join(not_run)}.")
     return "\n".join(lines)
 
 
-def replace_section(path: Path, key: str, body: str, title: str = "# Results") -> None:
+INTRO = """# Results
+
+Measured results of tnl, each section written by the command it names (`python scripts/compare.py`,
+`python -m benchmarks.bench_seq_len --write-md`) from runs that really ran: nothing here is typed in by hand, and an
+arm without a finished run reads "not run". Each section gives its command, device, versions and date.
+"""
+
+
+def replace_section(path: Path, key: str, body: str) -> None:
     """Put `body` between `<!-- key -->` and `<!-- /key -->` in `path` (added at the end if absent)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{title}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else INTRO
     start, end = f"<!-- {key} -->\n", f"<!-- /{key} -->"
     block = f"{start}{body.rstrip()}\n{end}"
     i = text.find(start)

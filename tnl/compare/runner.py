@@ -79,8 +79,9 @@ class Outcome:
 
 class Runner:
     def __init__(self, protocol: Protocol, *, deadline: Deadline, dry_run: bool = False, retry_failed: bool = False,
-                 python: str = sys.executable, log: Callable[[str], None] = print):
+                 eval_each: bool = False, python: str = sys.executable, log: Callable[[str], None] = print):
         self.protocol = protocol
+        self.eval_each = eval_each
         self.deadline = deadline
         self.dry_run = dry_run
         self.retry_failed = retry_failed
@@ -156,6 +157,11 @@ class Runner:
         """Evaluate the run's best checkpoint (`model_path=<run folder>`) on each split: windows of its training
         length, plus the recurrent stream for arms that have one; evaluations already written are skipped."""
         modes = ["window", "stream"] if run.arm.stream else ["window"]
+        if not (run.folder / "checkpoints").is_dir():  # the small files of a run trained elsewhere
+            if any(read_json(eval_path(run.folder, s, m)) is None for s in self.protocol.splits for m in modes):
+                self.outcome.lines.append(f"{run.arm.name} lr={run.lr:g} seed={run.seed}: not evaluated, and its "
+                                          f"checkpoints are not in {run.folder}")
+            return
         config = yaml.safe_load((run.folder / "config.yaml").read_text(encoding="utf-8")) \
             if (run.folder / "config.yaml").is_file() else {}
         length = int(config.get("train", {}).get("seq_len", 512))
@@ -192,7 +198,9 @@ class Runner:
         if seeds is None or sweep_seed in seeds:
             wanted = protocol.lrs if lrs is None else tuple(lrs)
             for lr in wanted:
-                self.train(find_run(protocol, arm, lr, sweep_seed))
+                run = find_run(protocol, arm, lr, sweep_seed)
+                if self.train(run) == "done" and self.eval_each:
+                    self.evaluate(run)
         chosen = best_lr(protocol, arm)
         if chosen is None:
             self.outcome.lines.append(f"{arm.name}: no finished learning-rate sweep run at seed {sweep_seed} yet; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,31 @@ def test_tiny_train_run_trains_evaluates_and_exports(corpus, tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["cache_dir"] == str(cache) and saved["train"]["attn_backend"] == "torch"
     assert json.loads((run / "model_config.json").read_text())["attn_backend"] == "auto"
+
+
+def test_prepare_data_builds_the_held_out_validation_split(tmp_path):
+    """One text file as data.path: `tnl prepare-data` builds the train split and the validation split held out of
+    it by data.validation_fraction, the very caches training then reads (no rebuild), and no test split."""
+    from hydra import compose, initialize_config_dir
+
+    from tnl.data import load_documents, prepare_split, prepare_tokenizer
+    from tnl.train import register_schema
+
+    lines = [f"line {i} " + "word " * (i % 9) + "\n" for i in range(300)]
+    (tmp_path / "corpus.txt").write_text("".join(lines))
+    overrides = ["data=text", f"data.path={tmp_path / 'corpus.txt'}", "data.sample_by=line",
+                 "data.validation_fraction=0.1", f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.vocab_size=280"]
+    proc = tnl("prepare-data", *overrides, f"output_dir={tmp_path / 'prep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = {m.group(1) for m in re.finditer(r"^ *(\w+): +[\d,]+ tokens ", proc.stdout, re.M)}
+    assert listed == {"train", "validation"}
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    log: list[str] = []
+    tok = prepare_tokenizer(cfg, log=log.append)
+    val = prepare_split(cfg.data, tok, "validation", log=log.append)
+    assert not any(m.startswith(("token cache:", "tokenizer: training")) for m in log)  # both were prepared
+    assert tok.decode(val.tokens.tolist()).replace(tok.eos_token, "") == "".join(lines[:30])
+    assert load_documents(cfg.data, "validation")["text"] == lines[:30]

@@ -13,12 +13,13 @@ from . import hydra_entry, run_or_exit
 
 
 def prepare(cfg: DictConfig) -> None:
-    from tnl.data import data_root, prepare_split, prepare_tokenizer
+    """The tokenizer and the token caches of every configured split: train and validation as `tnl train` builds
+    them (validation held out of the train text where `data.validation_fraction` says so), and test where
+    configured."""
+    from tnl.data import configured_splits, prepare_split, prepare_tokenizer
 
     tokenizer = prepare_tokenizer(cfg)
-    for split in ("train", "validation", "test"):
-        if not (cfg.data.files or {}).get(split) and data_root(cfg.data):
-            continue
+    for split in configured_splits(cfg.data):
         arr = prepare_split(cfg.data, tokenizer, split)
         print(f"{split:>10}: {len(arr.tokens):>12,} tokens  {len(arr.doc_starts):>8,} documents  {arr.path}")
 

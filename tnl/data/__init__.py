@@ -4,7 +4,7 @@ from .errors import DataError
 from .packing import PackedWindows, collate
 from .pipeline import cache_root, prepare_split, prepare_tokenizer, resolve_paths
 from .sampler import ResumableSampler
-from .sources import data_root, describe_source, load_documents
+from .sources import configured_splits, data_root, describe_source, load_documents
 from .token_cache import TokenArray, build_token_array
 from .wikitext import detokenize, split_articles
 
@@ -16,6 +16,7 @@ __all__ = [
     "build_token_array",
     "cache_root",
     "collate",
+    "configured_splits",
     "data_root",
     "describe_source",
     "detokenize",

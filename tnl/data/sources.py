@@ -71,6 +71,13 @@ def held_out_fraction(cfg: Any) -> float:
     return float(cfg.get("validation_fraction") or 0.0)
 
 
+def configured_splits(cfg: Any) -> list[str]:
+    """The splits a data config provides: train and validation (which training needs; validation may be held out of
+    the train text), and test where it is named in `data.files` or is WikiText's on the hub."""
+    has_test = bool((cfg.get("files") or {}).get("test")) or not _use_local(cfg) and cfg.kind == "wikitext"
+    return ["train", "validation"] + (["test"] if has_test else [])
+
+
 def describe_source(cfg: Any, split: str) -> str:
     """One line naming exactly what a split is read from."""
     fraction = held_out_fraction(cfg) if split in ("train", "validation") else 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 TOKEN_MIXERS = ("tnl", "softmax", "hybrid")
-CHANNEL_MIXERS = ("sglu", "swiglu")
+CHANNEL_MIXERS = ("sglu", "swiglu", "mlp")
 DECAY_SCHEDULES = ("tnl", "paper", "paper_one_based", "none")
 POSITION_ENCODINGS = ("rope", "sinusoidal", "none")
 NORM_BACKENDS = ("auto", "triton", "torch")
@@ -30,7 +30,9 @@ class TransnormerConfig(PretrainedConfig):
         "paper" (TNL paper sec. 3.1.1 as the layer-aware lightning attention interface has it: s = (8/H)(1 - l/L) h
         for h = 0..H-1, i.e. g_gamma = -s), "paper_one_based" (the same with h = 1..H, which "paper" meant in
         earlier tnl versions: a run trained with it then loads as it was trained under this name), "none".
-      token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu".
+      token_mixer: "tnl" | "softmax" | "hybrid"; channel_mixer: "sglu" (l3(l1 x * l2 x)) | "swiglu"
+        (l3(silu(l1 x) * l2 x)) | "mlp" (fc2(gelu(fc1 x)), hidden size 3 * glu_dim / 2: SGLU's parameter count
+        without biases; glu_dim must be even; with bias=true it has glu_dim / 2 fewer bias entries).
       num_key_value_heads: k/v heads (grouped-query attention; None = H, H a multiple of it) of every token mixer:
         TNL projects k and v to this many heads, each shared by H / num_key_value_heads q heads (with its own decay
         rate per q head; decoding states stay [B, H, D, E]; LRPE angles per k/v head).
@@ -47,7 +49,10 @@ class TransnormerConfig(PretrainedConfig):
         False applies SiLU before the op, which never sees it (and the fused mixer is not used).
       norm_backend: SimpleRMSNorm kernels: "auto" (Triton row kernels on CUDA in eager mode, PyTorch otherwise),
         "triton" (the same, but an error where Triton cannot run) or "torch" (the PyTorch formulas everywhere).
-      dropout / attention_dropout: residual-branch and softmax-attention dropout (0 = off).
+      Dropout (0 = off; as fairseq's transformer_lm places it): dropout on each token and channel mixer's output
+        before the residual add; embed_dropout on the embeddings after scaling and positions (None = dropout);
+        activation_dropout inside the channel mixer on its hidden activation, the output projection's input;
+        attention_dropout on the softmax weights (softmax and hybrid mixers; TNL's linear attention has none).
     """
 
     model_type = "transnormer"
@@ -90,6 +95,8 @@ class TransnormerConfig(PretrainedConfig):
         max_position_embeddings: int = 65536,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
+        embed_dropout: float | None = None,
+        activation_dropout: float = 0.0,
         attn_backend: str = "auto",
         fused_mixer: bool = True,
         fold_qk_activation: bool = True,
@@ -125,6 +132,8 @@ class TransnormerConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.dropout = dropout
         self.attention_dropout = attention_dropout
+        self.embed_dropout = embed_dropout
+        self.activation_dropout = activation_dropout
         self.attn_backend = attn_backend
         self.fused_mixer = fused_mixer
         self.fold_qk_activation = fold_qk_activation
@@ -157,6 +166,13 @@ class TransnormerConfig(PretrainedConfig):
         need(isinstance(kv, int) and 1 <= kv <= h and h % kv == 0,
              f"num_key_value_heads must divide decoder_attention_heads ({h}), got {kv!r}")
         need(self.hybrid_block_size >= 1, "hybrid_block_size must be >= 1")
+        need(self.channel_mixer != "mlp" or self.glu_dim % 2 == 0,
+             f"channel_mixer 'mlp' needs an even glu_dim (its hidden size is 3 * glu_dim / 2), got {self.glu_dim}")
+        for name in ("dropout", "attention_dropout", "embed_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            need((value is None and name == "embed_dropout")
+                 or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1),
+                 f"{name} must be in [0, 1), got {value!r}")
         need(self.sliding_window is None or self.sliding_window >= 1, "sliding_window must be None or >= 1")
         for name in ("fused_mixer", "fold_qk_activation"):
             value = getattr(self, name)

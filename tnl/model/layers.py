@@ -1,5 +1,5 @@
 """Building blocks of the TNL block and its baselines: SimpleRMSNorm, q/k activations, decay rates and ALiBi
-slopes, positional encodings (LRPE, RoPE, sinusoidal), the SGLU channel mixer, and what every token mixer shares
+slopes, positional encodings (LRPE, RoPE, sinusoidal), the channel mixers (SGLU, MLP), and what every token mixer shares
 (`MixerInputs`, `DecayMixin`)."""
 
 from __future__ import annotations
@@ -176,24 +176,55 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, dtype: torch.dtype =
 
 
 class SGLU(nn.Module):
-    """Simple GLU channel mixer (TNL paper eq. 8): l3(l1(x) * l2(x)); `swiglu=True` adds SiLU on the l1 branch."""
+    """Simple GLU channel mixer (TNL paper eq. 8): l3(l1(x) * l2(x)); `swiglu=True` adds SiLU on the l1 branch.
+    `activation_dropout`: dropout on the l1 branch, i.e. on the product l3 reads (a mask on a is one on a * b)."""
 
-    def __init__(self, dim: int, glu_dim: int, bias: bool = False, swiglu: bool = False) -> None:
+    def __init__(self, dim: int, glu_dim: int, bias: bool = False, swiglu: bool = False,
+                 activation_dropout: float = 0.0) -> None:
         super().__init__()
         self.swiglu = swiglu
         self.l1 = nn.Linear(dim, glu_dim, bias=bias)
         self.l2 = nn.Linear(dim, glu_dim, bias=bias)
         self.l3 = nn.Linear(glu_dim, dim, bias=bias)
+        self.act_dropout = nn.Dropout(activation_dropout) if activation_dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.l1(x)
         if self.swiglu:
             a = F.silu(a)
+        if self.act_dropout is not None:
+            a = self.act_dropout(a)
         b = self.l2(x)
         if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or self.l3.weight.requires_grad):
             return ProductLinear.apply(a, b, self.l3.weight, self.l3.bias)
         return self.l3(a * b)
 
+
+class MLP(nn.Module):
+    """Plain MLP channel mixer, fc2(gelu(fc1 x)), for the ablation of SGLU: hidden size 3 * glu_dim / 2, so its
+    weights count as many parameters as SGLU's three glu_dim-wide ones (2 d 3g/2 = 3 d g).
+    `activation_dropout`: dropout after the GELU."""
+
+    def __init__(self, dim: int, glu_dim: int, bias: bool = False, activation_dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = 3 * glu_dim // 2
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act_dropout = nn.Dropout(activation_dropout) if activation_dropout > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc1(x))
+        if self.act_dropout is not None:
+            h = self.act_dropout(h)
+        return self.fc2(h)
+
+
+def channel_mixer(config: TransnormerConfig) -> nn.Module:
+    """The channel mixer config.channel_mixer names: "sglu", "swiglu" or "mlp"."""
+    if config.channel_mixer == "mlp":
+        return MLP(config.decoder_embed_dim, config.glu_dim, config.bias, config.activation_dropout)
+    return SGLU(config.decoder_embed_dim, config.glu_dim, bias=config.bias, swiglu=config.channel_mixer == "swiglu",
+                activation_dropout=config.activation_dropout)
 
 
 class MixerInputs:

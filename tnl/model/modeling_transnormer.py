@@ -4,7 +4,7 @@ Block (pre-norm):  x <- x + TokenMixer(SRMSNorm(x));  x <- x + ChannelMixer(SRMS
 TNL token mixer (NormLinearAttention): q, k, v, u = split(W x); q, k <- act(q), act(k); optional LRPE;
   o = lightning_attn(q, k, v, decay) (S_t = lambda S_{t-1} + k_t^T v_t, o_t = q_t S_t, no 1/sqrt(d));
   out = W_o (u * SRMSNorm(o)).
-SGLU channel mixer: l3(l1(x) * l2(x)) (no activation); SwiGLU: l3(silu(l1 x) * l2 x).
+SGLU channel mixer: l3(l1(x) * l2(x)) (no activation); SwiGLU: l3(silu(l1 x) * l2 x); MLP: fc2(gelu(fc1 x)).
 
 The pieces live beside this file: norm_linear_attention.py (the TNL mixer), layers.py (norms, positions, decay,
 SGLU), memory_saving.py (autograd Functions), fused_mixer.py (the mixer as one op), baselines.py (softmax and
@@ -31,7 +31,7 @@ from ..ops.cross_entropy import fused_linear_cross_entropy
 from .baselines import HybridAttention, SoftmaxAttention
 from .cache import TransnormerCache
 from .configuration_transnormer import TransnormerConfig
-from .layers import SGLU, HeadRMSNorm, Lrpe, MixerInputs, SRMSNorm, doc_ids, sinusoidal_embedding
+from .layers import HeadRMSNorm, Lrpe, MixerInputs, SRMSNorm, channel_mixer, doc_ids, sinusoidal_embedding
 from .norm_linear_attention import NormLinearAttention
 
 # the outputs' cache field: `cache` from transformers 5 (its old name `past_key_values` still works there, with a
@@ -52,9 +52,8 @@ class TransnormerDecoderLayer(nn.Module):
         self.token_norm = SRMSNorm(norm_backend=config.norm_backend)
         self.channel_norm = SRMSNorm(norm_backend=config.norm_backend)
         self.token_mixer = _TOKEN_MIXERS[config.token_mixer](config, layer_idx)
-        self.channel_mixer = SGLU(
-            config.decoder_embed_dim, config.glu_dim, bias=config.bias, swiglu=config.channel_mixer == "swiglu"
-        )
+        self.channel_mixer = channel_mixer(config)
+        # on each mixer's output before the residual add (fairseq's dropout)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
@@ -127,7 +126,8 @@ class TransnormerModel(TransnormerPreTrainedModel):
         self.layers = nn.ModuleList(TransnormerDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.final_norm = SRMSNorm(norm_backend=config.norm_backend)
         self.embed_scale = 1.0 if config.no_scale_embedding else math.sqrt(config.decoder_embed_dim)
-        self.embed_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        p = config.dropout if config.embed_dropout is None else config.embed_dropout  # after scaling and positions
+        self.embed_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
         self.gradient_checkpointing = False
         self.post_init()
 

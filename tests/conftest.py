@@ -32,3 +32,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The Triton-interpreter child runs (tests/helpers/interpret.py): each file's counts, failures and skips."""
+    from tests.helpers.interpret import RESULTS
+
+    if not RESULTS:
+        return
+    terminalreporter.section("Triton kernels under the interpreter (child pytest runs)")
+    for run in RESULTS:
+        note = f", {run.note}" if run.note else ""
+        terminalreporter.write_line(f"{run.file}: {run.counts()} ({run.seconds:.0f} s{note})")
+        for name, message in run.failed:
+            terminalreporter.write_line(f"  FAILED {name} - {message}")
+        for name, message in run.skipped:
+            terminalreporter.write_line(f"  SKIPPED {name} - {message}")

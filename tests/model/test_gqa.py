@@ -123,3 +123,14 @@ def test_official_layout_refuses_grouped_heads_in_one_line(tmp_path, tok):
         export_official(model, tok, tmp_path / "official")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "official").exists()
+
+
+def test_count_params_tool_takes_grouped_heads(capsys):
+    from tools.count_params import count_params, main
+    from tools.model_configs import load_config
+
+    main(["tnl_44m", "--set", "num_key_value_heads=2"])
+    row = capsys.readouterr().out.splitlines()[1].split()
+    total = count_params(load_config("tnl_44m", num_key_value_heads=2))[0]
+    assert row[:3] == ["tnl_44m", "tnl", "2"] and row[4] == f"{total:,}"
+    assert total == count_params(load_config("tnl_44m"))[0] - 6 * 512 * 2 * (512 - 2 * 64)  # k, v: 8 -> 2 heads

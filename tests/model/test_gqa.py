@@ -133,4 +133,5 @@ def test_count_params_tool_takes_grouped_heads(capsys):
     row = capsys.readouterr().out.splitlines()[1].split()
     total = count_params(load_config("tnl_44m", num_key_value_heads=2))[0]
     assert row[:3] == ["tnl_44m", "tnl", "2"] and row[4] == f"{total:,}"
-    assert total == count_params(load_config("tnl_44m"))[0] - 6 * 512 * 2 * (512 - 2 * 64)  # k, v: 8 -> 2 heads
+    # k, v: 8 -> 2 heads of 64 in each of 6 layers; layer 0's LRPE angles: one set per k/v head
+    assert total == count_params(load_config("tnl_44m"))[0] - 6 * 512 * 2 * (512 - 2 * 64) - (512 - 2 * 64)

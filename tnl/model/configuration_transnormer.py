@@ -14,6 +14,8 @@ CHANNEL_MIXERS = ("sglu", "swiglu", "mlp")
 DECAY_SCHEDULES = ("tnl", "paper", "paper_one_based", "none")
 POSITION_ENCODINGS = ("rope", "sinusoidal", "none")
 NORM_BACKENDS = ("auto", "triton", "torch")
+# lightning_attn's backends (tnl.ops.lightning_attn.interface.BACKENDS; this file imports no tnl module)
+ATTN_BACKENDS = ("auto", "torch", "naive", "triton", "cumsum")
 
 
 class TransnormerConfig(PretrainedConfig):
@@ -40,7 +42,9 @@ class TransnormerConfig(PretrainedConfig):
       linear_use_lrpe_list instead),
       rope_theta, sliding_window (softmax; None = full causal), qk_norm (RMSNorm on q/k heads),
       hybrid_block_size (hybrid: softmax within blocks of this many tokens, decayed linear attention across).
-      attn_backend: backend passed to `lightning_attn` ("auto" picks Triton on CUDA).
+      attn_backend: backend passed to `lightning_attn`: "auto" (Triton on CUDA), "triton", "torch" (blockwise
+        PyTorch), "naive" (quadratic form), "cumsum" (standard linear attention: every state materialised by a
+        cumulative sum, the paper's speed baseline; the fused mixer is not used with it).
       fused_mixer: True (default) runs the TNL mixer's attention, output gate and output projection as one op
         (fused_mixer.py) when training or compiled, on layers whose q/k SiLU goes to the Triton kernels (see
         fold_qk_activation; not with LRPE, padding masks or a cache); False keeps them separate ops.
@@ -177,5 +181,7 @@ class TransnormerConfig(PretrainedConfig):
         for name in ("fused_mixer", "fold_qk_activation"):
             value = getattr(self, name)
             need(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        need(self.attn_backend in ATTN_BACKENDS,
+             f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
         need(self.norm_backend in NORM_BACKENDS,
              f"norm_backend must be one of {NORM_BACKENDS}, got {self.norm_backend!r}")

@@ -18,10 +18,12 @@ CONTEXT, DECODE_STEPS = 32768, 256
 
 @pytest.mark.parametrize("settings", [
     {}, {"fused_mixer": False}, {"fold_qk_activation": False}, {"norm_backend": "torch"},
+    {"num_key_value_heads": 2}, {"num_key_value_heads": 2, "fused_mixer": False},
 ])
 def test_triton_backend_matches_torch_backend(settings):
     """Forward + backward of tnl_385m (B=2, T=2048, and one packed row) with the Triton backend vs the PyTorch
-    backend: fp32 closely, bf16 autocast at most 1.5x the PyTorch backend's own error; under each model setting."""
+    backend: fp32 closely, bf16 autocast at most 1.5x the PyTorch backend's own error; under each model setting
+    (grouped k/v heads through the fused mixer and through the separate ops too)."""
     cfg = load_config(CONFIG, **settings)
     assert check_backends(cfg, "cuda", torch.bfloat16, ("triton", "torch"), batch=2, seq=2048)
 

@@ -86,6 +86,8 @@ class TrainConfig:
     keep_last: int = 3
     keep_best: bool = True  # RUN/checkpoints/best: lowest validation loss, used by the final evaluation and export
     early_stop_patience: int | None = None  # stop after this many evaluations without a better loss (null/0: off)
+    init_from: str | None = None  # a new run from these weights: export, checkpoint, run or official folder
+    freeze: list[str] = field(default_factory=list)  # module/parameter name patterns kept fixed
     compile: bool = False
     # with compile: fraction of the saved activations the partitioner may keep (< 1 recomputes cheap ops)
     compile_memory_budget: float = 1.0
@@ -184,6 +186,8 @@ def _check_ranges(cfg: DictConfig) -> None:
           "an integer >= 1 (null or 0: off)")
     _need(not patience or t.eval_every > 0, "train.early_stop_patience", patience,
           "it together with train.eval_every > 0 (it counts evaluations)")
+    _need(t.init_from is None or str(t.init_from).strip() != "", "train.init_from", t.init_from,
+          "a model folder (export, checkpoint, run or official) or null")
     _need(all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas), "two numbers in [0, 1)")
     _need(s.name in SCHEDULES, "scheduler.name", s.name, " | ".join(SCHEDULES))
     _need(s.warmup_steps >= 0, "scheduler.warmup_steps", s.warmup_steps, "an integer >= 0")

@@ -31,6 +31,7 @@ from .best import BestTracker, use_best
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
 from .flops import peak_flops, train_flops_per_token
+from .init_from import freeze, load_init_weights, prepare_init
 from .metrics import MetricsWriter
 from .optim import build_optimizer
 from .plots import draw_plots
@@ -188,6 +189,8 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     log = accelerator.print
     ckpt_root = out / "checkpoints"
     resolve_paths(cfg.data)  # config.yaml records the data and cache folders used
+    # a new run from trained weights: the model and tokenizer groups become PATH's (before the resume checks)
+    init = prepare_init(cfg, log) if tc.init_from else None
     # a resume is checked against the run's saved config before any data work, and before anything is written
     folder = resume_checkpoint(cfg, ckpt_root, log)
     changes = check_config(folder, cfg) if folder is not None else []
@@ -205,6 +208,9 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
         check_model(folder, model_config(cfg, tokenizer), tokenizer)
     set_seed(tc.seed)
     model = build_model(cfg, tokenizer)
+    if init is not None and folder is None:
+        load_init_weights(model, init)
+    freeze(model, list(tc.freeze), log)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, vocab {model.config.vocab_size}, "
         f"{model.config.decoder_layers} layers, d={model.config.decoder_embed_dim}")
@@ -224,7 +230,8 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     if folder is not None:
         state.update(restore(accelerator, folder, log))
         best.load_state_dict(state.get("best"))
-        log(f"resumed from {folder} at step {state['step']}")
+        log(f"resumed from {folder} at step {state['step']}" + (" (train.init_from is used by new runs only)"
+                                                                  if init is not None else ""))
         for line in changes:
             log(f"config changed since the checkpoint: {line}")
     if main:

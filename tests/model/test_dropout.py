@@ -131,3 +131,12 @@ def test_bad_rates_are_refused():
             TransnormerConfig(**{field: 1.0})
         with pytest.raises(ValueError, match=field):
             TransnormerConfig(**{field: -0.1})
+
+
+def test_rates_travel_with_the_saved_config(tmp_path):
+    """The rates are model config fields: config.json (what exports and run folders hold) keeps them."""
+    from tnl.model import TransnormerConfig
+
+    TransnormerConfig(**RATES).save_pretrained(tmp_path)
+    again = TransnormerConfig.from_pretrained(tmp_path)
+    assert {k: getattr(again, k) for k in RATES} == RATES

@@ -161,7 +161,8 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
     # accelerate logs every file it saves at INFO, and warns about the tied LM head on each save
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    # the loop steps the schedule once per optimizer step; Accelerate would otherwise step it once per process
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, step_scheduler_with_optimizer=False)
     main = accelerator.is_main_process
     # rank 0 chooses the run folder (an interpolated ${now:...} could differ between ranks)
     out = Path(broadcast_object_list([str(Path(cfg.output_dir).resolve())])[0])

@@ -39,6 +39,7 @@ METHODS = ("tnl", "tnl_cumsum", "transformer")
 LABELS = {"tnl": "TNL, lightning attention", "tnl_cumsum": "TNL, standard linear attention (cumsum)",
           "transformer": "Transformer, softmax (SDPA flash)"}
 CHUNK = 8192  # fused cross-entropy chunk, as train.loss_chunk_size
+SLOW_SECONDS = 10.0  # at most about this long timing one (method, T) after its warmup
 
 
 def model_config(method: str, size: str):
@@ -56,26 +57,31 @@ def model_config(method: str, size: str):
     raise ValueError(f"unknown size {size!r}")
 
 
-def measure(method: str, size: str, seq_len: int, tokens: int, steps: int, warmup: int) -> dict[str, Any]:
-    """tokens/s, peak GiB and parameters of one (method, T); {"oom": True} or {"error": ...} where it cannot run."""
+def measure(method: str, size: str, seq_len: int, tokens: int, steps: int, warmup: int,
+            device: str = "cuda") -> dict[str, Any]:
+    """tokens/s, peak GiB and parameters of one (method, T); {"oom": True} or {"error": ...} where it cannot run.
+    `device` "cpu" only checks that the steps run (no peak memory)."""
     from tnl.model import TransnormerForCausalLM
 
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     try:
         config = model_config(method, size)
     except ValueError as err:  # e.g. an attn_backend this version does not have
         return {"error": str(err).splitlines()[0]}
     model = opt = None
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             model = TransnormerForCausalLM(config)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
         b = max(1, tokens // seq_len)
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        ids = torch.randint(0, config.vocab_size, (b, seq_len + 1), device="cuda", generator=gen)
+        gen = torch.Generator(device=device).manual_seed(0)
+        ids = torch.randint(0, config.vocab_size, (b, seq_len + 1), device=device, generator=gen)
         x, y = ids[:, :-1], ids[:, 1:]
         flash = contextlib.nullcontext
         if method == "transformer":
@@ -84,21 +90,25 @@ def measure(method: str, size: str, seq_len: int, tokens: int, steps: int, warmu
             flash = lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)  # noqa: E731 (a fresh context per step)
 
         def step() -> None:
-            with flash(), torch.autocast("cuda", dtype=torch.bfloat16):
+            with flash(), torch.autocast(device, dtype=torch.bfloat16):
                 loss = model(input_ids=x, labels=y, shift_labels=False, loss_chunk_size=CHUNK).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1)):  # at least one: it compiles, tunes and allocates
+            t0 = time.perf_counter()
             step()
-        torch.cuda.synchronize()
+            sync()
+        # a slow method (seconds per step) is timed over fewer steps, so the other rows still fit the budget
+        steps = max(1, min(steps, int(SLOW_SECONDS / max(time.perf_counter() - t0, 1e-9))))
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        sync()
         dt = (time.perf_counter() - t0) / steps
-        return {"tps": b * seq_len / dt, "step_ms": dt * 1e3, "mem": torch.cuda.max_memory_allocated() / 2**30,
+        mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        return {"tps": b * seq_len / dt, "step_ms": dt * 1e3, "mem": mem, "steps": steps,
                 "params": sum(p.numel() for p in model.parameters()), "batch": b}
     except torch.OutOfMemoryError:
         return {"oom": True}
@@ -107,7 +117,8 @@ def measure(method: str, size: str, seq_len: int, tokens: int, steps: int, warmu
     finally:
         model = opt = None  # noqa: F841 (freed before the next measurement)
         gc.collect()
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
 
 
 def cell(r: dict[str, Any] | None, base: dict[str, Any] | None) -> str:

@@ -41,6 +41,10 @@ class ArmResult:
     def evaluated(self) -> bool:
         return any(self.values(split, "window", "word_perplexity") for split in ("validation", "test"))
 
+    def missing(self) -> str:
+        """What the tables say for an arm without an evaluation."""
+        return "trained, not evaluated yet" if self.runs else "not run"
+
 
 def collect(protocol: Protocol) -> list[ArmResult]:
     results = []
@@ -136,7 +140,7 @@ def main_table(protocol: Protocol, results: list[ArmResult]) -> str:
     rows = []
     for res in (r for r in results if r.arm.table == "main"):
         if not res.evaluated():
-            rows.append([res.arm.label] + ["not run"] + ["–"] * (len(head) - 2))
+            rows.append([res.arm.label] + [res.missing()] + ["–"] * (len(head) - 2))
             continue
         params = count_parameters(res.runs[0].folder)
         row = [res.arm.label, f"{params / 1e6:.2f}M" if params else "–", f"{res.lr:g}",
@@ -158,8 +162,8 @@ def paper_table(results: list[ArmResult]) -> str:
         valid = res.values("validation", "window", "word_perplexity")
         test = res.values("test", "window", "word_perplexity")
         rows.append([res.arm.label, f"{res.arm.paper[0]:.2f}", f"{res.arm.paper[1]:.2f}",
-                     f"{statistics.mean(valid):.2f}" if valid else "not run",
-                     f"{statistics.mean(test):.2f}" if test else "not run"])
+                     f"{statistics.mean(valid):.2f}" if valid else res.missing(),
+                     f"{statistics.mean(test):.2f}" if test else res.missing()])
     if not rows:
         return ""
     return _table(["model", "paper: valid", "paper: test", "this protocol: valid", "this protocol: test"], rows)
@@ -178,7 +182,7 @@ def ablation_table(protocol: Protocol, results: list[ArmResult]) -> str:
             continue
         change = res.arm.change or ("baseline" if res.arm.name == protocol.baseline else "")
         if not res.evaluated():
-            rows.append([res.arm.label, change, "not run"] + ["–"] * (len(head) - 3))
+            rows.append([res.arm.label, change, res.missing()] + ["–"] * (len(head) - 3))
             continue
         test = res.values("test", "window", "word_perplexity")
         params = count_parameters(res.runs[0].folder)
@@ -286,7 +290,7 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         lines.append("")
     not_run = [r.arm.label for r in results if not r.evaluated()]
     if not_run:
-        lines.append(f"Not run yet: {'; '.join(not_run)}.")
+        lines.append(f"Not run or not evaluated yet: {'; '.join(not_run)}.")
     return "\n".join(lines)
 
 

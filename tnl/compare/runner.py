@@ -110,7 +110,8 @@ class Runner:
                 break
             except subprocess.TimeoutExpired:
                 if self.deadline.passed() and not asked:
-                    self.log("time limit: asking the run to stop (it saves a checkpoint; re-run to resume)")
+                    self.log("time limit: stopping the running command (a training run saves a checkpoint first; "
+                             "re-run to resume)")
                     proc.send_signal(signal.SIGTERM)
                     asked = True
         if err:

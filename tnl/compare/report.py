@@ -94,6 +94,21 @@ def _minutes(runs: list[Run]) -> str:
     return f"{statistics.mean(times) / 60:.1f}" if times else "–"
 
 
+def _total_time(results: list[ArmResult]) -> str:
+    """The runs' time in all and per run (training plus evaluations), as their records give it."""
+    seen, per_run = set(), []
+    for res in results:
+        for run in res.sweep + res.runs:
+            if run.folder in seen or run.record.get("train_seconds") is None:
+                continue
+            seen.add(run.folder)
+            per_run.append(run.record["train_seconds"] + sum(run.record.get("eval_seconds", {}).values()))
+    if not per_run:
+        return "no run yet"
+    return (f"{len(per_run)} runs, {sum(per_run) / 60:.0f} minutes in all (training and evaluation); one run "
+            f"{min(per_run) / 60:.1f}-{max(per_run) / 60:.1f} minutes")
+
+
 def _best_steps(runs: list[Run]) -> str:
     steps = []
     for run in runs:
@@ -259,6 +274,7 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         f"{' '.join(protocol.evaluate)}` on {' and '.join(protocol.splits)}: word perplexity (lm-eval's wikitext "
         "convention), bits per byte and token perplexity, in windows of the training length; TNL arms also "
         "in stream mode (the recurrent state carried through each whole article).",
+        f"- Time: {_total_time(results)}.",
         "- Mean ± sample standard deviation over seeds; one value where one seed ran. \"not run\": no finished run "
         "(nothing is filled in by hand).",
         "",

@@ -6,7 +6,7 @@ resume, so the work can be split over several calls (`--only`, `--seeds`, `--lrs
 from __future__ import annotations
 
 import datetime as _dt
-import os
+import json
 import platform
 import signal
 import subprocess
@@ -25,24 +25,31 @@ from .runs import Run, best_lr, eval_path, find_run, read_json, sweep_runs, upda
 DIVERGED = "non-finite steps in a row"  # the training loop's message when it gives up on a run
 
 
-def environment() -> dict[str, Any]:
-    """Device and versions of this machine, recorded with each run."""
-    import torch
+# run in a child process: a CUDA context opened here would hold GPU memory for as long as the runs train
+_PROBE = """
+import json, os, platform, torch, transformers
+env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+try:
+    import triton
+    env["triton"] = triton.__version__
+except ImportError:
+    pass
+if torch.cuda.is_available():
+    env["device"] = f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}"
+else:
+    env["device"] = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+print(json.dumps(env))
+"""
 
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+
+def environment(python: str = sys.executable) -> dict[str, Any]:
+    """Device and versions of this machine (and the tnl commit, where it is a git clone), recorded with each run."""
+    env: dict[str, Any] = {}
     try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    import transformers
-
-    env["transformers"] = transformers.__version__
-    if torch.cuda.is_available():
-        env["device"] = f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}"
-    else:
-        env["device"] = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+        out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+        env = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        env = {"python": platform.python_version()}
     try:
         env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -93,7 +100,7 @@ class Runner:
     @property
     def env(self) -> dict[str, Any]:
         if self._env is None:
-            self._env = environment()
+            self._env = environment(self.python)
         return self._env
 
     def tnl(self, args: Sequence[str]) -> tuple[int, float, str]:

@@ -172,3 +172,20 @@ def test_check_composes_every_arm_without_running(tmp_path):
     assert "ok     tnl" in lines and "ok     evaluate" in lines
     assert any(ln.startswith("error  softmax: model: decay_schedule must be one of") for ln in lines), lines
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_copied_summaries_are_finished_runs_small_files_only(tmp_path):
+    from tnl.compare.cli import copy_summaries
+
+    runs = tmp_path / "runs"
+    for name, status in (("done", "done"), ("diverged", "diverged"), ("started", "started")):
+        folder = runs / "arm" / f"lr0.001-seed{len(name)}"
+        (folder / "checkpoints" / "best").mkdir(parents=True)
+        (folder / "checkpoints" / "best" / "model.safetensors").write_bytes(b"weights")
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "validation", "loss": 1.0}) + "\n")
+        (folder / "eval_test_window.json").write_text("{}")
+        update_record(folder, status=status)
+    assert copy_summaries(runs, tmp_path / "copy") == 2
+    copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == [f"arm/lr0.001-seed{n}/{f}" for n in (4, 8) for f in
+                      ("compare.json", "eval_test_window.json", "metrics.jsonl")]

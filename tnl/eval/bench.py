@@ -1,8 +1,10 @@
-"""Evaluation throughput: tokens scored per second for each (mode, batch size), after a warm-up pass."""
+"""Evaluation throughput: tokens scored per second for each (mode, batch size), after a warm-up pass, next to the
+training throughput (forward, backward and optimizer step) of the same model on the same machine."""
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,8 @@ from .perplexity import evaluate_documents
 # Random-init model sizes for benchmarking without a checkpoint (official 385M: d=1024, 24 layers, 8 heads).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(decoder_embed_dim=64, decoder_layers=2, decoder_attention_heads=2, glu_dim=128),
+    # experiment=quickstart's model (4.5M parameters with its 4096-token BPE)
+    "quickstart": dict(decoder_embed_dim=256, decoder_layers=4, decoder_attention_heads=4, glu_dim=704),
     "small": dict(decoder_embed_dim=512, decoder_layers=8, decoder_attention_heads=8, glu_dim=1408),
     "385m": dict(decoder_embed_dim=1024, decoder_layers=24, decoder_attention_heads=8, glu_dim=2816),
 }
@@ -68,6 +72,39 @@ def benchmark(model: torch.nn.Module, tokenizer: Any, documents: list[str], *, m
     return rows
 
 
+def train_tokens_per_second(model: torch.nn.Module, *, batch_size: int, seq_len: int, steps: int = 3,
+                            device: torch.device | str | None = None) -> float:
+    """Tokens/s of training steps of `model` (forward with the loss, backward, AdamW step) on random tokens of
+    [batch_size, seq_len], after one untimed step; the weights are restored afterwards."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return batch_size * seq_len * steps / seconds
+
+
 def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
     """`python -m benchmarks.bench_eval`: model (checkpoint or random preset) x documents (split or synthetic)
     x configs."""
@@ -103,10 +140,22 @@ def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
     log(f"model: {n_params / 1e6:.1f}M params, {str(dtype).removeprefix('torch.')} on {device}")
     recurrent = getattr(getattr(model, "config", None), "model_type", None) == "transnormer"
     modes = [m for m in b.modes if m != "stream" or recurrent]
+    max_length = int(ev.get("max_length", 1024))
     rows = benchmark(model, tokenizer, documents, modes=modes, batch_sizes=[int(x) for x in b.batch_sizes],
-                     max_length=int(ev.get("max_length", 1024)), device=device, log=log)
+                     max_length=max_length, device=device, log=log)
+    train_tps = None
+    if int(b.get("train_steps", 3)) > 0:  # training of the same model at the largest batch, window-long rows
+        train_bs = max(int(x) for x in b.batch_sizes)
+        train_tps = train_tokens_per_second(model, batch_size=train_bs, seq_len=max_length,
+                                            steps=int(b.get("train_steps", 3)), device=device)
+        log(f"train  batch={train_bs:<4} seq_len={max_length} {train_tps:>12,.0f} tok/s (forward, backward, AdamW; "
+            "the eval rows' ratio to it follows)")
+        for r in rows:
+            log(f"  mode={r['mode']:<7} batch={r['batch_size']:<4} eval / train = "
+                f"{r['tokens_per_second'] / train_tps:.2f}x")
     for r in rows:
-        r.update(device=str(device), dtype=str(dtype).removeprefix("torch."), num_params=n_params)
+        r.update(device=str(device), dtype=str(dtype).removeprefix("torch."), num_params=n_params,
+                 train_tokens_per_second=train_tps)
     if b.get("output"):
         log(f"results: {write_json({'rows': rows}, b.output)}")
     return rows

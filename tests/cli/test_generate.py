@@ -223,3 +223,23 @@ def test_help_lists_the_main_keys_with_their_meaning(tmp_path):
                 "num_return_sequences:", "stop_strings:", "seed:", "output:", "device:", "dtype:", "verify:"):
         line = next(line for line in proc.stdout.splitlines() if line.strip().startswith(key))
         assert "#" in line, line  # with its comment
+
+
+def test_sampling_equals_transformers_generate_of_the_export(exports, tok):
+    """Temperature, top-k, top-p and repetition penalty draw the same tokens as transformers' `generate()` of the
+    exported folder loaded with AutoModelForCausalLM, from the same seed: the export generates the same way."""
+    from transformers import AutoModelForCausalLM
+
+    from tnl.generate.run import encode
+
+    hf = AutoModelForCausalLM.from_pretrained(str(exports["tnl"]), trust_remote_code=True).eval()
+    ids = encode(tok, [PROMPTS[0]])
+    kw = dict(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.3)
+    torch.manual_seed(5)
+    ours = generate_ids(hf, ids, SamplingSettings(max_new_tokens=16, eos_token_id=tok.eos_token_id, **kw),
+                        pad_token_id=tok.pad_token_id).tokens[0]
+    torch.manual_seed(5)
+    ref = hf.generate(torch.tensor(ids), do_sample=True, max_new_tokens=16, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **kw)[0, len(ids[0]):].tolist()
+    assert ref[-1] != tok.eos_token_id and len(set(ref)) > 4
+    assert ours == ref

@@ -1,4 +1,5 @@
-"""Weight decay on the weight matrices only: norms, embeddings and biases land in the group without decay."""
+"""Weight decay on the weight matrices only: norms, embeddings and biases land in the group without decay; the
+value checks of the optimizer and early-stopping keys."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from tnl.model import TransnormerConfig, TransnormerForCausalLM
 from tnl.train import register_schema
-from tnl.train.config import ConfigError, check_config
+from tnl.train.config import ConfigError, _check_ranges, check_config
 from tnl.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +59,14 @@ def test_no_decay_chooses_the_kinds_left_out():
     assert {n for n in plain} == {n for n, _ in model.named_parameters() if "norm" in n}
     with pytest.raises(ConfigError, match=r"optim.no_decay=\['norms'\] is not valid; use a list of bias"):
         check_config(_cfg("optim.no_decay=[norms]"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.early_stop_patience=2", "train.eval_every=0"), "train.early_stop_patience=2 is not valid; use it "
+     "together with train.eval_every > 0"),
+    (("train.early_stop_patience=-1",), "train.early_stop_patience=-1 is not valid"),
+])
+def test_early_stopping_needs_evaluations(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(_cfg(*overrides))
+    _check_ranges(_cfg("train.early_stop_patience=0", "train.eval_every=0"))  # 0: off (the values alone: no data)

@@ -105,6 +105,41 @@ def train_tokens_per_second(model: torch.nn.Module, *, batch_size: int, seq_len:
     return batch_size * seq_len * steps / seconds
 
 
+def bpe_tokenizer(documents: Sequence[str], vocab_size: int) -> Any:
+    """tnl's byte-level BPE trained on `documents` (no datasets library needed)."""
+    from tnl.data.tokenizer import train_bpe
+
+    return train_bpe(({"text": doc} for doc in documents), vocab_size)
+
+
+def run_bench(model: torch.nn.Module, tokenizer: Any, documents: list[str], *, modes: Sequence[str],
+              batch_sizes: Sequence[int], max_length: int, device: torch.device, dtype: torch.dtype,
+              train_steps: int = 3, log=print) -> list[dict[str, Any]]:
+    """`benchmark` rows for `model` in `dtype` on `device`, then (train_steps > 0) the training reference at the
+    largest batch size and `max_length` tokens per row, with each row's eval / train ratio."""
+    model = model.to(device=device, dtype=dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.1f}M params, {str(dtype).removeprefix('torch.')} on {device}")
+    recurrent = getattr(getattr(model, "config", None), "model_type", None) == "transnormer"
+    modes = [m for m in modes if m != "stream" or recurrent]
+    rows = benchmark(model, tokenizer, documents, modes=modes, batch_sizes=batch_sizes, max_length=max_length,
+                     device=device, log=log)
+    train_tps = None
+    if train_steps > 0:
+        train_bs = max(batch_sizes)
+        train_tps = train_tokens_per_second(model, batch_size=train_bs, seq_len=max_length, steps=train_steps,
+                                            device=device)
+        log(f"train  batch={train_bs:<4} seq_len={max_length} {train_tps:>12,.0f} tok/s (forward, backward, AdamW; "
+            "the eval rows' ratio to it follows)")
+        for r in rows:
+            log(f"  mode={r['mode']:<7} batch={r['batch_size']:<4} eval / train = "
+                f"{r['tokens_per_second'] / train_tps:.2f}x")
+    for r in rows:
+        r.update(device=str(device), dtype=str(dtype).removeprefix("torch."), num_params=n_params,
+                 train_tokens_per_second=train_tps)
+    return rows
+
+
 def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
     """`python -m benchmarks.bench_eval`: model (checkpoint or random preset) x documents (split or synthetic)
     x configs."""
@@ -129,33 +164,11 @@ def bench_main(cfg: Any, log=print) -> list[dict[str, Any]]:
         loaded = load_pretrained(cfg.model_path)
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
-        import datasets
-
-        from tnl.data.tokenizer import train_bpe
-
-        tokenizer = train_bpe(datasets.Dataset.from_dict({"text": documents}), int(b.vocab_size))
+        tokenizer = bpe_tokenizer(documents, int(b.vocab_size))
         model = random_model(b.preset, len(tokenizer))
-    model = model.to(device=device, dtype=dtype)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params / 1e6:.1f}M params, {str(dtype).removeprefix('torch.')} on {device}")
-    recurrent = getattr(getattr(model, "config", None), "model_type", None) == "transnormer"
-    modes = [m for m in b.modes if m != "stream" or recurrent]
-    max_length = int(ev.get("max_length", 1024))
-    rows = benchmark(model, tokenizer, documents, modes=modes, batch_sizes=[int(x) for x in b.batch_sizes],
-                     max_length=max_length, device=device, log=log)
-    train_tps = None
-    if int(b.get("train_steps", 3)) > 0:  # training of the same model at the largest batch, window-long rows
-        train_bs = max(int(x) for x in b.batch_sizes)
-        train_tps = train_tokens_per_second(model, batch_size=train_bs, seq_len=max_length,
-                                            steps=int(b.get("train_steps", 3)), device=device)
-        log(f"train  batch={train_bs:<4} seq_len={max_length} {train_tps:>12,.0f} tok/s (forward, backward, AdamW; "
-            "the eval rows' ratio to it follows)")
-        for r in rows:
-            log(f"  mode={r['mode']:<7} batch={r['batch_size']:<4} eval / train = "
-                f"{r['tokens_per_second'] / train_tps:.2f}x")
-    for r in rows:
-        r.update(device=str(device), dtype=str(dtype).removeprefix("torch."), num_params=n_params,
-                 train_tokens_per_second=train_tps)
+    rows = run_bench(model, tokenizer, documents, modes=b.modes, batch_sizes=[int(x) for x in b.batch_sizes],
+                     max_length=int(ev.get("max_length", 1024)), device=device, dtype=dtype,
+                     train_steps=int(b.get("train_steps", 3)), log=log)
     if b.get("output"):
         log(f"results: {write_json({'rows': rows}, b.output)}")
     return rows

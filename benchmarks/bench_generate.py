@@ -1,7 +1,8 @@
 """Decode throughput of `tnl generate`'s decoding loop on one GPU: tnl_385m vs an HF Llama of the same size.
 
 python -m benchmarks.bench_generate [--contexts 1024 32768] [--batches 1 8] [--new-tokens 128]
-                                    [--methods tnl tnl_eager llama] [--write-md [--md-key KEY]]
+                                    [--methods tnl tnl_eager llama] [--prefill-chunk 8192]
+                                    [--write-md [--md-key KEY]]
 
 Each row: B random prompts of `context` tokens, then `--new-tokens` greedy tokens, through
 tnl.generate.generate_ids (the loop `tnl generate` runs; EOS off so every row decodes all tokens). Methods: tnl (the
@@ -45,7 +46,8 @@ def build(method: str) -> torch.nn.Module:
     return model.to(device="cuda", dtype=torch.bfloat16).eval()
 
 
-def measure(model: torch.nn.Module, method: str, context: int, batch: int, new_tokens: int) -> dict:
+def measure(model: torch.nn.Module, method: str, context: int, batch: int, new_tokens: int,
+            prefill_chunk: int) -> dict:
     from tnl.generate import SamplingSettings, generate_ids
 
     vocab = model.config.vocab_size
@@ -57,7 +59,7 @@ def measure(model: torch.nn.Module, method: str, context: int, batch: int, new_t
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             out = generate_ids(model, prompts, SamplingSettings(max_new_tokens=steps, temperature=0),
-                               pad_token_id=0, use_graph=graph)
+                               pad_token_id=0, use_graph=graph, prefill_chunk=prefill_chunk)
     except torch.OutOfMemoryError:
         return {"oom": True}
     finally:
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--prefill-chunk", type=int, default=8192,
+                    help="TNL prompt tokens per prefill pass (tnl generate's default prefill_chunk; 0: all at once)")
     ap.add_argument("--write-md", action="store_true", help="rewrite this table's section of docs/benchmarks.md")
     ap.add_argument("--md-key", default="bench_generate", help="with --write-md: the section's marker key")
     args = ap.parse_args()
@@ -91,7 +95,7 @@ def main() -> None:
         for batch in args.batches:
             res = {}
             for m in args.methods:  # printed as they come: a run cut off by a time limit keeps what it measured
-                res[m] = measure(models[m], m, context, batch, args.new_tokens)
+                res[m] = measure(models[m], m, context, batch, args.new_tokens, args.prefill_chunk)
                 print(f"context={context} B={batch} {m}: {res[m]}", flush=True)
             rows.append((context, batch, res))
 

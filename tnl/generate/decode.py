@@ -99,11 +99,14 @@ def generate_ids(
     tokenizer: Any = None,
     stream: bool = False,
     use_graph: bool = True,
+    prefill_chunk: int = 0,
 ) -> Generation:
     """Generate for each prompt (token ids) `settings.num_return_sequences` continuations.
 
     `tokenizer`: needed for stop strings, texts and `stream` (prints the one row token by token, transformers'
-    TextStreamer). `use_graph`: replay the TNL decode step from a CUDA graph where it applies."""
+    TextStreamer). `use_graph`: replay the TNL decode step from a CUDA graph where it applies. `prefill_chunk` > 0:
+    a TNL model reads the prompts that many tokens at a time through its state, so the prefill's memory is bounded
+    too (other models read them at once)."""
     device = _model_device(model)
     n = settings.num_return_sequences
     rows = [list(p) for p in prompts for _ in range(n)]
@@ -123,12 +126,20 @@ def generate_ids(
 
     _sync(device)
     start = time.perf_counter()
-    kwargs: dict[str, Any] = {"input_ids": ids[:, :width], "position_ids": positions, "use_cache": True,
-                              "attention_mask": mask[:, :width] if padded else None}
-    if keep_arg:
-        kwargs["logits_to_keep"] = 1
-    out = model(**kwargs)
-    logits, cache = out.logits[:, -1], _output_cache(out)
+    cfg = getattr(model, "config", None)
+    recurrent = getattr(cfg, "model_type", None) == "transnormer" and getattr(cfg, "token_mixer", None) == "tnl"
+    chunk = prefill_chunk if prefill_chunk > 0 and recurrent else width
+    cache = None
+    for c0 in range(0, width, chunk):
+        c1 = min(width, c0 + chunk)
+        kwargs: dict[str, Any] = {"input_ids": ids[:, c0:c1], "position_ids": positions[:, c0:c1], "use_cache": True,
+                                  "attention_mask": mask[:, :c1] if padded else None}
+        if cache is not None:
+            kwargs[cache_arg] = cache
+        if keep_arg:
+            kwargs["logits_to_keep"] = 1
+        out = model(**kwargs)
+        logits, cache = out.logits[:, -1], _output_cache(out)
     _sync(device)
     prefill_seconds = time.perf_counter() - start
 

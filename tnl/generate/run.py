@@ -150,6 +150,7 @@ def run_generation(cfg: Any, log=print, stdin=None) -> list[dict[str, Any]]:
         raise GenerateError("model_path is required: tnl generate model_path=PATH prompt=\"...\"")
     settings = settings_from(cfg)
     batch_size = _int(cfg, "batch_size", 8, 1)
+    prefill_chunk = _int(cfg, "prefill_chunk", 0, 0)
     seed = cfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise GenerateError(f"seed must be an integer or null, got {seed!r}")
@@ -177,7 +178,7 @@ def run_generation(cfg: Any, log=print, stdin=None) -> list[dict[str, Any]]:
     results: list[list[dict[str, Any]] | None] = [None] * len(prompts)
     for batch in batches(model, encoded, batch_size):
         gen: Generation = generate_ids(model, [encoded[i] for i in batch], settings, pad_token_id=pad,
-                                       tokenizer=tokenizer, stream=stream)
+                                       tokenizer=tokenizer, stream=stream, prefill_chunk=prefill_chunk)
         seconds = gen.prefill_seconds + gen.decode_seconds
         for r, (tokens, text) in enumerate(zip(gen.tokens, gen.texts)):
             i = batch[r // n]

@@ -1,15 +1,16 @@
-"""Hostile inputs, one table row each: the real `python -m tnl ...` must refuse with one `error: ...` line on stderr,
+"""Hostile inputs, one table row each: tnl's command line must refuse with exactly one `error: ...` line on stderr,
 exit 2, no traceback, and leave the folder named in the row exactly as it was (hashed before and after).
 
-The rows fail before any tokenizer or data work, so the processes are cheap; they run a few at a time."""
+Each row runs `tnl.cli.main` in its own process, as `python -m tnl ARGS` does, forked from a server process that has
+imported tnl once (multiprocessing's forkserver), so a row costs its own work rather than a fresh import of torch;
+tests/cli/test_cli.py runs the real `python -m tnl` for the same contract. The rows fail before any tokenizer or
+data work, so the processes are cheap; they run a few at a time."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,26 @@ def _world(root: Path) -> dict[str, Path]:
     return {"run": run, "corpus": corpus, "cache": cache, "missing": root / "missing"}
 
 
-def _run_row(row: tuple[str, str, str], root: Path) -> dict:
+def _cli_child(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
+    """A row's process: `python -m tnl ARGV` from `cwd` with `env`, its output in the two files. An exception that
+    escapes prints its traceback and exits 1, as the interpreter would."""
+    import tnl.cli
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+    sys.argv = ["tnl", *argv]
+    try:
+        tnl.cli.main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _start_row(ctx, row: tuple[str, str, str], root: Path) -> dict:
     """The row's command on its own copy of the world, so that a row that does change a folder is the one blamed."""
     args, _, key = row
     world = _world(root)
@@ -127,19 +147,42 @@ def _run_row(row: tuple[str, str, str], root: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TNL_CACHE_DIR": str(world["cache"]),
            "TNL_DATA_DIR": str(SHARED_DATA)}
     env.pop("TNL_DEBUG", None)
+    streams = (str(root / "stdout.txt"), str(root / "stderr.txt"))
     before = folder_hash(world[key])
-    proc = subprocess.run([sys.executable, "-m", "tnl", *argv], cwd=world["corpus"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    return {"rc": proc.returncode, "stderr": proc.stderr, "changed": folder_hash(world[key]) != before, "world": world}
+    proc = ctx.Process(target=_cli_child, args=(argv, str(world["corpus"]), env, *streams))
+    proc.start()
+    return {"proc": proc, "key": key, "before": before, "world": world, "stderr_file": streams[1]}
+
+
+def _finish_row(started: dict) -> dict:
+    proc, world = started["proc"], started["world"]
+    proc.join(300)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    stderr = Path(started["stderr_file"]).read_text(errors="replace")
+    changed = folder_hash(world[started["key"]]) != started["before"]
+    return {"rc": proc.exitcode, "stderr": stderr, "changed": changed, "world": world}
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tnl.cli", "tnl.commands.train", "tnl.commands.evaluate", "tnl.commands.export",
+                                "tnl.commands.prepare_data", "tests.cli.test_hostile_inputs"])
     rows = ROWS + HYDRA_ROWS
-    roots = [tmp_path_factory.mktemp("hostile") for _ in rows]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(_run_row, rows, roots))
-    return {row[0]: result for row, result in zip(rows, results)}
+    results: dict = {}
+    running: list[tuple[str, dict]] = []
+    for row in rows:
+        if len(running) == 4:
+            args, started = running.pop(0)
+            results[args] = _finish_row(started)
+        running.append((row[0], _start_row(ctx, row, tmp_path_factory.mktemp("hostile"))))
+    for args, started in running:
+        results[args] = _finish_row(started)
+    return results
 
 
 def _check(row: tuple[str, str, str], outcomes: dict) -> None:

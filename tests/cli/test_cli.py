@@ -72,14 +72,17 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_tiny_train_run_trains_evaluates_and_exports(corpus, tmp_path):
     """`tnl train` = loop, then final evaluation and export into the run folder; the saved config records the
-    cache folder it used (data.cache_dir null: $TNL_CACHE_DIR); `tnl prepare_data` fills the same cache."""
+    cache folder it used (data.cache_dir null: $TNL_CACHE_DIR). `tnl prepare_data` fills the same cache with the
+    splits training reads: here one file whose first data.validation_fraction of documents is held out as
+    validation, and no test split."""
     run, cache = tmp_path / "run", tmp_path / "cache"
-    data = ["model=tiny", "model.vocab_size=null", "data=text", f"data.path={corpus}", "data.files.train=[train.jsonl]",
-            "data.files.validation=[validation.jsonl]", "tokenizer.vocab_size=300"]
+    data = ["model=tiny", "model.vocab_size=null", "data=text", f"data.path={corpus / 'train.jsonl'}",
+            "data.validation_fraction=0.1", "tokenizer.vocab_size=300"]
     env = {"TNL_CACHE_DIR": str(cache)}
     prep = tnl("prepare_data", *data, f"output_dir={tmp_path / 'prep'}", cwd=tmp_path, env=env)
     assert prep.returncode == 0, prep.stderr[-3000:]
-    assert "train:" in prep.stdout and "validation:" in prep.stdout
+    listed = {m.group(1) for m in re.finditer(r"^ *(\w+): +[\d,]+ tokens ", prep.stdout, re.M)}
+    assert listed == {"train", "validation"}
     cached = sorted(p.name for p in (cache / "tokens").iterdir())
     assert len(cached) == 2  # train and validation token arrays
 
@@ -105,30 +108,3 @@ def test_tiny_train_run_trains_evaluates_and_exports(corpus, tmp_path):
     assert saved["data"]["cache_dir"] == str(cache) and saved["train"]["attn_backend"] == "torch"
     assert json.loads((run / "model_config.json").read_text())["attn_backend"] == "auto"
 
-
-def test_prepare_data_builds_the_held_out_validation_split(tmp_path):
-    """One text file as data.path: `tnl prepare-data` builds the train split and the validation split held out of
-    it by data.validation_fraction, the very caches training then reads (no rebuild), and no test split."""
-    from hydra import compose, initialize_config_dir
-
-    from tnl.data import load_documents, prepare_split, prepare_tokenizer
-    from tnl.train import register_schema
-
-    lines = [f"line {i} " + "word " * (i % 9) + "\n" for i in range(300)]
-    (tmp_path / "corpus.txt").write_text("".join(lines))
-    overrides = ["data=text", f"data.path={tmp_path / 'corpus.txt'}", "data.sample_by=line",
-                 "data.validation_fraction=0.1", f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.vocab_size=280"]
-    proc = tnl("prepare-data", *overrides, f"output_dir={tmp_path / 'prep'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    listed = {m.group(1) for m in re.finditer(r"^ *(\w+): +[\d,]+ tokens ", proc.stdout, re.M)}
-    assert listed == {"train", "validation"}
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    log: list[str] = []
-    tok = prepare_tokenizer(cfg, log=log.append)
-    val = prepare_split(cfg.data, tok, "validation", log=log.append)
-    assert not any(m.startswith(("token cache:", "tokenizer: training")) for m in log)  # both were prepared
-    assert tok.decode(val.tokens.tolist()).replace(tok.eos_token, "") == "".join(lines[:30])
-    assert load_documents(cfg.data, "validation")["text"] == lines[:30]

@@ -15,7 +15,9 @@ TNL = Path(__file__).resolve().parents[2] / "tnl"
 # layer -> the layers it must not import (the layers above it, and its peers it must not depend on)
 FORBIDDEN = {
     "tnl.train": ("tnl.eval", "tnl.export", "tnl.commands", "tnl.cli"),
-    "tnl.eval": ("tnl.export", "tnl.train", "tnl.commands", "tnl.cli"),
+    "tnl.eval": ("tnl.export", "tnl.train", "tnl.commands", "tnl.cli", "tnl.compare"),
+    "tnl.generate": ("tnl.train", "tnl.export", "tnl.data", "tnl.commands", "tnl.cli", "tnl.compare"),
+    "tnl.compare": ("tnl.cli",),
     "tnl.export": ("tnl.train", "tnl.eval", "tnl.data", "tnl.commands", "tnl.cli"),
     "tnl.data": ("tnl.train", "tnl.eval", "tnl.export", "tnl.checkpoint", "tnl.commands", "tnl.cli"),
     "tnl.checkpoint": ("tnl.train", "tnl.eval", "tnl.export", "tnl.data", "tnl.commands", "tnl.cli"),

@@ -75,3 +75,34 @@ def test_repeated_signals_during_the_save_neither_break_it_nor_print_a_traceback
     (step, folder), = list_checkpoints(out / "checkpoints")
     assert verify(folder) is None
     assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3
+
+
+def test_a_signal_during_the_final_evaluation_stops_it_at_once(tmp_path):
+    """After the last checkpoint the final evaluation and export may take long; a scheduler's SIGTERM then ends the
+    process at once (exit 143) with the checkpoint intact and no half-written eval JSON or export."""
+    corpus = write_corpus(tmp_path / "corpus", 60, {"train": 30, "validation": 600}, 400)
+    out = tmp_path / "run"
+    args = _args(corpus, out, "train.max_steps=3", "train.final_eval=true", "train.export=true")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # wait until the evaluation has started
+            lines.append(line)
+            if "evaluating perplexity" in line:
+                break
+        assert proc.poll() is None, "".join(lines)[-2000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        started = time.time()
+        output, _ = proc.communicate(timeout=60)
+        took = time.time() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = "".join(lines) + output
+    assert proc.returncode == 128 + signal.SIGTERM and took < 30, output[-2000:]
+    assert "Traceback" not in output
+    assert not (out / "eval_validation.json").exists() and not (out / "export").exists()
+    (step, folder), = list_checkpoints(out / "checkpoints")
+    assert step == 3 and verify(folder) is None

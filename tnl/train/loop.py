@@ -98,6 +98,24 @@ class _StopFlag:
                   "without saving)", file=sys.stderr, flush=True)
 
 
+    def exit_on_signal(self) -> None:
+        """Once the last checkpoint is saved, a stop signal (one that came during that save, or any later one)
+        ends the process at once: the final evaluation and the export write their files atomically, so an
+        interrupted one leaves nothing half-written, and the checkpoint they would read is already safe."""
+        if self.signal is not None:
+            _ignore_stop_signals(0)
+            raise SystemExit(128 + self.signal)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_now)
+
+
+def _exit_now(signum, _frame) -> None:
+    _ignore_stop_signals(0)  # a repeat must not interrupt the unwinding
+    print(f"{signal.Signals(signum).name}: stopping after training; the checkpoints are saved", file=sys.stderr,
+          flush=True)
+    raise SystemExit(128 + signum)
+
+
 def _ignore_stop_signals(_worker_id: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
@@ -380,6 +398,7 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     if last_saved != step or not (ckpt_root / f"step_{step}").exists():
         checkpoint("final")
     result["checkpoint"] = str(ckpt_root / f"step_{step}")
+    stop.exit_on_signal()
     result.update(best_step=best.best_step, best_val_loss=best.best_val_loss, early_stopped=stopped)
     unwrapped = accelerator.unwrap_model(model)
     evaluated = use_best(unwrapped, ckpt_root / BEST, best, tc.keep_best, step, log) if main else None

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tnl import settings
 from tnl.errors import UserError
+from tnl.model.configuration_transnormer import ATTN_BACKENDS
 
 from .optim import NO_DECAY_KINDS
 from .schedule import SCHEDULES
@@ -96,7 +97,7 @@ class TrainConfig:
     compile_recompute_pointwise: bool = True
     activation_checkpointing: bool = False
     loss_chunk_size: int = 0  # > 0: fused linear cross-entropy over chunks of this many tokens
-    attn_backend: str = "auto"  # auto | triton | torch: the model's attn_backend, where the model group leaves it auto
+    attn_backend: str = "auto"  # auto | triton | torch | naive | cumsum: the model's attn_backend, where the model group leaves it auto
     num_workers: int = 1
     max_bad_steps: int = 10  # consecutive non-finite losses before the run aborts
     final_eval: bool = True
@@ -147,7 +148,6 @@ def check_model_fields(model_cfg: dict[str, Any]) -> None:
 
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte, plus its one special token (tnl.data.tokenizer)
 MIXED_PRECISION = ("bf16", "fp16", "no")
-ATTN_BACKENDS = ("auto", "triton", "torch")
 TOKENIZER_DEFAULTS = {"hf": {"vocab_size": None, "min_frequency": 2}, "bpe": {"name": None}}
 
 

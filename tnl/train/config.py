@@ -97,7 +97,7 @@ class TrainConfig:
     compile_recompute_pointwise: bool = True
     activation_checkpointing: bool = False
     loss_chunk_size: int = 0  # > 0: fused linear cross-entropy over chunks of this many tokens
-    attn_backend: str = "auto"  # auto | triton | torch | naive | cumsum: the model's attn_backend, where the model group leaves it auto
+    attn_backend: str = "auto"  # the model's attn_backend (ATTN_BACKENDS) where the model group leaves it auto
     num_workers: int = 1
     max_bad_steps: int = 10  # consecutive non-finite losses before the run aborts
     final_eval: bool = True

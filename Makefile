@@ -32,9 +32,9 @@ venv: $(VENV)/.installed ## create .venv from pyproject.toml (rebuilt when pypro
 train: venv ## train the quickstart TNL on WikiText-103 (CPU, ~7 min), evaluate and export
 	$(VENV)/bin/tnl train experiment=quickstart $(ARGS)
 
-test: venv ## ruff, then the whole pytest suite
+test: venv ## ruff, then the whole pytest suite (lm-eval cross-check included; the 20 slowest tests listed)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=20 $(ARGS)
 
 lint: venv ## ruff only
 	$(VENV)/bin/ruff check .

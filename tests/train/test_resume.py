@@ -132,3 +132,23 @@ def test_a_damaged_run_is_refused_in_one_line_and_left_as_it_was(run_copy, case)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("error: " + expected.format(run=run))
     assert folder_hash(run) == before
+
+
+def test_resume_reads_the_runs_own_tokenizer_when_the_text_settings_are_unchanged(run_copy):
+    """A newer tnl may train another BPE from the same settings (other document boundaries); resuming must then
+    use the tokenizer the run trained with, not refuse the run or replace its tokenizer. Simulated by a run whose
+    saved BPE differs from the one its settings build (two merges swapped, same vocabulary size)."""
+    import json
+
+    corpus, run = run_copy
+    path = run / "tokenizer" / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    merges = spec["model"]["merges"]
+    merges[0], merges[1] = merges[1], merges[0]
+    path.write_text(json.dumps(spec))
+    before = folder_hash(run / "tokenizer")
+    res = _run(_args(corpus, run, "train.max_steps=5"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"tokenizer: the run's own ({run / 'tokenizer'})" in res.stdout + res.stderr
+    assert sorted(_losses(run)) == list(range(1, 6))
+    assert folder_hash(run / "tokenizer") == before

@@ -35,7 +35,7 @@ from .init_from import freeze, load_init_weights, prepare_init
 from .metrics import MetricsWriter
 from .optim import build_optimizer
 from .plots import draw_plots
-from .resume import check_config, check_model, restore, resume_checkpoint
+from .resume import check_config, check_model, restore, resume_checkpoint, run_tokenizer
 from .run_lock import RunLock, RunLockedError
 from .schedule import lr_multiplier
 
@@ -216,7 +216,9 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
 
     # data: rank 0 builds the tokenizer and token caches first, the others then read them
     with accelerator.main_process_first():
-        tokenizer = prepare_tokenizer(cfg, log=log)
+        tokenizer = run_tokenizer(folder, changes, log) if folder is not None else None
+        if tokenizer is None:
+            tokenizer = prepare_tokenizer(cfg, log=log)
         train_arr = prepare_split(cfg.data, tokenizer, "train", log=log)
         val_arr = prepare_split(cfg.data, tokenizer, "validation", log=log)
     doc_aware = bool(cfg.data.document_aware)

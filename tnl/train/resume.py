@@ -122,6 +122,23 @@ def _tokenizer_spec(tokenizer: Any) -> Any:
     return sorted(tokenizer.get_vocab().items()), list(tokenizer.all_special_tokens)
 
 
+# data keys that leave the text, and so the tokenizer trained on it, unchanged
+_NOT_TEXT = ("data.cache_dir", "data.num_proc", "data.streaming", "data.document_aware")
+
+
+def run_tokenizer(checkpoint: Path, changes: list[str], log) -> Any | None:
+    """The tokenizer the run trained with (RUN/tokenizer) when the data and tokenizer settings are the run's
+    (`changes` from check_config), else None: the tokenizer is then built from the settings and check_model refuses
+    it if it differs. Reading the run's own keeps a run resumable when a newer tnl would train another BPE from the
+    same settings (other document boundaries, say)."""
+    folder = run_folder(checkpoint) / "tokenizer"
+    text_changed = any(c.startswith(("data.", "tokenizer.")) and not c.startswith(_NOT_TEXT) for c in changes)
+    if text_changed or not folder.is_dir():
+        return None
+    log(f"tokenizer: the run's own ({folder})")
+    return load_tokenizer(folder)
+
+
 def check_model(checkpoint: Path, model_config: Any, tokenizer: Any) -> None:
     """The model config and tokenizer built for this resume must equal the run's model_config.json and
     tokenizer/ (a changed training corpus retrains the BPE, and the vocabulary size follows the tokenizer)."""

@@ -51,7 +51,10 @@ class NormLinearAttention(nn.Module, DecayMixin):
         b, t, _ = x.shape
         h, hkv, dh = self.num_heads, self.num_kv_heads, self.head_dim
         qkvu = self.qkvu_proj(x)
-        q, k, v, u = qkvu.split((self.hidden_dim, self.kv_dim, self.kv_dim, self.hidden_dim), dim=-1)
+        if hkv == h:  # chunk, not split: compiled, the partitioner then recomputes SiLU(q), SiLU(k) (split keeps one)
+            q, k, v, u = qkvu.chunk(4, dim=-1)
+        else:
+            q, k, v, u = qkvu.split((self.hidden_dim, self.kv_dim, self.kv_dim, self.hidden_dim), dim=-1)
         layer = inp.cache.layer(self.layer_idx) if inp.cache is not None else None
         state = layer.state if layer is not None else None
         decoding = state is not None and t == 1

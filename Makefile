@@ -32,9 +32,11 @@ venv: $(VENV)/.installed ## create .venv from pyproject.toml (rebuilt when pypro
 train: venv ## train the quickstart TNL on WikiText-103 (CPU, ~7 min), evaluate and export
 	$(VENV)/bin/tnl train experiment=quickstart $(ARGS)
 
-test: venv ## ruff, then the whole pytest suite (lm-eval cross-check included; the 20 slowest tests listed)
+# one pytest worker per core (pytest-xdist); a file's tests stay on one worker, so its module fixtures are built once
+TEST_WORKERS ?= auto
+test: venv ## ruff, then the whole pytest suite on every core (lm-eval cross-check included; the 20 slowest listed)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=20 $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(ARGS)
 
 lint: venv ## ruff only
 	$(VENV)/bin/ruff check .

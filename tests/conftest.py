@@ -34,14 +34,43 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The Triton-interpreter child runs (tests/helpers/interpret.py): each file's counts, failures and skips."""
+_CHILD_RUNS_KEY = pytest.StashKey[int]()
+
+
+def pytest_runtest_setup(item):
     from tests.helpers.interpret import RESULTS
 
-    if not RESULTS:
+    item.stash[_CHILD_RUNS_KEY] = len(RESULTS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Child runs travel on the test's report, so the summary below sees them under pytest-xdist as well (where the
+    tests run in worker processes and only reports reach the controller)."""
+    outcome = yield
+    if call.when != "call":
+        return
+    from dataclasses import asdict
+
+    from tests.helpers.interpret import RESULTS
+
+    for run in RESULTS[item.stash.get(_CHILD_RUNS_KEY, len(RESULTS)):]:
+        outcome.get_result().user_properties.append(("interpreted", asdict(run)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The Triton-interpreter child runs (tests/helpers/interpret.py): each file's counts, failures and skips."""
+    from tests.helpers.interpret import ChildRun
+
+    runs = [ChildRun(**{**value, "failed": [tuple(x) for x in value["failed"]],
+                        "skipped": [tuple(x) for x in value["skipped"]]})
+            for reports in terminalreporter.stats.values() for report in reports
+            if getattr(report, "when", None) == "call"
+            for name, value in getattr(report, "user_properties", ()) if name == "interpreted"]
+    if not runs:
         return
     terminalreporter.section("Triton kernels under the interpreter (child pytest runs)")
-    for run in RESULTS:
+    for run in sorted(runs, key=lambda r: r.file):
         note = f", {run.note}" if run.note else ""
         terminalreporter.write_line(f"{run.file}: {run.counts()} ({run.seconds:.0f} s{note})")
         for name, message in run.failed:

@@ -128,8 +128,14 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     two = _run(torchrun + args[1:], cwd=ROOT, env_extra={"ACCELERATE_USE_CPU": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
+    # the setup line and row: a launch that fell back to one process (or another strategy) would say so
+    assert "distributed: single, world size 1, device cpu" in one.stdout
+    assert two.stdout.count("distributed: DDP, world size 2, device cpu") == 1  # printed by rank 0 only
     rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                    if "split" not in json.loads(x)] for name in ("one", "two")}
+    setup = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x).get("split") == "setup"]
+    assert [(r["strategy"], r["world_size"], r["device"]) for r in setup] == [("DDP", 2, "cpu")]
     assert rows["two"][0]["tokens_seen"] == 8 * 32  # both ranks' tokens counted
     assert [r["step"] for r in rows["one"]] == [r["step"] for r in rows["two"]] == [1, 2, 3]
     for a, b in zip(rows["one"], rows["two"]):

@@ -30,6 +30,7 @@ from tnl.errors import UserError
 from .best import BestTracker, use_best
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
+from .distributed import describe_setup, log_setup, setup_line
 from .flops import peak_flops, train_flops_per_token
 from .init_from import freeze, load_init_weights, prepare_init
 from .metrics import MetricsWriter
@@ -206,6 +207,8 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     tc = cfg.train
     main = accelerator.is_main_process
     log = accelerator.print
+    setup = describe_setup(accelerator)
+    log(setup_line(setup))
     ckpt_root = out / "checkpoints"
     resolve_paths(cfg.data)  # config.yaml records the data and cache folders used
     # a new run from trained weights: the model and tokenizer groups become PATH's (before the resume checks)
@@ -283,6 +286,7 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
 
     metrics = MetricsWriter(out, main, state["step"] if folder else None, cfg.logger, state.get("wandb_run_id"),
                             OmegaConf.to_container(cfg, resolve=True))
+    log_setup(metrics, state["step"], setup)
     step = state["step"]
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (main and tc.progress), dynamic_ncols=True,
                desc="train")

@@ -32,6 +32,7 @@ import torch
 from .atomic import publish_folder
 from .errors import ModelFolderError
 from .official import from_official_config, from_official_state_dict, is_official_config
+from .sharded_weights import FSDP_FULL, read_errors, read_sharded, sharded_folders
 
 _STEP = re.compile(r"^step_(\d+)$")
 BEST = "best"  # RUN/checkpoints/best: the checkpoint of the lowest validation loss (tnl.train.best)
@@ -51,10 +52,11 @@ def _sha256(path: Path) -> str:
 
 
 def write_checksums(folder: Path, skip: tuple[str, ...] = ()) -> None:
-    """checksums.json: the sha256 of every file in `folder` but `skip`, which `verify` checks before the folder is
-    used."""
-    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != CHECKSUMS and p.name not in skip}
+    """checksums.json: the sha256 of every file in `folder` and its subfolders but `skip`, which `verify` checks
+    before the folder is used."""
+    # subfolders too (sharded FSDP weights): names are paths relative to `folder`
+    sums = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() not in (CHECKSUMS, *skip)}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
 
 
@@ -148,7 +150,7 @@ def restore_checkpoint(accelerator: Any, folder: Path) -> dict[str, Any]:
 
 
 def _fsync_dir(path: Path) -> None:
-    for p in [path, *[q for q in path.iterdir() if q.is_file()]] if path.is_dir() else []:
+    for p in [path, *path.rglob("*")] if path.is_dir() else []:
         try:
             fd = os.open(p, os.O_RDONLY)
             os.fsync(fd)
@@ -228,11 +230,15 @@ def find_run_dir(ckpt: Path) -> Path | None:
     return None
 
 
-def weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path, fsdp: bool = False) -> list[Path]:
+    """The weights files of a checkpoint or export. With `fsdp`, also FSDP's (sharded folders or a full file),
+    which `read_state_dict` consolidates for a model outside FSDP."""
     for pattern in ("model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin"):
         found = sorted(folder.glob(pattern))
         if found:
             return found
+    if fsdp:
+        return sharded_folders(folder) or sorted(folder.glob(FSDP_FULL))
     return []
 
 
@@ -244,19 +250,21 @@ def _unreadable(path: Path, err: BaseException) -> ModelFolderError:
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    """What a corrupt or truncated weights file raises (safetensors' header/size checks, torch's unpickler)."""
+    """What a corrupt or truncated weights file raises (safetensors' header/size checks, torch's unpickler, DCP)."""
     import pickle
 
     from safetensors import SafetensorError
 
-    return (SafetensorError, OSError, EOFError, pickle.UnpicklingError)
+    return (SafetensorError, OSError, EOFError, pickle.UnpicklingError, *read_errors())
 
 
 def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            if f.suffix == ".safetensors":
+            if f.is_dir():
+                sd.update(read_sharded(f))
+            elif f.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
                 sd.update(load_file(str(f)))
@@ -360,7 +368,7 @@ def load_run_checkpoint(ckpt: Path) -> LoadedModel:
     for key in ("model_type", "transformers_version", "architectures", "auto_map"):
         model_cfg.pop(key, None)
     model = TransnormerForCausalLM(TransnormerConfig(**model_cfg))
-    load_weights(model, strip_wrappers(read_state_dict(weight_files(ckpt))), ckpt)
+    load_weights(model, strip_wrappers(read_state_dict(weight_files(ckpt, fsdp=True))), ckpt)
     if not (run_dir / "tokenizer").is_dir():
         raise ModelFolderError(f"{run_dir}/tokenizer is missing; the training run saves its tokenizer there")
     return LoadedModel(model.eval(), load_tokenizer(run_dir / "tokenizer"), "checkpoint", ckpt, run_dir, train_cfg)
@@ -428,10 +436,10 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
     if not p.is_dir():
         raise ModelFolderError(f"{name} {p} is a file; give a checkpoint folder (.../checkpoints/step_N) or an "
                                "exported model folder")
-    if p.name == "checkpoints" and not (p / "checkpoints").is_dir() and not weight_files(p):
+    if p.name == "checkpoints" and not (p / "checkpoints").is_dir() and not weight_files(p, fsdp=True):
         p = p.parent  # RUN/checkpoints means the run
     verified = False  # checksums already read (hashing a multi-GB checkpoint twice costs seconds)
-    if (p / "checkpoints").is_dir() and not weight_files(p):
+    if (p / "checkpoints").is_dir() and not weight_files(p, fsdp=True):
         best = best_checkpoint(p, log=log)
         if best is not None:
             state = checkpoint_state(best)
@@ -448,7 +456,7 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
         if verify:
             verify_export(p, log=log)
         loaded = load_hf(p)
-    elif weight_files(p):
+    elif weight_files(p, fsdp=True):
         if verify and not verified:
             verify_checkpoint(p, log=log)
         loaded = load_run_checkpoint(p)

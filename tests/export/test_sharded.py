@@ -1,0 +1,136 @@
+"""A sharded FSDP checkpoint (`pytorch_model_fsdp_0/`, torch.distributed.checkpoint) loads, evaluates and exports in
+one process without a GPU; checksums cover the files in a checkpoint's subfolders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.eval_common import make_tnl, make_tokenizer
+
+pytest.importorskip("tnl.model")
+dcp = pytest.importorskip("torch.distributed.checkpoint")
+
+from tnl.checkpoint import verify, write_checksums  # noqa: E402
+from tnl.export import ExportError, load_pretrained  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+def _run(root: Path, model, tok, sharded: bool) -> Path:
+    """A run folder whose step_5 holds the weights as Accelerate saves them: FSDP's SHARDED_STATE_DICT writes
+    {"model": state_dict} with torch.distributed.checkpoint into pytorch_model_fsdp_0/ (one process writes the
+    same format as several), the others model.safetensors without the tied lm_head."""
+    from safetensors.torch import save_file
+
+    ckpt = root / "checkpoints" / "step_5"
+    ckpt.mkdir(parents=True)
+    (root / "model_config.json").write_text(json.dumps(model.config.to_dict()))
+    tok.save_pretrained(root / "tokenizer")
+    if sharded:
+        # random, full-precision values a lossy save would change
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        dcp.save({"model": sd}, checkpoint_id=str(ckpt / "pytorch_model_fsdp_0"), no_dist=True)
+    else:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                  str(ckpt / "model.safetensors"))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 5}))
+    write_checksums(ckpt)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tok):
+    model = make_tnl(len(tok), seed=3, decoder_layers=2)
+    with torch.no_grad():  # away from the initialisation, so a missed tensor would show
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    root = tmp_path_factory.mktemp("runs")
+    return model, _run(root / "sharded", model, tok, True), _run(root / "flat", model, tok, False)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+
+
+def test_sharded_checkpoint_loads_bit_exact_from_the_checkpoint_and_the_run(runs):
+    model, sharded, _flat = runs
+    ckpt = sharded / "checkpoints" / "step_5"
+    assert (ckpt / "pytorch_model_fsdp_0" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
+    expected = model.state_dict()
+    for path in (ckpt, sharded):
+        loaded = load_pretrained(path, log=lambda *_: None)
+        assert loaded.kind == "checkpoint" and loaded.path == ckpt
+        got = loaded.model.state_dict()
+        assert got.keys() == expected.keys()
+        for k in expected:
+            assert got[k].dtype == expected[k].dtype and torch.equal(got[k], expected[k]), k
+
+
+def _export(checkpoint: Path, out: Path) -> dict[str, torch.Tensor]:
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+
+    from tnl.export.run import run_export
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="export", overrides=[f"checkpoint={checkpoint}", f"out_dir={out}"])
+    folder = run_export(cfg, log=lambda *_: None)
+    return load_file(str(folder / "model.safetensors")), json.loads((folder / "config.json").read_text())
+
+
+def test_export_of_the_sharded_checkpoint_equals_the_export_of_the_unsharded_one(runs, tmp_path):
+    _model, sharded, flat = runs
+    (a, config_a), (b, config_b) = (_export(run / "checkpoints" / "step_5", tmp_path / run.name)
+                                    for run in (sharded, flat))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert config_a == config_b
+
+
+def test_checksums_cover_subfolders_and_a_corrupt_shard_is_refused(runs, tmp_path):
+    import shutil
+
+    _model, sharded, _flat = runs
+    run = tmp_path / "run"
+    shutil.copytree(sharded, run)
+    ckpt = run / "checkpoints" / "step_5"
+    sums = json.loads((ckpt / "checksums.json").read_text())
+    shards = sorted(p.relative_to(ckpt).as_posix() for p in (ckpt / "pytorch_model_fsdp_0").iterdir())
+    assert len(shards) == 2 and set(shards) <= set(sums)  # the shard file and its .metadata
+    shard = next(ckpt / s for s in shards if s.endswith(".distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in a tensor: only the checksum can tell
+    shard.write_bytes(bytes(data))
+    assert verify(ckpt) == f"{shard.relative_to(ckpt).as_posix()} does not match its checksum (truncated or corrupt)"
+    with pytest.raises(ExportError, match="step_5 is broken .*checksum"):
+        load_pretrained(ckpt)
+    with pytest.raises(ExportError, match="no valid checkpoints"):
+        load_pretrained(run, log=lambda *_: None)
+    shard.write_bytes(shard.read_bytes()[:40])  # cut short: unreadable, one line even unverified
+    with pytest.raises(ExportError, match=r"cannot read the weights in .*pytorch_model_fsdp_0"):
+        load_pretrained(ckpt, verify=False)
+
+
+def test_flat_checksums_written_before_subfolders_were_covered_still_verify(tmp_path):
+    folder = tmp_path / "step_1"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "sub" / "x.bin").write_bytes(b"shard")
+    old = {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}  # the old format: top-level names only
+    (folder / "checksums.json").write_text(json.dumps(old))
+    assert verify(folder) is None
+    (folder / "model.safetensors").write_bytes(b"weightz")
+    assert verify(folder) == "model.safetensors does not match its checksum (truncated or corrupt)"

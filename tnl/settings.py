@@ -55,3 +55,14 @@ def debug() -> bool:
 def triton_interpret() -> bool:
     """Triton's own `TRITON_INTERPRET=1` (kernels run on the CPU interpreter); read here so tnl reads it once."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def launch() -> tuple[int, bool]:
+    """What the launcher asked for: the number of processes it started (torchrun's WORLD_SIZE) and whether it asked
+    for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP), so training can refuse a setup that
+    Accelerate fell back from."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        world = 1
+    return world, os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"

@@ -49,3 +49,20 @@ def log_setup(metrics: Any, step: int, row: dict[str, Any]) -> None:
     old = [r for r in read_metrics(metrics.path) if r.get("split") == "setup"] if metrics.path.exists() else []
     if not old or {k: old[-1].get(k) for k in row} != row:
         metrics.log({"step": step, "split": "setup", **row})
+
+
+def check_setup(row: dict[str, Any]) -> None:
+    """Refuse a setup other than the launch asked for (`settings.launch`), before anything is read or written:
+    Accelerate falls back without a word (no GPU for the processes: each trains alone; FSDP on CPUs: DDP)."""
+    from tnl import settings
+    from tnl.errors import UserError
+
+    launched, fsdp_requested = settings.launch()
+    if launched > 1 and row["world_size"] != launched:
+        raise UserError(f"the launch started {launched} processes but Accelerate set up {row['strategy']} with world "
+                        f"size {row['world_size']} on {row['device']}: each would train alone; on a machine without "
+                        "GPUs set ACCELERATE_USE_CPU=1 (DDP over gloo), or launch on GPUs")
+    if fsdp_requested and row["strategy"] != "FSDP":
+        raise UserError(f"the launch asked for FSDP but Accelerate set up {row['strategy']} on {row['device']} "
+                        "(Accelerate runs FSDP on GPUs only); launch on GPUs, or train with DDP: "
+                        "configs/accelerate/ddp_2gpu.yaml, or torchrun with ACCELERATE_USE_CPU=1 on CPUs")

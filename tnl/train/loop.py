@@ -30,7 +30,7 @@ from tnl.errors import UserError
 from .best import BestTracker, use_best
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
-from .distributed import describe_setup, log_setup, setup_line
+from .distributed import check_setup, describe_setup, log_setup, setup_line
 from .flops import peak_flops, train_flops_per_token
 from .init_from import freeze, load_init_weights, prepare_init
 from .metrics import MetricsWriter
@@ -183,6 +183,7 @@ def train(cfg: DictConfig, after: Callable[[FinishedRun], None] | None = None,
     # the loop steps the schedule once per optimizer step; Accelerate would otherwise step it once per process
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, step_scheduler_with_optimizer=False)
     main = accelerator.is_main_process
+    check_setup(describe_setup(accelerator))  # a launch that Accelerate silently fell back from is refused
     # rank 0 chooses the run folder (an interpolated ${now:...} could differ between ranks)
     out = Path(broadcast_object_list([str(Path(cfg.output_dir).resolve())])[0])
     # one run per folder: rank 0 locks it before anything in it is read or written, every rank hears the outcome

@@ -134,3 +134,52 @@ def test_flat_checksums_written_before_subfolders_were_covered_still_verify(tmp_
     assert verify(folder) is None
     (folder / "model.safetensors").write_bytes(b"weightz")
     assert verify(folder) == "model.safetensors does not match its checksum (truncated or corrupt)"
+
+
+def test_a_two_process_fsdp2_checkpoint_consolidates_to_the_gathered_weights(tok, tmp_path):
+    """Two gloo processes on the CPU train a tiny model sharded with FSDP2 (torch's fully_shard; Accelerate itself
+    runs FSDP on GPUs only) and save it as Accelerate does: one shard file per process. Loading it in this process
+    gives the full state dict the processes gathered, bit for bit; losses and weights match one process training on
+    the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_2"
+    ckpt.mkdir(parents=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547",
+                          str(Path(__file__).parent / "fsdp2_checkpoint.py"), str(ckpt), str(len(tok))],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    shards = sorted(p.name for p in (ckpt / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    full = torch.load(ckpt / "full.pt", weights_only=True)
+    (ckpt / "full.pt").unlink()
+    run = ckpt.parents[1]
+    (run / "model_config.json").write_text(json.dumps(make_tnl(len(tok), decoder_layers=2).config.to_dict()))
+    tok.save_pretrained(run / "tokenizer")
+    write_checksums(ckpt)
+    loaded = load_pretrained(ckpt).model.state_dict()
+    assert loaded.keys() == full.keys()
+    for k in full:
+        assert torch.equal(loaded[k], full[k]), k
+    # one process, the whole global batch: a gradient off by the number of processes would move the weights by
+    # about their whole change (lr 0.1), far over the tolerance
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fsdp2_checkpoint import batch
+
+    one = make_tnl(len(tok), seed=3, decoder_layers=2).train()
+    start = {k: v.clone() for k, v in one.state_dict().items()}
+    optimizer = torch.optim.AdamW(one.parameters(), lr=0.1, eps=1.0)
+    ids, losses = batch(len(tok), 2), []
+    for _ in range(2):
+        loss = one(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert json.loads((ckpt / "losses.json").read_text()) == pytest.approx(losses, rel=1e-5)
+    for k, v in one.state_dict().items():
+        change = (v - start[k]).abs().max().item()
+        assert (loaded[k] - v).abs().max().item() <= 1e-3 * max(change, 1e-3), k

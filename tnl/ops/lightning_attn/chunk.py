@@ -12,6 +12,14 @@ import torch
 from ..common import accumulation_dtype
 
 
+def heads_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v [B, T, H or Hkv, .] as [B, H, T, .] in the accumulation dtype, k and v repeated over each group of q
+    heads (the PyTorch forms trade that copy for simplicity; the kernels read grouped heads in place)."""
+    acc = accumulation_dtype(q.dtype)
+    group = q.shape[2] // k.shape[2]
+    return tuple(x.to(acc).repeat_interleave(g, dim=2).transpose(1, 2) for x, g in ((q, 1), (k, group), (v, group)))
+
+
 def chunk_lightning_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -27,10 +35,7 @@ def chunk_lightning_attn(
     acc = accumulation_dtype(q.dtype)
     b, t, h, d = q.shape
     e = v.shape[-1]
-    group = h // k.shape[2]
-    qf = q.to(acc).transpose(1, 2)  # [B, H, T, D]
-    kf = k.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
-    vf = v.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
+    qf, kf, vf = heads_first(q, k, v)  # [B, H, T, .]
     s = decay.to(acc).view(1, h, 1, 1)
     if initial_state is None:
         state = qf.new_zeros(b, h, d, e)

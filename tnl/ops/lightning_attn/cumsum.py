@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..common import accumulation_dtype
+from .chunk import heads_first
 
 _BLOCK = 64
 
@@ -54,10 +55,7 @@ def cumsum_lightning_attn(
     acc = accumulation_dtype(q.dtype)
     b, t, h, d = q.shape
     e = v.shape[-1]
-    group = h // k.shape[2]
-    qf = q.to(acc).transpose(1, 2)  # [B, H, T, D]
-    kf = k.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
-    vf = v.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
+    qf, kf, vf = heads_first(q, k, v)  # [B, H, T, .]
     rate = decay.detach().to(acc)
     kv = (kf.unsqueeze(-1) * vf.unsqueeze(-2)).reshape(b, h, t, d * e)  # k_s^T v_s
     states = _decayed_cumsum(kv, rate).view(b, h, t, d, e)

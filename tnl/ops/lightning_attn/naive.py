@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..common import accumulation_dtype
+from .chunk import heads_first
 
 
 def naive_lightning_attn(
@@ -24,10 +25,7 @@ def naive_lightning_attn(
     out_dtype = q.dtype
     acc = accumulation_dtype(q.dtype)
     b, t, h, _ = q.shape
-    group = h // k.shape[2]
-    qf = q.to(acc).transpose(1, 2)  # [B, H, T, D]
-    kf = k.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
-    vf = v.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
+    qf, kf, vf = heads_first(q, k, v)  # [B, H, T, .]
     s = decay.to(acc).view(1, h, 1, 1)
     pos = torch.arange(t, device=q.device, dtype=acc)
     dist = pos.view(-1, 1) - pos.view(1, -1)  # i - j

@@ -13,23 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.eval_common import make_tokenizer
-
 pytest.importorskip("tnl.model")
 
 from tnl.export import ExportError, export_hf, export_official, load_pretrained, push_to_hub  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
 
 
 def _model(vocab: int, **kw):

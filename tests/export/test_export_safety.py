@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.export.test_export import _compose, _fake_run, _model
-from tests.helpers.eval_common import make_tnl, make_tokenizer
+from tests.helpers.eval_common import make_tnl
 from tnl.export import ExportError, export_hf, load_pretrained
 from tnl.export.run import run_export
 
@@ -46,11 +46,6 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
 
 
 @pytest.fixture

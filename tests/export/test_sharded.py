@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.eval_common import make_tnl, make_tokenizer
+from tests.helpers.eval_common import make_tnl
 
 pytest.importorskip("tnl.model")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
@@ -19,16 +19,6 @@ from tnl.checkpoint import verify, write_checksums  # noqa: E402
 from tnl.export import ExportError, load_pretrained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
 
 
 def _run(root: Path, model, tok, sharded: bool) -> Path:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,20 +15,38 @@ from tests.train.test_train import _args
 from tnl.checkpoint import list_checkpoints, verify
 
 
+def _start_group(args: list[str]) -> subprocess.Popen:
+    """`args` in its own process group, as a scheduler's job has, output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_steps(proc: subprocess.Popen, out: Path, steps: int) -> float:
+    """Wait until the run has logged `steps` rows; returns the deadline (two minutes from now) for what follows."""
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= steps) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-2000:]
+        time.sleep(0.05)
+    return deadline
+
+
+def _assert_one_checkpoint_from_step(out: Path, first: int) -> None:
+    """The run holds exactly one checkpoint, it verifies, and it was saved at step `first` or later."""
+    (step, folder), = list_checkpoints(out / "checkpoints")
+    assert verify(folder) is None
+    assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= first
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_the_process_group_saves_a_checkpoint_with_workers_running(tmp_path, sig):
     corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
     out = tmp_path / "run"
     args = _args(corpus, out, "train.max_steps=100000", "train.save_every=0", "train.num_workers=2")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, as a scheduler's job has
+    proc = _start_group(args)
     try:
-        metrics = out / "metrics.jsonl"
-        deadline = time.time() + 120
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-2000:]
-            time.sleep(0.05)
+        _wait_for_steps(proc, out, 3)
         os.killpg(proc.pid, sig)  # the main process and its DataLoader workers
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -35,9 +54,7 @@ def test_signal_to_the_process_group_saves_a_checkpoint_with_workers_running(tmp
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + sig, output[-2000:]
     assert f"checkpoint (signal {sig.name}) saved" in output and "DataLoader worker" not in output
-    (step, folder), = list_checkpoints(out / "checkpoints")
-    assert verify(folder) is None
-    assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3
+    _assert_one_checkpoint_from_step(out, 3)
 
 
 def test_repeated_signals_during_the_save_neither_break_it_nor_print_a_traceback(tmp_path):
@@ -47,15 +64,9 @@ def test_repeated_signals_during_the_save_neither_break_it_nor_print_a_traceback
     corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
     out = tmp_path / "run"
     args = _args(corpus, out, "train.max_steps=100000", "train.save_every=0", "train.num_workers=1")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = _start_group(args)
     try:
-        metrics = out / "metrics.jsonl"
-        deadline = time.time() + 120
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.time() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-2000:]
-            time.sleep(0.05)
+        deadline = _wait_for_steps(proc, out, 3)
         os.killpg(proc.pid, signal.SIGINT)  # first (Python runs pending handlers lowest signal number first)
         repeats = 0
         while proc.poll() is None and time.time() < deadline:
@@ -72,9 +83,7 @@ def test_repeated_signals_during_the_save_neither_break_it_nor_print_a_traceback
     assert repeats > 0 and proc.returncode == 128 + signal.SIGINT, output[-2000:]
     assert "Traceback" not in output and "checkpoint (signal SIGINT) saved" in output
     assert output.count("already stopping") == 1
-    (step, folder), = list_checkpoints(out / "checkpoints")
-    assert verify(folder) is None
-    assert json.loads((folder / "trainer_state.json").read_text())["step"] == step >= 3
+    _assert_one_checkpoint_from_step(out, 3)
 
 
 def test_a_signal_during_the_final_evaluation_stops_it_at_once(tmp_path):
@@ -83,9 +92,7 @@ def test_a_signal_during_the_final_evaluation_stops_it_at_once(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 60, {"train": 30, "validation": 600}, 400)
     out = tmp_path / "run"
     args = _args(corpus, out, "train.max_steps=3", "train.final_eval=true", "train.export=true")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = _start_group(args)
     lines = []
     try:
         for line in proc.stdout:  # wait until the evaluation has started

@@ -41,3 +41,8 @@ def reverse_recurrence(q, k, v, decay, scale=1.0, initial_state=None, cu_seqlens
     idx = flip_index(q.shape[1], cu_seqlens)
     o, final = recurrence(q[:, idx], k[:, idx], v[:, idx], decay, scale, initial_state, cu_seqlens)
     return o[:, idx], final
+
+
+def rel_error(a, b) -> float:
+    """||a - b|| / ||b|| with `a` taken to float64 (b is the float64 reference)."""
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -4,12 +4,11 @@ every gradient, initial state included, on each path of the kernels' plan (one s
 segments, sub-segments, two PREFIX segments, varlen with its scan, TMA descriptors, the compiled custom ops).
 Runs in a child process like test_lightning_attn_triton.py."""
 
-import contextlib
 
 import pytest
 import torch
 
-from tests.helpers.attn_reference import reverse_recurrence
+from tests.helpers.attn_reference import rel_error, reverse_recurrence
 from tests.helpers.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
@@ -22,22 +21,11 @@ if not IN_CHILD:
 
 from tnl.ops import lightning_attn  # noqa: E402
 from tnl.ops.lightning_attn import passes, plan, tuning  # noqa: E402
-from tnl.ops.lightning_attn.options import override_kernel_options  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.fixture
-def options():
-    with contextlib.ExitStack() as stack:
-        yield lambda **changes: stack.enter_context(override_kernel_options(**changes))
-
-
-def _rel(a, b):
-    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _inputs(b, t, h, hkv, d, e, n=None):
@@ -62,7 +50,7 @@ def _check(q, k, v, decay, s0, cu=None, scale=0.7, silu=False, fn=None):
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
     for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
-        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+        assert rel_error(got, want) < 1e-5, f"{name} {rel_error(got, want)}"
 
 
 @pytest.mark.parametrize(
@@ -148,7 +136,7 @@ def test_layer_interface_on_triton(reverse):
     decay = torch.tensor([(8 / h) * (1 - layer_idx / num_layers) * i for i in range(h)], dtype=torch.float64)
     ref = reverse_recurrence if reverse else recurrence
     o_r, f_r = ref(q, k, v, decay, d ** -0.5, s0, cu_seqlens=cu)
-    assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5
+    assert rel_error(o, o_r) < 1e-5 and rel_error(final, f_r) < 1e-5
 
 
 if not IN_CHILD:

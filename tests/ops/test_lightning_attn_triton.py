@@ -5,12 +5,11 @@ TRITON_INTERPRET=1 (tests/helpers/interpret.py); inside it each test also sets t
 Segment lengths are forced with KernelOptions (multiples of 16, the interpreter's chunk).
 """
 
-import contextlib
 
 import pytest
 import torch
 
-from tests.helpers.attn_reference import recurrence
+from tests.helpers.attn_reference import recurrence, rel_error
 from tests.helpers.interpret import IN_CHILD, run_interpreted
 
 pytest.importorskip("triton")
@@ -24,19 +23,11 @@ if not IN_CHILD:  # the kernel tests below run in a child process under the inte
 from tnl.ops.lightning_attn import passes, plan, tuning  # noqa: E402
 from tnl.ops.lightning_attn import triton_entry as E  # noqa: E402
 from tnl.ops.lightning_attn import triton_kernels as K  # noqa: E402
-from tnl.ops.lightning_attn.options import override_kernel_options  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.fixture
-def options():
-    """`options(seg_len=32, ...)`: KernelOptions for the rest of the test."""
-    with contextlib.ExitStack() as stack:
-        yield lambda **changes: stack.enter_context(override_kernel_options(**changes))
 
 
 @pytest.fixture
@@ -75,10 +66,6 @@ def state_passes(monkeypatch):
     return grids
 
 
-def _rel(a, b):
-    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def _inputs(b, t, h, hkv, d, e, dtype=torch.float32, state=True, n=None):
     q = torch.randn(b, t, h, d).to(dtype)
     k = torch.randn(b, t, hkv, d).to(dtype)
@@ -95,8 +82,8 @@ def _check_all(q, k, v, decay, s0, scale=1.0, cu=None, tol=1e-5, grad=True):
     assert o.dtype == q.dtype and final.dtype == torch.float32
     o_ref, f_ref = recurrence(q.detach(), k.detach(), v.detach(), decay, scale,
                               s0.detach() if s0 is not None else None, cu_seqlens=cu)
-    assert _rel(o, o_ref) < tol, f"o {_rel(o, o_ref)}"
-    assert _rel(final, f_ref) < tol, f"final {_rel(final, f_ref)}"
+    assert rel_error(o, o_ref) < tol, f"o {rel_error(o, o_ref)}"
+    assert rel_error(final, f_ref) < tol, f"final {rel_error(final, f_ref)}"
     if not grad:
         return
     go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
@@ -108,7 +95,7 @@ def _check_all(q, k, v, decay, s0, scale=1.0, cu=None, tol=1e-5, grad=True):
     grads_ref = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref_leaves)
     for name, g, g_ref in zip("q k v s0".split(), grads, grads_ref):
         assert g.dtype == leaves["q k v s0".split().index(name)].dtype
-        assert _rel(g, g_ref) < tol, f"d{name} {_rel(g, g_ref)}"
+        assert rel_error(g, g_ref) < tol, f"d{name} {rel_error(g, g_ref)}"
 
 
 def _check_silu_fold(q, k, v, decay, s0, silu: bool, scale: float = 0.6):
@@ -124,7 +111,7 @@ def _check_silu_fold(q, k, v, decay, s0, silu: bool, scale: float = 0.6):
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
     for name, got, want in zip("o final dq dk dv ds0".split(), (o, final, *grads), (o_r, f_r, *grads_r)):
-        assert _rel(got, want) < 1e-5, f"{name} {_rel(got, want)}"
+        assert rel_error(got, want) < 1e-5, f"{name} {rel_error(got, want)}"
 
 
 @pytest.mark.parametrize(
@@ -166,12 +153,12 @@ def test_silu_folded_into_kernels_matches_silu_then_attention(case, given, optio
                                         qk_activated=(silu(q), silu(k)) if given else None)
     ref = [x.detach().double().requires_grad_() for x in leaves]
     o_r, f_r = recurrence(silu(ref[0]), silu(ref[1]), ref[2], decay, 0.7, ref[3], cu_seqlens=cu)
-    assert _rel(o, o_r) < 1e-5 and _rel(final, f_r) < 1e-5
+    assert rel_error(o, o_r) < 1e-5 and rel_error(final, f_r) < 1e-5
     go, gf = torch.randn(o.shape, dtype=torch.float64), torch.randn(final.shape, dtype=torch.float64)
     grads = torch.autograd.grad((o.double() * go).sum() + (final.double() * gf).sum(), leaves)
     grads_r = torch.autograd.grad((o_r * go).sum() + (f_r * gf).sum(), ref)
     for name, g, g_r in zip("q k v s0".split(), grads, grads_r):
-        assert _rel(g, g_r) < 1e-5, f"d{name} {_rel(g, g_r)}"
+        assert rel_error(g, g_r) < 1e-5, f"d{name} {rel_error(g, g_r)}"
 
 
 def test_activated_q_k_are_checked():
@@ -194,7 +181,7 @@ def test_gradient_through_final_state_only():
         if g_r is None:  # q does not reach the final state
             assert g is None or g.abs().max() == 0
         else:
-            assert _rel(g, g_r) < 1e-5
+            assert rel_error(g, g_r) < 1e-5
 
 
 def test_no_initial_state_and_no_final_state():
@@ -202,7 +189,7 @@ def test_no_initial_state_and_no_final_state():
     o, final = E.triton_lightning_attn(q, k, v, decay)
     assert final is None
     o_ref, _ = recurrence(q, k, v, decay)
-    assert _rel(o, o_ref) < 1e-5
+    assert rel_error(o, o_ref) < 1e-5
 
 
 def test_segmented_long_sequence(options):
@@ -349,7 +336,7 @@ def test_low_precision_error():
     for dtype in (torch.bfloat16, torch.float16):
         o, _ = E.triton_lightning_attn(q.to(dtype), k.to(dtype), v.to(dtype), decay)
         assert o.dtype == dtype
-        assert _rel(o, o_ref) < 2e-2, f"{dtype}: {_rel(o, o_ref)}"
+        assert rel_error(o, o_ref) < 2e-2, f"{dtype}: {rel_error(o, o_ref)}"
 
 
 def test_bf16_gradients():
@@ -363,7 +350,7 @@ def test_public_entry_dispatches_to_triton():
     q, k, v, decay, s0 = _inputs(1, 20, 2, 2, 16, 16)
     o, final = lightning_attn(q, k, v, decay, initial_state=s0, output_final_state=True, backend="triton")
     o_ref, f_ref = recurrence(q, k, v, decay, 1.0, s0)
-    assert _rel(o, o_ref) < 1e-5 and _rel(final, f_ref) < 1e-5
+    assert rel_error(o, o_ref) < 1e-5 and rel_error(final, f_ref) < 1e-5
 
 
 def test_bad_input_one_line_error(monkeypatch):
@@ -442,7 +429,7 @@ def test_compiled_segmented_matches_recurrence(case, state_passes, options):
     o_r, f_r = recurrence(*ref[:3], decay, 0.5, ref[3], cu_seqlens=cu)
     grads_r = torch.autograd.grad((o_r * go.double()).sum() + (f_r * gf.double()).sum(), ref)
     for got, want in zip([o, final, *grads], [o_r, f_r, *grads_r]):
-        assert _rel(got, want) < 1e-5
+        assert rel_error(got, want) < 1e-5
     # forward, dq (varlen only), dv (shared with dk); none with two segments
     assert len(state_passes) == {"fixed": 2, "varlen": 3, "two_segments": 0}[case]
 
@@ -470,7 +457,7 @@ def test_compiled_dynamic_shapes_follow_segment_count(options):
         o_r = recurrence(*ref, decay, 0.5)[0]
         grads_r = torch.autograd.grad((o_r * go.double()).sum(), ref)
         for got, want in zip([o, *grads], [o_r, *grads_r]):
-            assert _rel(got, want) < 1e-5
+            assert rel_error(got, want) < 1e-5
     assert counters["stats"]["unique_graphs"] == 1
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import sys
 
 import torch
@@ -129,19 +128,9 @@ def main() -> None:
 
 def write_md(key: str, table: str) -> None:
     """Put the table, with its command, device, versions and date, in its section of docs/benchmarks.md."""
-    import transformers
+    from benchmarks.markdown import rewrite_section, stamp
 
-    from benchmarks.markdown import rewrite_section, today
-
-    cmd = " ".join(["python -m benchmarks.bench_generate", *(shlex.quote(a) for a in sys.argv[1:])])
-    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
-    try:
-        import triton
-
-        versions += f", triton {triton.__version__}"
-    except ImportError:
-        pass
-    body = f"`{cmd}`\n· {torch.cuda.get_device_name()} · {versions} · {today()}\n\n{table}"
+    body = f"{stamp('benchmarks.bench_generate', ('transformers', 'triton'))}\n\n{table}"
     rewrite_section(key, body, chapter="Generation throughput")
     print(f"rewrote <!-- {key} --> in docs/benchmarks.md")
 

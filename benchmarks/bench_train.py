@@ -17,7 +17,6 @@ section of docs/benchmarks.md in place (`<!-- bench_train -->`, or `--md-key`).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 
@@ -195,16 +194,9 @@ def main() -> None:
 
 def write_md(key: str, table: str) -> None:
     """Put the table, with its command, device, versions and date, in its section of docs/benchmarks.md."""
-    from benchmarks.markdown import rewrite_section, today
+    from benchmarks.markdown import rewrite_section, stamp
 
-    cmd = " ".join(["python -m benchmarks.bench_train", *(shlex.quote(a) for a in sys.argv[1:])])
-    versions = f"torch {torch.__version__}"
-    for name in ("triton", "fla"):
-        try:
-            versions += f", {name} {getattr(__import__(name), '__version__', '?')}"
-        except ImportError:
-            pass
-    body = f"`{cmd}`\n· {torch.cuda.get_device_name()} · {versions} · {today()}\n\n{table}"
+    body = f"{stamp('benchmarks.bench_train', ('triton', 'fla'))}\n\n{table}"
     rewrite_section(key, body, chapter="Training throughput")
     print(f"rewrote <!-- {key} --> in docs/benchmarks.md")
 

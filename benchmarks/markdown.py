@@ -7,6 +7,8 @@ the end of the `## ` chapter named, or of the file. Numbers are never appended a
 from __future__ import annotations
 
 import datetime
+import shlex
+import sys
 from pathlib import Path
 
 from tnl.atomic import write_text_atomic
@@ -17,6 +19,21 @@ BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 def today() -> str:
     return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
+
+
+def stamp(module: str, packages: tuple[str, ...] = ()) -> str:
+    """The lines a GPU table starts with: `python -m MODULE <this run's arguments>`, then the device, torch's and
+    `packages`' versions (those importable) and today's date."""
+    import torch
+
+    cmd = " ".join([f"python -m {module}", *(shlex.quote(a) for a in sys.argv[1:])])
+    versions = [f"torch {torch.__version__}"]
+    for name in packages:
+        try:
+            versions.append(f"{name} {getattr(__import__(name), '__version__', '?')}")
+        except ImportError:
+            pass
+    return f"`{cmd}`\n· {torch.cuda.get_device_name()} · {', '.join(versions)} · {today()}"
 
 
 def current_section(key: str, path: Path = BENCHMARKS_MD) -> str | None:

@@ -173,3 +173,62 @@ def test_a_two_process_fsdp2_checkpoint_consolidates_to_the_gathered_weights(tok
     for k, v in one.state_dict().items():
         change = (v - start[k]).abs().max().item()
         assert (loaded[k] - v).abs().max().item() <= 1e-3 * max(change, 1e-3), k
+
+
+def _sharded_checkpoint(folder: Path, model, step: int) -> dict[str, torch.Tensor]:
+    """`folder` as a sharded checkpoint of `model` at `step` after a random change of its weights; those weights."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    folder.mkdir(parents=True)
+    dcp.save({"model": sd}, checkpoint_id=str(folder / "pytorch_model_fsdp_0"), no_dist=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    write_checksums(folder)
+    return sd
+
+
+@pytest.mark.parametrize("keep_best, best_saved", [(True, True), (False, True), (True, False)])
+def test_the_final_model_of_a_sharded_run_is_the_chosen_checkpoint_consolidated(runs, tok, tmp_path, keep_best,
+                                                                                 best_saved):
+    """Under FSDP no process holds whole weights, so the final evaluation and export rebuild the model from the
+    chosen checkpoint: the best one (step 3) when kept, the last one (step 5) otherwise or when the best folder
+    is of another step, each bit-exact."""
+    from tnl.train.best import BestTracker, final_model
+
+    model, sharded, _flat = runs
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("model_config.json", "tokenizer"):
+        (run / name).symlink_to(sharded / name)
+    source = make_tnl(len(tok), seed=4, decoder_layers=2)
+    best_sd = _sharded_checkpoint(run / "checkpoints" / "best", source, 3 if best_saved else 1)
+    last_sd = _sharded_checkpoint(run / "checkpoints" / "step_5", source, 5)
+    best = BestTracker(best_step=3, best_val_loss=1.5)
+    lines: list[str] = []
+    live = make_tnl(len(tok), seed=5, decoder_layers=2)  # the live (sharded) model: never what is evaluated
+    got, evaluated = final_model(live, run / "checkpoints", best, keep_best, 5, torch.device("cpu"), lines.append)
+    expected, step = (best_sd, 3) if keep_best and best_saved else (last_sd, None)
+    assert evaluated == step and got is not live
+    state = got.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+    assert any("no checkpoint of the best step 3" in line for line in lines) == (keep_best and not best_saved)
+
+
+def test_the_final_model_of_an_unsharded_run_is_the_live_model_with_the_best_weights(runs, tok, tmp_path):
+    from safetensors.torch import save_file
+
+    from tnl.train.best import BestTracker, final_model
+
+    root = tmp_path / "checkpoints"
+    source = make_tnl(len(tok), seed=6, decoder_layers=2)
+    best_sd = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    (root / "best").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in best_sd.items() if k != "lm_head.weight"},
+              str(root / "best" / "model.safetensors"))
+    (root / "best" / "trainer_state.json").write_text(json.dumps({"step": 2}))
+    live = make_tnl(len(tok), seed=7, decoder_layers=2)
+    got, evaluated = final_model(live, root, BestTracker(best_step=2, best_val_loss=1.0), True, 4,
+                                 torch.device("cpu"), lambda *_: None)
+    assert got is live and evaluated == 2
+    assert all(torch.equal(got.state_dict()[k], best_sd[k]) for k in best_sd)

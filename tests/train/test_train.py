@@ -124,7 +124,9 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     one = _run(_args(corpus, tmp_path / "one", *same))
     assert one.returncode == 0, one.stderr[-2000:]
     # (the 2-process run also uses the fused cross-entropy: its weight gradients must reach DDP's all-reduce)
-    args = _args(corpus, tmp_path / "two", *same, "train.grad_accum=1", "train.loss_chunk_size=48")
+    # final evaluation and export on: rank 0 runs them alone after the others have left
+    args = _args(corpus, tmp_path / "two", *same, "train.grad_accum=1", "train.loss_chunk_size=48",
+                 "train.final_eval=true", "train.export=true")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     two = _run(torchrun + args[1:], cwd=ROOT, env_extra={"ACCELERATE_USE_CPU": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
@@ -148,6 +150,8 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     assert p1.keys() == p2.keys()
     worst = max((p2[k] - p1[k]).abs().max().item() for k in p1)
     assert worst < 1e-7, worst  # found 4e-9; gradients halved on each rank: 8e-4
+    exported = load_file(str(tmp_path / "two" / "export" / "model.safetensors"))
+    assert all(torch.equal(exported[k], p2[k]) for k in p2)  # the export is the last checkpoint's weights
 
 
 def test_diverging_run_skips_non_finite_steps_then_aborts_naming_the_last_checkpoint(corpus, tmp_path):

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from tnl.checkpoint import checkpoint_state, load_weights, read_state_dict, strip_wrappers, weight_files
+from tnl.checkpoint import (
+    BEST,
+    checkpoint_state,
+    load_run_checkpoint,
+    load_weights,
+    read_state_dict,
+    strip_wrappers,
+    weight_files,
+)
 
 RISING_EVALS = 2  # validation loss rising this many evaluations in a row prints one warning
 
@@ -62,22 +70,31 @@ class BestTracker:
         return {"best_step": self.best_step, "best_val_loss": self.best_val_loss}
 
 
-def use_best(model: Any, folder: Path, best: BestTracker, keep_best: bool, step: int, log) -> int | None:
-    """Load the best checkpoint's weights into `model` for the final evaluation and export; its step, or None
-    when the last weights stay (no evaluation yet, keep_best off, the best is the last step, or no matching
-    checkpoint: a run resumed past a best saved by an abandoned continuation)."""
-    if not keep_best or best.best_step is None or best.best_step == step:
-        return None
-    if checkpoint_state(folder).get("step") != best.best_step:
+def final_model(model: Any, root: Path, best: BestTracker, keep_best: bool, step: int, device: Any,
+                log) -> tuple[Any, int | None]:
+    """The model the final evaluation and export use, and the step of its weights when that is not the last one.
+
+    The best checkpoint (`root/best`) is chosen when keep_best is on and it is not the last step; without a
+    matching checkpoint (a run resumed past a best saved by an abandoned continuation) the last step stays.
+    Unsharded weights are loaded into `model` itself. Sharded (FSDP) ones are not whole on any one process, so a
+    whole model is rebuilt from the chosen checkpoint in this process, as `tnl evaluate` would load it: it evaluates
+    and exports without the other processes (no collective to wait for) and equals the consolidated weights."""
+    folder = root / BEST
+    chosen = keep_best and best.best_step is not None and best.best_step != step
+    if chosen and checkpoint_state(folder).get("step") != best.best_step:
         log(f"WARNING: no checkpoint of the best step {best.best_step} in {folder}; the final evaluation and export "
             f"use the last step ({step})")
-        return None
-    if not weight_files(folder):  # sharded (FSDP) weights: no full state dict to load on one process
-        log(f"WARNING: {folder} holds sharded weights; the final evaluation and export use the last step ({step}); "
-            f"export the best with `tnl export checkpoint={folder}`")
-        return None
-    with torch.no_grad():
-        load_weights(model, strip_wrappers(read_state_dict(weight_files(folder))), folder)
-    log(f"final evaluation and export use the best checkpoint: step {best.best_step} (validation loss "
-        f"{best.best_val_loss:.4f})")
-    return best.best_step
+        chosen = False
+    source = folder if chosen else root / f"step_{step}"
+    evaluated = best.best_step if chosen else None
+    if weight_files(source):
+        if chosen:
+            with torch.no_grad():
+                load_weights(model, strip_wrappers(read_state_dict(weight_files(source))), source)
+    elif weight_files(source, fsdp=True):
+        model = load_run_checkpoint(source).model.to(device)
+        log(f"final evaluation and export: the sharded weights of {source} consolidated in this process")
+    if chosen:
+        log(f"final evaluation and export use the best checkpoint: step {best.best_step} (validation loss "
+            f"{best.best_val_loss:.4f})")
+    return model, evaluated

@@ -27,7 +27,7 @@ from tnl.checkpoint import BEST, copy_checkpoint, save_checkpoint
 from tnl.data import PackedWindows, ResumableSampler, collate, prepare_split, prepare_tokenizer, resolve_paths
 from tnl.errors import UserError
 
-from .best import BestTracker, use_best
+from .best import BestTracker, final_model
 from .compile import check_memory_budget, compile_for_training
 from .config import check_model_fields
 from .distributed import check_setup, describe_setup, log_setup, setup_line
@@ -407,24 +407,24 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     result["checkpoint"] = str(ckpt_root / f"step_{step}")
     stop.exit_on_signal()
     result.update(best_step=best.best_step, best_val_loss=best.best_val_loss, early_stopped=stopped)
-    unwrapped = accelerator.unwrap_model(model)
-    evaluated = use_best(unwrapped, ckpt_root / BEST, best, tc.keep_best, step, log) if main else None
+    if not main:  # the final evaluation and export run in the main process alone, on whole weights
+        metrics.close()
+        accelerator.end_training()
+        return result
+    unwrapped, evaluated = final_model(accelerator.unwrap_model(model), ckpt_root, best, tc.keep_best, step,
+                                       accelerator.device, log)
     if tc.keep_best and best.best_step is not None and (ckpt_root / BEST).is_dir():
         result["best_checkpoint"] = str(ckpt_root / BEST)
-    if main:
-        metrics.log({"step": step, "split": "summary", "best_step": best.best_step,
-                     "best_val_loss": best.best_val_loss, "evaluated_step": evaluated or step,
-                     "early_stopped": stopped})
-        if best.best_step is not None:
-            log(f"best validation loss {best.best_val_loss:.4f} at step {best.best_step}"
-                + (f" (checkpoint {ckpt_root / BEST})" if evaluated is not None else ""))
-    if main and after is not None:
+    metrics.log({"step": step, "split": "summary", "best_step": best.best_step, "best_val_loss": best.best_val_loss,
+                 "evaluated_step": evaluated or step, "early_stopped": stopped})
+    if best.best_step is not None:
+        log(f"best validation loss {best.best_val_loss:.4f} at step {best.best_step}"
+            + (f" (checkpoint {ckpt_root / BEST})" if evaluated is not None else ""))
+    if after is not None:
         after(FinishedRun(cfg, unwrapped, tokenizer, out, accelerator.device, step, evaluated, log, metrics.log,
                           result))
-    if main:
-        result["plots"] = [str(p) for p in draw_plots(out)]
+    result["plots"] = [str(p) for p in draw_plots(out)]
     metrics.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    accelerator.end_training()  # no barrier: the other processes left after the last checkpoint
     return result
 

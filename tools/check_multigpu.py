@@ -381,6 +381,7 @@ class Options:
     overrides: list[str]
     run_timeout: float | None  # None: 240 s a run for parts 1-3, 420 s for part 4
     scaling_skip: int
+    scaling_reference: Path | None = None  # RUN/scaling_single of an earlier check: the 1-GPU tokens/s
 
 
 def check_runs(opt: Options, runner: Runner, report: Report) -> None:
@@ -495,8 +496,16 @@ def check_evaluate(s: str, run: Path, opt: Options, runner: Runner, report: Repo
 
 
 def check_scaling(opt: Options, runner: Runner, report: Report) -> None:
-    """Part 4: tokens/s per GPU at the same per-GPU batch."""
+    """Part 4: tokens/s per GPU at the same per-GPU batch. The 1-GPU figure comes from --scaling-reference (a
+    scaling_single folder of an earlier check) where `single` is not among the strategies."""
     per_gpu: dict[str, float] = {}
+    if opt.scaling_reference is not None and "single" not in opt.strategies:
+        tps = tokens_per_s_per_gpu(read_rows(opt.scaling_reference / "metrics.jsonl"), opt.scaling_skip, 1)
+        if tps is None:
+            report.add("scaling run finished", "single", f"no tokens_per_s in {opt.scaling_reference}", False)
+        else:
+            per_gpu["single"] = tps
+            report.add("tokens/s per GPU (tnl_385m, compile)", "single", f"{tps:,.0f} (--scaling-reference)")
     for s in opt.strategies:
         name, run = f"scaling_{s}", opt.out / f"scaling_{s}"
         cmd = [*launcher(s, opt.nproc, opt.cpu), *SCALING, *opt.overrides, f"output_dir={run}"]
@@ -546,6 +555,9 @@ def parse(argv: Sequence[str]) -> Options:
     p.add_argument("--run-timeout", type=float, default=None,
                    help="seconds each run may take (default 240 for parts 1-3, 420 for the scaling runs)")
     p.add_argument("--scaling-skip", type=int, default=10, help="steps left out of the tokens/s median (default 10)")
+    p.add_argument("--scaling-reference", type=Path, default=None,
+                   help="the scaling_single folder of an earlier check: its 1-GPU tokens/s, when --strategies leaves "
+                   "out single (to split part 4 over two calls)")
     p.add_argument("overrides", nargs="*", help="`tnl train` overrides added to every run (e.g. data.path=...)")
     a = p.parse_args(argv)
     strategies = [s for s in a.strategies.split(",") if s]
@@ -560,11 +572,15 @@ def parse(argv: Sequence[str]) -> Options:
     out = a.out or ROOT / "outputs" / "check_multigpu" / f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     if out.exists():
         raise CheckError(f"{out} exists; pass a new --out (nothing in an existing folder is replaced)")
+    ref = a.scaling_reference
+    if ref is not None and not (ref / "metrics.jsonl").is_file():
+        raise CheckError(f"--scaling-reference {ref}: no metrics.jsonl there; pass the scaling_single folder of an "
+                         "earlier check")
     if a.cpu and "fsdp" in strategies:
         print("FSDP skipped: Accelerate runs FSDP on GPUs only (--cpu checks 1 process against DDP over gloo)")
         strategies.remove("fsdp")
     return Options(a.nproc, a.cpu, strategies, a.scaling, out.resolve(), list(a.overrides), a.run_timeout,
-                   a.scaling_skip)
+                   a.scaling_skip, ref.resolve() if ref is not None else None)
 
 
 def check_devices(opt: Options) -> None:
@@ -592,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.cpu:
         env.update(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
     runner = Runner(opt.out / "logs", env)
-    report = Report(column_titles(opt.strategies, opt.nproc, opt.cpu))
+    shown = [s for s in STRATEGIES if s in opt.strategies or (s == "single" and opt.scaling_reference is not None)]
+    report = Report(column_titles(shown, opt.nproc, opt.cpu))
     began = time.monotonic()
     if opt.scaling != "only":
         check_runs(opt, runner, report)

@@ -164,7 +164,9 @@ def test_an_existing_output_folder_and_bad_arguments_are_refused_with_one_line(t
     for args, message in [(["--cpu", "--out", str(out)], "exists; pass a new --out"),
                           (["--strategies", "ddp,zero", "--out", str(tmp_path / "new")], "choose from"),
                           (["--nproc", "0", "--out", str(tmp_path / "new")], "--nproc 0"),
-                          (["--cpu", "train.max_steps", "--out", str(tmp_path / "new")], "key=value")]:
+                          (["--cpu", "train.max_steps", "--out", str(tmp_path / "new")], "key=value"),
+                          (["--cpu", "--scaling-reference", str(tmp_path), "--out", str(tmp_path / "new")],
+                           "no metrics.jsonl")]:
         assert cm.main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -577,6 +577,8 @@ def parse(argv: Sequence[str]) -> Options:
         raise CheckError(f"--scaling-reference {ref}: no metrics.jsonl there; pass the scaling_single folder of an "
                          "earlier check")
     if a.cpu and "fsdp" in strategies:
+        if strategies == ["fsdp"]:
+            raise CheckError("--cpu --strategies fsdp: Accelerate runs FSDP on GPUs only; check single,ddp on CPUs")
         print("FSDP skipped: Accelerate runs FSDP on GPUs only (--cpu checks 1 process against DDP over gloo)")
         strategies.remove("fsdp")
     return Options(a.nproc, a.cpu, strategies, a.scaling, out.resolve(), list(a.overrides), a.run_timeout,

@@ -166,7 +166,8 @@ def test_an_existing_output_folder_and_bad_arguments_are_refused_with_one_line(t
                           (["--nproc", "0", "--out", str(tmp_path / "new")], "--nproc 0"),
                           (["--cpu", "train.max_steps", "--out", str(tmp_path / "new")], "key=value"),
                           (["--cpu", "--scaling-reference", str(tmp_path), "--out", str(tmp_path / "new")],
-                           "no metrics.jsonl")]:
+                           "no metrics.jsonl"),
+                          (["--cpu", "--strategies", "fsdp", "--out", str(tmp_path / "new")], "GPUs only")]:
         assert cm.main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -207,11 +207,21 @@ def test_the_final_model_of_a_sharded_run_is_the_chosen_checkpoint_consolidated(
     best = BestTracker(best_step=3, best_val_loss=1.5)
     lines: list[str] = []
     live = make_tnl(len(tok), seed=5, decoder_layers=2)  # the live (sharded) model: never what is evaluated
-    got, evaluated = final_model(live, run / "checkpoints", best, keep_best, 5, torch.device("cpu"), lines.append)
+    got, evaluated = final_model(live, run / "checkpoints", best, keep_best, 5, torch.device("cpu"), torch.bfloat16,
+                                 lines.append)
     expected, step = (best_sd, 3) if keep_best and best_saved else (last_sd, None)
     assert evaluated == step and got is not live
     state = got.state_dict()
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+    # it scores in the training's mixed precision, as the trained model's (autocast-wrapped) forward does
+    ids = torch.randint(0, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
+    reference = make_tnl(len(tok), seed=4, decoder_layers=2).eval()
+    reference.load_state_dict(expected)
+    with torch.no_grad():
+        logits = got.eval()(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(logits, reference(input_ids=ids).logits)
+        assert not torch.equal(logits.float(), reference(input_ids=ids).logits)
     assert any("no checkpoint of the best step 3" in line for line in lines) == (keep_best and not best_saved)
 
 
@@ -229,6 +239,6 @@ def test_the_final_model_of_an_unsharded_run_is_the_live_model_with_the_best_wei
     (root / "best" / "trainer_state.json").write_text(json.dumps({"step": 2}))
     live = make_tnl(len(tok), seed=7, decoder_layers=2)
     got, evaluated = final_model(live, root, BestTracker(best_step=2, best_val_loss=1.0), True, 4,
-                                 torch.device("cpu"), lambda *_: None)
+                                 torch.device("cpu"), None, lambda *_: None)
     assert got is live and evaluated == 2
     assert all(torch.equal(got.state_dict()[k], best_sd[k]) for k in best_sd)

@@ -70,15 +70,17 @@ class BestTracker:
         return {"best_step": self.best_step, "best_val_loss": self.best_val_loss}
 
 
-def final_model(model: Any, root: Path, best: BestTracker, keep_best: bool, step: int, device: Any,
-                log) -> tuple[Any, int | None]:
+def final_model(model: Any, root: Path, best: BestTracker, keep_best: bool, step: int, device: torch.device,
+                autocast_dtype: torch.dtype | None, log) -> tuple[Any, int | None]:
     """The model the final evaluation and export use, and the step of its weights when that is not the last one.
 
     The best checkpoint (`root/best`) is chosen when keep_best is on and it is not the last step; without a
     matching checkpoint (a run resumed past a best saved by an abandoned continuation) the last step stays.
     Unsharded weights are loaded into `model` itself. Sharded (FSDP) ones are not whole on any one process, so a
     whole model is rebuilt from the chosen checkpoint in this process, as `tnl evaluate` would load it: it evaluates
-    and exports without the other processes (no collective to wait for) and equals the consolidated weights."""
+    and exports without the other processes (no collective to wait for) and equals the consolidated weights. Its
+    forward runs under autocast to `autocast_dtype`, as Accelerate's wrapper runs the trained model's, so the final
+    evaluation scores in the same precision whatever the strategy."""
     folder = root / BEST
     chosen = keep_best and best.best_step is not None and best.best_step != step
     if chosen and checkpoint_state(folder).get("step") != best.best_step:
@@ -93,6 +95,8 @@ def final_model(model: Any, root: Path, best: BestTracker, keep_best: bool, step
                 load_weights(model, strip_wrappers(read_state_dict(weight_files(source))), source)
     elif weight_files(source, fsdp=True):
         model = load_run_checkpoint(source).model.to(device)
+        if autocast_dtype is not None:
+            model.forward = torch.autocast(device.type, dtype=autocast_dtype)(model.forward)
         log(f"final evaluation and export: the sharded weights of {source} consolidated in this process")
     if chosen:
         log(f"final evaluation and export use the best checkpoint: step {best.best_step} (validation loss "

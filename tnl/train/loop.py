@@ -411,8 +411,9 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
         metrics.close()
         accelerator.end_training()
         return result
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
     unwrapped, evaluated = final_model(accelerator.unwrap_model(model), ckpt_root, best, tc.keep_best, step,
-                                       accelerator.device, log)
+                                       accelerator.device, autocast, log)
     if tc.keep_best and best.best_step is not None and (ckpt_root / BEST).is_dir():
         result["best_checkpoint"] = str(ckpt_root / BEST)
     metrics.log({"step": step, "split": "summary", "best_step": best.best_step, "best_val_loss": best.best_val_loss,

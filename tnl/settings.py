@@ -15,8 +15,8 @@ from pathlib import Path
 VARIABLES = {
     "TNL_CACHE_DIR": "root of tnl's caches: tokenizers, token arrays, kernel tuning (default ~/.cache/tnl)",
     "TNL_DATA_DIR": "local folder of the data files named in configs/data/*.yaml, read when data.path is unset",
-    "TNL_AUTOTUNE": "kernel tuning: 1 (default) tune once per shape and GPU, 0 never, "
-                    "retune ignore every cached result",
+    "TNL_AUTOTUNE": "kernel tuning: 1 (default) tune once per shape and GPU, 0 never (cached or shipped choices, "
+                    "else the first), retune ignore every cached result",
     "TNL_DEBUG": "1: a user error prints its traceback instead of one line",
 }
 AUTOTUNE_MODES = ("1", "0", "retune")

@@ -189,3 +189,24 @@ def test_copied_summaries_are_finished_runs_small_files_only(tmp_path):
     copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file())
     assert copied == [f"arm/lr0.001-seed{n}/{f}" for n in (4, 8) for f in
                       ("compare.json", "eval_test_window.json", "metrics.jsonl")]
+
+
+def test_a_command_that_ignores_the_stop_signal_is_killed_after_the_grace_period(tmp_path):
+    """A stuck child must not hold a time-limited call: SIGTERM first, SIGKILL once the grace period has passed."""
+    import signal
+    import time
+
+    from tnl.compare.runner import Deadline, Runner
+
+    stubborn = tmp_path / "python"
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nsleep 60 & wait\nsleep 60\n")
+    stubborn.chmod(0o755)
+    lines: list[str] = []
+    runner = Runner(None, deadline=Deadline(0), python=str(stubborn), log=lines.append)
+    runner.stop_grace = 1.0
+    start = time.monotonic()
+    status, _seconds, _err = runner.tnl(["train"])
+    assert status == -signal.SIGKILL and time.monotonic() - start < 30
+    assert any("time limit" in ln for ln in lines) and any("killing it" in ln for ln in lines)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Deadline took these over for the test process
+        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)

@@ -112,9 +112,13 @@ def test_shipped_configs_used_without_tuning_unless_retune(monkeypatch):
     assert len(calls) == 3
 
 
-def test_autotune_off_takes_the_first_candidate(monkeypatch):
+def test_autotune_off_takes_the_shipped_choice_else_the_first_candidate(monkeypatch):
     monkeypatch.setenv("TNL_AUTOTUNE", "0")
-    assert T.pick("GPU W-triton9", "k0", [[4], [1]], lambda cfg: pytest.fail("timed with tuning off")) == [4]
+    monkeypatch.setitem(T.TUNED, "GPU W", {"k0": (1,)})
+    never = lambda cfg: pytest.fail("timed with tuning off")  # noqa: E731
+    assert T.pick("GPU W-triton9", "k0", [[4], [1]], never) == [1]  # a listed GPU: its tuned table, no timing
+    assert T.pick("GPU W-triton9", "k9", [[4], [1]], never) == [4]  # a key it does not list
+    assert T.pick("GPU V-triton9", "k0", [[4], [1]], never) == [4]  # a GPU it does not list
 
 
 def test_autotune_skips_configs_that_do_not_fit_but_stops_at_a_device_fault():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -58,6 +59,9 @@ def environment(python: str = sys.executable) -> dict[str, Any]:
     return env
 
 
+STOP_GRACE = 120.0  # seconds a stopped command gets to save its checkpoint and exit before it is killed
+
+
 class Deadline:
     """`--time-limit`: no new command after it, and a running one is asked to stop (SIGTERM: `tnl train` saves a
     checkpoint and exits), so the work of a time-limited call is kept. SIGTERM/SIGINT to this process mean the same."""
@@ -94,6 +98,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.python = python
         self.log = log
+        self.stop_grace = STOP_GRACE
         self.outcome = Outcome()
         self._env: dict[str, Any] | None = None
 
@@ -109,18 +114,25 @@ class Runner:
         cmd = [self.python, "-u", "-m", "tnl", *args]
         self.log("$ python -m tnl " + " ".join(args))
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        asked = False
+        # its own process group: a kill reaches its workers too, which would otherwise hold its stderr open
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        asked = None  # when it was asked to stop
         while True:
             try:
                 _, err = proc.communicate(timeout=5)
                 break
             except subprocess.TimeoutExpired:
-                if self.deadline.passed() and not asked:
+                if self.deadline.passed() and asked is None:
                     self.log("time limit: stopping the running command (a training run saves a checkpoint first; "
                              "re-run to resume)")
                     proc.send_signal(signal.SIGTERM)
-                    asked = True
+                    asked = time.monotonic()
+                elif asked is not None and time.monotonic() - asked > self.stop_grace:
+                    # a command that does not stop (stuck outside its loop) must not hold the whole call; its
+                    # checkpoints are atomic, so the last finished one stays usable
+                    self.log(f"the command did not stop within {self.stop_grace:g} s: killing it")
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    asked = float("inf")
         if err:
             sys.stderr.write(err)
         lines = [ln for ln in err.splitlines() if ln.strip()]

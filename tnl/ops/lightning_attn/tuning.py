@@ -140,11 +140,11 @@ def pick(tag: str, key: str, configs: Sequence[list], bench: Callable[[list], fl
         fresh = full in _TUNED_HERE or autotune_mode() != "retune"
         if fresh and full in _MEMORY and list(_MEMORY[full]) in [list(c) for c in configs]:
             return _MEMORY[full]
-    if not enabled():
-        return configs[0]
-    known = shipped(tag, key, configs)
+    known = shipped(tag, key, configs)  # costs no timing: used with tuning off too
     if known is not None:
         return known
+    if not enabled():
+        return configs[0]
     timed = []
     for cfg in configs:
         try:

@@ -60,14 +60,15 @@ def table_rows(markdown: str, heading: str) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    """One full compare.py call on the tiny protocol."""
+    """One full compare.py call on the tiny protocol, its runs two at a time, each finished run's small files
+    copied as it finishes."""
     tmp = tmp_path_factory.mktemp("compare")
     corpus = write_corpus(tmp / "corpus", 40, {"train": 30, "validation": 4, "test": 4}, 80)
     protocol = tiny_protocol(tmp, corpus)
     md, img = tmp / "results.md", tmp / "img"
     md.write_text("# Results\n\n<!-- other -->\nkept as it is\n<!-- /other -->\n")
     args = ["--protocol", str(protocol), "--results-md", str(md), "--img-dir", str(img)]
-    proc = compare(*args, cwd=tmp, cache=tmp / "cache")
+    proc = compare(*args, "--jobs", "2", "--copy-summaries", str(tmp / "live"), cwd=tmp, cache=tmp / "cache")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, args, proc
 
@@ -75,6 +76,13 @@ def done(tmp_path_factory):
 def test_report_rows_are_the_runs_own_evaluations(done):
     tmp, _, proc = done
     assert proc.stdout.count("$ python -m tnl train") == 2 and proc.stdout.count("$ python -m tnl evaluate") == 3
+    # with --jobs each command's output has its own log, not the terminal
+    logs = sorted(p.name for p in (tmp / "runs" / "logs").iterdir())
+    assert logs == ["softmax_lr=0.003_seed=0_test_window.log", "softmax_lr=0.003_seed=0_train.log",
+                    "tnl_lr=0.003_seed=0_test_stream.log", "tnl_lr=0.003_seed=0_test_window.log",
+                    "tnl_lr=0.003_seed=0_train.log"]
+    assert "model:" in (tmp / "runs" / "logs" / "tnl_lr=0.003_seed=0_train.log").read_text()
+    assert "model:" not in proc.stdout
     md = (tmp / "results.md").read_text()
     assert "<!-- other -->\nkept as it is\n<!-- /other -->" in md  # other sections stay
     rows = table_rows(md, "TNL vs Transformer")
@@ -103,12 +111,15 @@ def test_a_rerun_skips_finished_work_and_a_copy_rebuilds_the_report(done):
     evals = sorted((tmp / "runs").rglob("eval_*.json"))
     before = {p: p.stat().st_mtime_ns for p in evals}
     md_before = (tmp / "results.md").read_text()
+    live = {p.relative_to(tmp / "live"): p.read_bytes() for p in (tmp / "live").rglob("*") if p.is_file()}
     again = compare(*args, "--copy-summaries", str(tmp / "copy"), cwd=tmp, cache=tmp / "cache")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "$ python -m tnl" not in again.stdout  # nothing started
     assert again.stdout.count("[skip]") == 5
     assert {p: p.stat().st_mtime_ns for p in evals} == before
     assert not list((tmp / "copy").rglob("*.safetensors"))  # small files only
+    # the copies made as each run finished are those of the finished runs
+    assert live == {p.relative_to(tmp / "copy"): p.read_bytes() for p in (tmp / "copy").rglob("*") if p.is_file()}
 
     # the same report from the copied files alone, elsewhere
     other = tmp / "other.md"

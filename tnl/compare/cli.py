@@ -11,7 +11,6 @@ Re-running skips finished runs and evaluations and resumes interrupted ones.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from tnl.errors import UserError
 from .protocol import Protocol, load_protocol
 from .report import write_report
 from .runner import Deadline, Runner
-from .runs import RECORD, read_record
+from .runs import RECORD, copy_small_files, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_FILES = ("*.json", "metrics.jsonl", "config.yaml", "train.log")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "machines that do not keep run folders between calls)")
     ap.add_argument("--check", action="store_true",
                     help="compose and check every run's tnl train config and the evaluation config, run nothing")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="train and evaluate up to N runs at once (several small runs share one GPU; each run's "
+                         "output goes to OUTPUT_DIR/logs/)")
     ap.add_argument("--copy-summaries", metavar="DIR",
                     help="copy each run's small files (records, metrics, evaluations, config; no checkpoints) to DIR, "
                          "the same layout: `--report --output-dir DIR` then works from them elsewhere")
@@ -75,15 +76,9 @@ def copy_summaries(output_dir: Path, dest: Path) -> int:
     Unfinished runs are left out: without their checkpoints they could only start again."""
     count = 0
     for record in sorted(output_dir.glob(f"*/*/{RECORD}")):
-        folder = record.parent
-        if read_record(folder).get("status") not in ("done", "diverged"):
-            continue
-        target = dest / folder.relative_to(output_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        for pattern in SMALL_FILES:
-            for path in folder.glob(pattern):
-                shutil.copy2(path, target / path.name)
-        count += 1
+        if read_record(record.parent).get("status") in ("done", "diverged"):
+            copy_small_files(record.parent, output_dir, dest)
+            count += 1
     return count
 
 
@@ -124,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
         return check(protocol, args.only)
     status = 0
     if not args.report:
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs}: give 1 or more")
         runner = Runner(protocol, deadline=Deadline(args.time_limit), dry_run=args.dry_run,
-                        retry_failed=args.retry_failed, eval_each=args.eval_each)
+                        retry_failed=args.retry_failed, eval_each=args.eval_each, jobs=args.jobs,
+                        copy_to=Path(args.copy_summaries) if args.copy_summaries else None)
         outcome = runner.run(args.only, args.seeds, args.lrs)
         print(f"\nruns: {protocol.output_dir}")
         for line in outcome.lines:

@@ -1,7 +1,9 @@
 """Run a protocol: each arm's learning-rate sweep on the first seed, its best rate (lowest validation loss) on the
 other seeds, then `tnl evaluate` of every run at the best rate. Each run is a normal `tnl train` run folder (its own
 lock, resume, best checkpoint), started as a subprocess; finished runs and evaluations are skipped, interrupted ones
-resume, so the work can be split over several calls (`--only`, `--seeds`, `--lrs`, `--time-limit`)."""
+resume, so the work can be split over several calls (`--only`, `--seeds`, `--lrs`, `--time-limit`). With `jobs` > 1
+the sweep runs of all arms train side by side, then the arms go on side by side (small models leave most of a GPU
+idle), each command's output in OUTPUT_DIR/logs/."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import yaml
 
 from .protocol import Arm, Protocol
-from .runs import Run, best_lr, eval_path, find_run, read_json, sweep_runs, update_record
+from .runs import Run, best_lr, copy_small_files, eval_path, find_run, read_json, sweep_runs, update_record
 
 DIVERGED = "non-finite steps in a row"  # the training loop's message when it gives up on a run
 
@@ -90,7 +94,8 @@ class Outcome:
 
 class Runner:
     def __init__(self, protocol: Protocol, *, deadline: Deadline, dry_run: bool = False, retry_failed: bool = False,
-                 eval_each: bool = False, python: str = sys.executable, log: Callable[[str], None] = print):
+                 eval_each: bool = False, python: str = sys.executable, log: Callable[[str], None] = print,
+                 jobs: int = 1, copy_to: Path | None = None):
         self.protocol = protocol
         self.eval_each = eval_each
         self.deadline = deadline
@@ -99,6 +104,8 @@ class Runner:
         self.python = python
         self.log = log
         self.stop_grace = STOP_GRACE
+        self.jobs = jobs
+        self.copy_to = copy_to  # each finished run's small files go here at once (a later kill loses none)
         self.outcome = Outcome()
         self._env: dict[str, Any] | None = None
 
@@ -108,14 +115,19 @@ class Runner:
             self._env = environment(self.python)
         return self._env
 
-    def tnl(self, args: Sequence[str]) -> tuple[int, float, str]:
-        """`python -m tnl ARGS`: (exit status, seconds, its last error line). Its output streams through; its
-        stderr is shown when it ends."""
+    def tnl(self, args: Sequence[str], tag: str = "") -> tuple[int, float, str]:
+        """`python -m tnl ARGS`: (exit status, seconds, its last error line). Its output streams through (with
+        several jobs: into OUTPUT_DIR/logs/<tag>.log); its stderr is shown when it ends."""
         cmd = [self.python, "-u", "-m", "tnl", *args]
         self.log("$ python -m tnl " + " ".join(args))
+        out = None
+        if self.jobs > 1:
+            path = self.protocol.output_dir / "logs" / (re.sub(r"[^\w.=-]+", "_", tag) + ".log")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed below, after the process)
         start = time.monotonic()
         # its own process group: a kill reaches its workers too, which would otherwise hold its stderr open
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
         asked = None  # when it was asked to stop
         while True:
             try:
@@ -133,7 +145,10 @@ class Runner:
                     self.log(f"the command did not stop within {self.stop_grace:g} s: killing it")
                     os.killpg(proc.pid, signal.SIGKILL)
                     asked = float("inf")
-        if err:
+        if out is not None:
+            out.write(err)
+            out.close()
+        elif err:
             sys.stderr.write(err)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         return proc.returncode, time.monotonic() - start, lines[-1] if lines else ""
@@ -153,11 +168,12 @@ class Runner:
             self.log(f"[train] {tag}\n  tnl " + " ".join(args))
             return status
         self.log(f"[train] {tag}" + (" (resuming)" if status == "started" else ""))
-        rc, seconds, last = self.tnl(args)
+        rc, seconds, last = self.tnl(args, f"{tag} train")
         spent = run.record.get("train_seconds", 0.0) + seconds
         if rc == 0:
             run.record = update_record(run.folder, status="done", train_seconds=spent, environment=self.env,
                                        command=["tnl", *args], finished=_now())
+            self.copy(run)
         elif rc == 2 and DIVERGED in last:
             run.record = update_record(run.folder, status="diverged", train_seconds=spent, error=last,
                                        environment=self.env, command=["tnl", *args], finished=_now())
@@ -202,11 +218,12 @@ class Runner:
                     self.log(f"[evaluate] {tag}\n  tnl " + " ".join(args))
                     continue
                 self.log(f"[evaluate] {tag}")
-                rc, seconds, last = self.tnl(args)
+                rc, seconds, last = self.tnl(args, tag)
                 if rc == 0:
                     times = dict(run.record.get("eval_seconds", {}))
                     times[f"{split}_{mode}"] = seconds
                     run.record = update_record(run.folder, eval_seconds=times)
+                    self.copy(run)
                 elif not self.deadline.passed():
                     self.outcome.failed = True
                     self.outcome.lines.append(f"evaluate {tag}: tnl evaluate exited {rc}: {last}")
@@ -239,14 +256,42 @@ class Runner:
             if run.status == "done":
                 self.evaluate(run)
 
+    def copy(self, run: Run) -> None:
+        if self.copy_to is not None and not self.dry_run:
+            copy_small_files(run.folder, self.protocol.output_dir, self.copy_to)
+
+    def each(self, work: Callable[[Any], Any], items: Iterable[Any]) -> None:
+        """`work(item)` for each item: in order, or `jobs` at a time; none starts after the time limit."""
+        def guarded(item: Any) -> None:
+            if self.deadline.passed():
+                self.outcome.interrupted = True
+            else:
+                work(item)
+
+        if self.jobs == 1:
+            for item in items:
+                guarded(item)
+            return
+        with ThreadPoolExecutor(self.jobs) as pool:
+            for future in [pool.submit(guarded, item) for item in items]:
+                future.result()  # an error in a job is raised here
+
     def run(self, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             lrs: Sequence[float] | None = None) -> Outcome:
         arms = [self.protocol.arm(name) for name in only] if only else list(self.protocol.arms)
-        for arm in arms:
-            if self.deadline.passed():
-                self.outcome.interrupted = True
-                break
-            self.run_arm(arm, seeds, lrs)
+        sweep_seed = self.protocol.seeds[0]
+        if self.jobs > 1 and (seeds is None or sweep_seed in seeds):
+            # every arm's sweep first, side by side: each arm's rate is chosen from all of its sweep runs
+            wanted = self.protocol.lrs if lrs is None else tuple(lrs)
+            sweep = [find_run(self.protocol, arm, lr, sweep_seed) for arm in arms for lr in wanted]
+
+            def train_sweep_run(run: Run) -> None:
+                if self.train(run) == "done" and self.eval_each:
+                    self.evaluate(run)
+
+            self.each(train_sweep_run, sweep)
+        # (with several jobs the sweep runs are finished here, and run_arm skips them)
+        self.each(lambda arm: self.run_arm(arm, seeds, lrs), arms)
         return self.outcome
 
 

@@ -15,6 +15,7 @@ from tnl.atomic import write_text_atomic
 from .protocol import Arm, Protocol
 
 RECORD = "compare.json"
+SMALL_FILES = ("*.json", "metrics.jsonl", "config.yaml", "train.log")  # a run's results, no checkpoints
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -133,3 +134,15 @@ def train_summary(folder: Path) -> dict[str, Any]:
             if row.get("split") == "summary":
                 found = row
     return found
+
+
+def copy_small_files(folder: Path, output_dir: Path, dest: Path) -> None:
+    """Copy a run folder's small files (record, metrics, evaluations, config; no checkpoints) to the same relative
+    path under `dest`, from where `--report --output-dir DEST` rebuilds the report."""
+    import shutil
+
+    target = dest / folder.relative_to(output_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    for pattern in SMALL_FILES:
+        for path in folder.glob(pattern):
+            shutil.copy2(path, target / path.name)

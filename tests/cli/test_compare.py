@@ -221,3 +221,18 @@ def test_a_command_that_ignores_the_stop_signal_is_killed_after_the_grace_period
     assert any("time limit" in ln for ln in lines) and any("killing it" in ln for ln in lines)
     for sig in (signal.SIGTERM, signal.SIGINT):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+
+
+@pytest.mark.parametrize("name", ["small", "recipe"])
+def test_the_shipped_offline_protocols_pass_their_own_check(name, data_dir, tmp_path):
+    """Every arm of the protocols that run offline composes and passes `tnl train`'s start checks on the real
+    WikiText files; nothing is trained or cached."""
+    env_cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--protocol",
+                           str(ROOT / "configs" / "compare" / f"{name}.yaml"), "--check"], cwd=tmp_path,
+                          env={**os.environ, "TNL_DATA_DIR": str(data_dir), "TNL_CACHE_DIR": str(env_cache)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    arms = yaml.safe_load((ROOT / "configs" / "compare" / f"{name}.yaml").read_text())["arms"]
+    assert proc.stdout.splitlines() == [f"ok     {arm}" for arm in arms] + ["ok     evaluate"]
+    assert not env_cache.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.helpers.eval_common import make_tnl
@@ -21,3 +22,41 @@ def test_training_reference_steps_update_then_restore_the_weights():
     assert all(p.grad is None for p in model.parameters())
     out = model(input_ids=torch.randint(1, 64, (1, 8))).logits
     assert torch.isfinite(out).all()
+
+
+def _syncs(fn) -> int:
+    """How many times `fn` makes the host wait for the GPU (torch's sync debug mode, warning on each)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+def test_scoring_waits_for_the_gpu_a_fixed_number_of_times_whatever_the_amount_of_work():
+    """A wait per batch or per chunk would stop the host from queueing the next forward while the GPU runs this one
+    (evaluation is host-bound at small batches): window scoring syncs as often for 2 batches as for 6, stream
+    scoring as often for 3 chunks per document as for 12."""
+    from tnl.eval.perplexity import score_stream, score_windows
+
+    model = make_tnl(64, seed=3).cuda().to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 90, (12,), generator=gen).tolist()
+    docs = [torch.randint(1, 64, (n,), generator=gen).tolist() for n in lengths]
+
+    def windows(d):
+        return score_windows(model, d, 0, max_length=32, batch_size=4)
+
+    def stream(chunk):
+        return score_stream(model, docs, 0, chunk_size=chunk, batch_size=12)
+
+    windows(docs), stream(32), stream(8)  # compiles and warms up
+    assert _syncs(lambda: windows(docs[:4])) == _syncs(lambda: windows(docs))
+    assert _syncs(lambda: stream(32)) == _syncs(lambda: stream(8))

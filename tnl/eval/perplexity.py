@@ -99,6 +99,14 @@ def _forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any 
     return out.logits, (cache if cache is not None else out.get("past_key_values"))
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the GPU: a plain copy from pageable memory synchronises the
+    stream, so the host could not queue the next batch while the GPU runs this one."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _progress(total: int, desc: str, enabled: bool):
     try:
         from tqdm.auto import tqdm
@@ -129,26 +137,30 @@ def score_windows(
     loglik = [0.0] * len(token_lists)
     xs = {d: torch.tensor([prefix_token, *token_lists[d]], dtype=torch.long) for d in {d for d, _ in rows}}
     bar = _progress(sum(w.num_scored for _, w in rows), "eval", progress)
+    sums = []  # each batch's per-window NLL, left on the device: one transfer at the end, no wait per batch
     for b0 in range(0, len(rows), max(1, batch_size)):
         batch = rows[b0 : b0 + max(1, batch_size)]
         width = max(w.end - w.start for _, w in batch)
         ids = torch.full((len(batch), width), prefix_token, dtype=torch.long)
-        targets = []
+        targets = torch.zeros((len(batch), max(w.num_scored for _, w in batch)), dtype=torch.long)
         for i, (d, w) in enumerate(batch):
             ids[i, : w.end - w.start] = xs[d][w.start : w.end]
-            targets.append(xs[d][w.end - w.num_scored + 1 : w.end + 1])
-        logits, _ = _forward_logits(model, ids.to(device))
+            targets[i, : w.num_scored] = xs[d][w.end - w.num_scored + 1 : w.end + 1]
+        logits, _ = _forward_logits(model, _to_device(ids, device))
+        targets = _to_device(targets, device)
         nll = []
         for i, (_, w) in enumerate(batch):
             length = w.end - w.start
             row = logits[i, length - w.num_scored : length].float()  # fp32 only for the scored slice
-            nll.append(F.cross_entropy(row, targets[i].to(device), reduction="sum"))
-        for (d, _), v in zip(batch, torch.stack(nll).double().cpu().tolist()):
-            loglik[d] -= v
+            nll.append(F.cross_entropy(row, targets[i, : w.num_scored], reduction="sum"))
+        sums.append(torch.stack(nll).double())
         if bar is not None:
             bar.update(sum(w.num_scored for _, w in batch))
     if bar is not None:
         bar.close()
+    values = torch.cat(sums).cpu().tolist() if sums else []
+    for (d, _), v in zip(rows, values):
+        loglik[d] -= v
     return loglik
 
 
@@ -180,7 +192,8 @@ def score_stream(
             ids[i, 0] = prefix_token
             ids[i, 1 : len(toks)] = toks[:-1]
             tgt[i, : len(toks)] = toks
-        ids, tgt = ids.to(device), tgt.to(device)
+        scored = (tgt != -100).sum(dim=0).tolist()  # per position, counted on the host: no wait per chunk
+        ids, tgt = _to_device(ids, device), _to_device(tgt, device)
         cache, total = None, torch.zeros(len(docs), dtype=torch.float64, device=device)
         for c0 in range(0, width, chunk_size):
             logits, cache = _forward_logits(model, ids[:, c0 : c0 + chunk_size], cache, use_cache=True)
@@ -188,7 +201,7 @@ def score_stream(
             nll = F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100, reduction="none")
             total += nll.view(t.shape).double().sum(dim=1)
             if bar is not None:
-                bar.update(int((t != -100).sum()))
+                bar.update(sum(scored[c0 : c0 + chunk_size]))
         for d, v in zip(docs, total.cpu().tolist()):
             loglik[d] = -v
         del cache

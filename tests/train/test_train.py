@@ -154,6 +154,24 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     assert all(torch.equal(exported[k], p2[k]) for k in p2)  # the export is the last checkpoint's weights
 
 
+@pytest.mark.slow
+def test_compiled_ddp_over_gloo_matches_one_eager_process(corpus, tmp_path):
+    """train.compile=true under DDP (2 CPU processes): torch.compile with DDP's bucketed all-reduce trains the same
+    steps as one eager process at the same global batch."""
+    same = ("train.max_steps=3", "train.save_every=3", "++model.dropout=0.0", "optim.eps=1.0", "train.grad_clip=1e9")
+    one = _run(_args(corpus, tmp_path / "one", *same))
+    assert one.returncode == 0, one.stderr[-2000:]
+    args = _args(corpus, tmp_path / "two", *same, "train.grad_accum=1", "train.compile=true")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
+    two = _run(torchrun + args[1:], cwd=ROOT, env_extra={"ACCELERATE_USE_CPU": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("distributed: DDP, world size 2, device cpu") == 1
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert list(a) == list(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5)  # found equal to the last bit
+
+
 def test_diverging_run_skips_non_finite_steps_then_aborts_naming_the_last_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
     res = _run(_args(corpus, out, "train.max_steps=30", "train.save_every=1", "train.max_bad_steps=3",

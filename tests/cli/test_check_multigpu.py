@@ -16,6 +16,7 @@ import torch
 
 from tests.helpers.corpus import write_corpus
 from tools import check_multigpu as cm
+from tools import multigpu_report as mr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,25 +46,25 @@ def test_deviation_is_the_largest_relative_error_and_names_missing_or_extra_step
     got = {s: ref[s] * (1 + eps[s]) for s in ref}
     a = _write_metrics(tmp_path / "a" / "metrics.jsonl", ref)
     b = _write_metrics(tmp_path / "b" / "metrics.jsonl", got)
-    dev = cm.metrics_deviation(a, b)
+    dev = mr.metrics_deviation(a, b)
     assert dev.worst_step == 13 and dev.max_rel == pytest.approx(4e-2, rel=1e-9)
     assert not dev.bit_exact and not dev.ok(2e-2) and dev.ok(5e-2)
 
     eps[13] = 5e-4
-    small = cm.loss_deviation(ref, {s: ref[s] * (1 + eps[s]) for s in ref})
+    small = mr.loss_deviation(ref, {s: ref[s] * (1 + eps[s]) for s in ref})
     assert small.ok(2e-2) and small.max_rel == pytest.approx(max(abs(e) for e in eps.values()), rel=1e-9)
 
-    same = cm.metrics_deviation(a, _write_metrics(tmp_path / "c" / "metrics.jsonl", dict(ref)))
+    same = mr.metrics_deviation(a, _write_metrics(tmp_path / "c" / "metrics.jsonl", dict(ref)))
     assert same.bit_exact and same.max_rel == 0.0 and same.describe() == "0 (bit for bit)"
 
     broken = dict(ref)
     broken[4] = None  # a skipped (non-finite) step is logged as null
     del broken[20]
     broken[21] = 3.0
-    dev = cm.loss_deviation(ref, broken)
+    dev = mr.loss_deviation(ref, broken)
     assert dev.missing == [4, 20] and dev.extra == [21] and not dev.ok(1.0) and not dev.bit_exact
-    assert not cm.loss_deviation({}, {}).ok(1.0)  # no steps at all is no agreement
-    assert cm.loss_deviation({1: 2.0}, {1: math.nan}).missing == [1]
+    assert not mr.loss_deviation({}, {}).ok(1.0)  # no steps at all is no agreement
+    assert mr.loss_deviation({1: 2.0}, {1: math.nan}).missing == [1]
 
 
 def test_tokens_per_s_per_gpu_is_the_median_after_the_skipped_steps_over_the_processes():
@@ -76,21 +77,21 @@ def test_tokens_per_s_per_gpu_is_the_median_after_the_skipped_steps_over_the_pro
         rows.append({"step": step, "split": "validation", "tokens_per_s": 1e12})  # not a training row
     rows.append({"step": 31, "loss": None, "tokens_per_s": None})
     kept = sorted(values[s] for s in range(11, 31))  # 20 values: the median is the mean of the middle two
-    assert cm.tokens_per_s_per_gpu(rows, skip=10, world=2) == pytest.approx((kept[9] + kept[10]) / 2 / 2)
-    assert cm.tokens_per_s_per_gpu(rows, skip=40, world=2) is None
-    assert cm.setup_of(rows) == (None, 2)
+    assert mr.tokens_per_s_per_gpu(rows, skip=10, world=2) == pytest.approx((kept[9] + kept[10]) / 2 / 2)
+    assert mr.tokens_per_s_per_gpu(rows, skip=40, world=2) is None
+    assert mr.setup_of(rows) == (None, 2)
 
 
 def test_final_evaluation_needs_the_json_and_the_same_metrics_row(tmp_path):
     run = tmp_path / "run"
     _write_metrics(run / "metrics.jsonl", {1: 3.0, 2: 2.5})
-    assert cm.final_eval_problem(run) == (None, "no eval_validation.json")
+    assert mr.final_eval_problem(run) == (None, "no eval_validation.json")
     (run / "eval_validation.json").write_text(json.dumps({"word_perplexity": 1234.5}))
-    assert cm.final_eval_problem(run) == (1234.5, None)
+    assert mr.final_eval_problem(run) == (1234.5, None)
     (run / "eval_validation.json").write_text(json.dumps({"word_perplexity": 1000.0}))
-    assert "metrics.jsonl says word_perplexity 1234.5" in cm.final_eval_problem(run)[1]
+    assert "metrics.jsonl says word_perplexity 1234.5" in mr.final_eval_problem(run)[1]
     _write_metrics(run / "metrics.jsonl", {1: 3.0, 2: 2.5}, extra_rows=False)
-    assert cm.final_eval_problem(run)[1] == "no metrics.jsonl row with word_perplexity"
+    assert mr.final_eval_problem(run)[1] == "no metrics.jsonl row with word_perplexity"
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -127,23 +128,23 @@ def test_export_against_a_sharded_checkpoint_is_equal_bit_for_bit_or_names_the_d
     run = tmp_path / "run"
     ckpt = _sharded_checkpoint(run, sd, 20)
     _write_metrics(run / "metrics.jsonl", {s: 3.0 for s in range(1, 21)})
-    assert cm.evaluated_checkpoint(run) == ckpt
-    assert cm.export_mismatch(_export(tmp_path / "same", sd), ckpt) is None
+    assert mr.evaluated_checkpoint(run) == ckpt
+    assert mr.export_mismatch(_export(tmp_path / "same", sd), ckpt) is None
 
     off = {k: v.clone() for k, v in sd.items()}
     off["model.norm.weight"][3] = torch.nextafter(off["model.norm.weight"][3], torch.tensor(2.0))  # one ulp
-    assert cm.export_mismatch(_export(tmp_path / "ulp", off), ckpt).startswith("model.norm.weight differs")
+    assert mr.export_mismatch(_export(tmp_path / "ulp", off), ckpt).startswith("model.norm.weight differs")
 
     half = {k: v.to(torch.bfloat16) if "proj" in k else v for k, v in sd.items()}
-    assert "torch.bfloat16" in cm.export_mismatch(_export(tmp_path / "half", half), ckpt)
+    assert "torch.bfloat16" in mr.export_mismatch(_export(tmp_path / "half", half), ckpt)
 
     renamed = {("model.norm.scale" if k == "model.norm.weight" else k): v for k, v in off.items()}
-    assert "only" in cm.export_mismatch(_export(tmp_path / "renamed", renamed), ckpt)
-    assert cm.export_mismatch(tmp_path / "nothing", ckpt).startswith("no weights")
+    assert "only" in mr.export_mismatch(_export(tmp_path / "renamed", renamed), ckpt)
+    assert mr.export_mismatch(tmp_path / "nothing", ckpt).startswith("no weights")
 
 
 def test_report_marks_failures_and_titles_its_columns():
-    report = cm.Report(cm.column_titles(["single", "ddp", "fsdp"], 2, cpu=False))
+    report = mr.Report(mr.column_titles(["single", "ddp", "fsdp"], 2, cpu=False))
     assert list(report.columns.values()) == ["1 GPU", "DDP (2 GPUs)", "FSDP (2 GPUs)"]
     report.add("loss", "single", "reference")
     report.add("loss", "ddp", "1.0e-03 (step 3)", True)
@@ -152,8 +153,8 @@ def test_report_marks_failures_and_titles_its_columns():
     assert table[0] == "| check | 1 GPU | DDP (2 GPUs) | FSDP (2 GPUs) |"
     assert table[2] == "| loss | reference | 1.0e-03 (step 3) ✓ | 5.0e-02 (step 7) ✗ |"
     assert report.failed == ["loss (FSDP (2 GPUs)): 5.0e-02 (step 7)"]
-    assert list(cm.column_titles(["ddp"], 1, cpu=False).values()) == ["DDP (1 GPU)"]
-    assert list(cm.column_titles(["single", "ddp"], 2, cpu=True).values()) == ["1 CPU process",
+    assert list(mr.column_titles(["ddp"], 1, cpu=False).values()) == ["DDP (1 GPU)"]
+    assert list(mr.column_titles(["single", "ddp"], 2, cpu=True).values()) == ["1 CPU process",
                                                                                "DDP (2 CPU processes)"]
 
 

@@ -135,6 +135,7 @@ def test_two_cpu_processes_over_gloo_match_one_process_at_the_same_global_batch(
     # the setup line and row: a launch that fell back to one process (or another strategy) would say so
     assert "distributed: single, world size 1, device cpu" in one.stdout
     assert two.stdout.count("distributed: DDP, world size 2, device cpu") == 1  # printed by rank 0 only
+    assert two.stdout.count("run folder:") == 1 and two.stdout.count("HF export:") == 1  # so is the summary
     rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                    if "split" not in json.loads(x)] for name in ("one", "two")}
     setup = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()

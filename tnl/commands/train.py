@@ -85,6 +85,8 @@ def _task(cfg: DictConfig) -> None:
     with open_dict(cfg):  # in a -m sweep each job gets its own folder (sweep dir / job number)
         cfg.output_dir = HydraConfig.get().runtime.output_dir
     result = run_or_exit(run_training, cfg, on_ready=lambda out: _save_hydra_files(cfg, out))
+    if not result.get("main_process", True):  # one summary per run, not one per process
+        return
     print(f"\nrun folder:  {result['output_dir']}")
     print(f"checkpoint:  {result['checkpoint']}")
     if result.get("best_step") is not None:

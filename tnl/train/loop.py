@@ -401,7 +401,8 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     finally:
         bar.close()
 
-    result: dict[str, Any] = {"output_dir": str(out), "steps": step, "tokens_seen": state["tokens_seen"]}
+    result: dict[str, Any] = {"output_dir": str(out), "steps": step, "tokens_seen": state["tokens_seen"],
+                              "main_process": main}
     if last_saved != step or not (ckpt_root / f"step_{step}").exists():
         checkpoint("final")
     result["checkpoint"] = str(ckpt_root / f"step_{step}")

@@ -223,6 +223,23 @@ def test_a_command_that_ignores_the_stop_signal_is_killed_after_the_grace_period
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
 
 
+def test_a_closed_terminal_stops_the_work_like_sigterm():
+    """SIGHUP stops the runs like SIGTERM and SIGINT: the commands, in their own sessions, do not hear it."""
+    import signal
+    import time
+
+    from tnl.compare.runner import Deadline
+
+    later = Deadline(3600)
+    assert not later.passed()
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(0.1)
+    assert later.passed()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.mark.parametrize("name", ["small", "recipe"])
 def test_the_shipped_offline_protocols_pass_their_own_check(name, data_dir, tmp_path):
     """Every arm of the protocols that run offline composes and passes `tnl train`'s start checks on the real

@@ -68,12 +68,13 @@ STOP_GRACE = 120.0  # seconds a stopped command gets to save its checkpoint and 
 
 class Deadline:
     """`--time-limit`: no new command after it, and a running one is asked to stop (SIGTERM: `tnl train` saves a
-    checkpoint and exits), so the work of a time-limited call is kept. SIGTERM/SIGINT to this process mean the same."""
+    checkpoint and exits), so the work of a time-limited call is kept. SIGTERM, SIGINT and SIGHUP (a closed terminal)
+    to this process mean the same: the commands run in their own sessions, so only this process hears them."""
 
     def __init__(self, seconds: float | None):
         self.end = None if seconds is None else time.monotonic() + seconds
         self.stopped = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._stop)
 
     def _stop(self, _signum, _frame) -> None:
@@ -135,10 +136,10 @@ class Runner:
                 break
             except subprocess.TimeoutExpired:
                 if self.deadline.passed() and asked is None:
+                    proc.send_signal(signal.SIGTERM)  # first: after a hangup, printing can fail
+                    asked = time.monotonic()
                     self.log("time limit: stopping the running command (a training run saves a checkpoint first; "
                              "re-run to resume)")
-                    proc.send_signal(signal.SIGTERM)
-                    asked = time.monotonic()
                 elif asked is not None and time.monotonic() - asked > self.stop_grace:
                     # a command that does not stop (stuck outside its loop) must not hold the whole call; its
                     # checkpoints are atomic, so the last finished one stays usable

@@ -229,16 +229,28 @@ class Runner:
                     self.outcome.failed = True
                     self.outcome.lines.append(f"evaluate {tag}: tnl evaluate exited {rc}: {last}")
 
-    def run_arm(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> None:
+    def sweep(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> list[Run]:
+        """The arm's learning-rate sweep runs (on the first seed) this call asks for."""
+        sweep_seed = self.protocol.seeds[0]
+        if seeds is not None and sweep_seed not in seeds:
+            return []
+        wanted = self.protocol.lrs if lrs is None else tuple(lrs)
+        return [find_run(self.protocol, arm, lr, sweep_seed) for lr in wanted]
+
+    def train_sweep_run(self, run: Run) -> None:
+        if self.train(run) == "done" and self.eval_each:
+            self.evaluate(run)
+
+    def run_arm(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None,
+                sweep: bool = True) -> None:
+        """The arm's sweep (unless `sweep` is False: already run), its best rate on the other seeds, then the
+        evaluations at that rate."""
         protocol = self.protocol
         sweep_seed = protocol.seeds[0]
         arm_seeds = arm.seeds(protocol.seeds)
-        if seeds is None or sweep_seed in seeds:
-            wanted = protocol.lrs if lrs is None else tuple(lrs)
-            for lr in wanted:
-                run = find_run(protocol, arm, lr, sweep_seed)
-                if self.train(run) == "done" and self.eval_each:
-                    self.evaluate(run)
+        if sweep:
+            for run in self.sweep(arm, seeds, lrs):
+                self.train_sweep_run(run)
         chosen = best_lr(protocol, arm)
         if chosen is None:
             self.outcome.lines.append(f"{arm.name}: no finished learning-rate sweep run at seed {sweep_seed} yet; "
@@ -280,19 +292,10 @@ class Runner:
     def run(self, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             lrs: Sequence[float] | None = None) -> Outcome:
         arms = [self.protocol.arm(name) for name in only] if only else list(self.protocol.arms)
-        sweep_seed = self.protocol.seeds[0]
-        if self.jobs > 1 and (seeds is None or sweep_seed in seeds):
+        if self.jobs > 1:
             # every arm's sweep first, side by side: each arm's rate is chosen from all of its sweep runs
-            wanted = self.protocol.lrs if lrs is None else tuple(lrs)
-            sweep = [find_run(self.protocol, arm, lr, sweep_seed) for arm in arms for lr in wanted]
-
-            def train_sweep_run(run: Run) -> None:
-                if self.train(run) == "done" and self.eval_each:
-                    self.evaluate(run)
-
-            self.each(train_sweep_run, sweep)
-        # (with several jobs the sweep runs are finished here, and run_arm skips them)
-        self.each(lambda arm: self.run_arm(arm, seeds, lrs), arms)
+            self.each(self.train_sweep_run, [run for arm in arms for run in self.sweep(arm, seeds, lrs)])
+        self.each(lambda arm: self.run_arm(arm, seeds, lrs, sweep=self.jobs == 1), arms)
         return self.outcome
 
 

@@ -89,10 +89,11 @@ def final_model(model: Any, root: Path, best: BestTracker, keep_best: bool, step
         chosen = False
     source = folder if chosen else root / f"step_{step}"
     evaluated = best.best_step if chosen else None
-    if weight_files(source):
+    files = weight_files(source)
+    if files:
         if chosen:
             with torch.no_grad():
-                load_weights(model, strip_wrappers(read_state_dict(weight_files(source))), source)
+                load_weights(model, strip_wrappers(read_state_dict(files)), source)
     elif weight_files(source, fsdp=True):
         model = load_run_checkpoint(source).model.to(device)
         if autocast_dtype is not None:

@@ -408,24 +408,22 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
     result["checkpoint"] = str(ckpt_root / f"step_{step}")
     stop.exit_on_signal()
     result.update(best_step=best.best_step, best_val_loss=best.best_val_loss, early_stopped=stopped)
-    if not main:  # the final evaluation and export run in the main process alone, on whole weights
-        metrics.close()
-        accelerator.end_training()
-        return result
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
-    unwrapped, evaluated = final_model(accelerator.unwrap_model(model), ckpt_root, best, tc.keep_best, step,
-                                       accelerator.device, autocast, log)
-    if tc.keep_best and best.best_step is not None and (ckpt_root / BEST).is_dir():
-        result["best_checkpoint"] = str(ckpt_root / BEST)
-    metrics.log({"step": step, "split": "summary", "best_step": best.best_step, "best_val_loss": best.best_val_loss,
-                 "evaluated_step": evaluated or step, "early_stopped": stopped})
-    if best.best_step is not None:
-        log(f"best validation loss {best.best_val_loss:.4f} at step {best.best_step}"
-            + (f" (checkpoint {ckpt_root / BEST})" if evaluated is not None else ""))
-    if after is not None:
-        after(FinishedRun(cfg, unwrapped, tokenizer, out, accelerator.device, step, evaluated, log, metrics.log,
-                          result))
-    result["plots"] = [str(p) for p in draw_plots(out)]
+    if main:  # the final evaluation and export run here alone, on whole weights; the other processes just leave
+        autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+        unwrapped, evaluated = final_model(accelerator.unwrap_model(model), ckpt_root, best, tc.keep_best, step,
+                                           accelerator.device, autocast, log)
+        if tc.keep_best and best.best_step is not None and (ckpt_root / BEST).is_dir():
+            result["best_checkpoint"] = str(ckpt_root / BEST)
+        metrics.log({"step": step, "split": "summary", "best_step": best.best_step,
+                     "best_val_loss": best.best_val_loss, "evaluated_step": evaluated or step,
+                     "early_stopped": stopped})
+        if best.best_step is not None:
+            log(f"best validation loss {best.best_val_loss:.4f} at step {best.best_step}"
+                + (f" (checkpoint {ckpt_root / BEST})" if evaluated is not None else ""))
+        if after is not None:
+            after(FinishedRun(cfg, unwrapped, tokenizer, out, accelerator.device, step, evaluated, log, metrics.log,
+                              result))
+        result["plots"] = [str(p) for p in draw_plots(out)]
     metrics.close()
     accelerator.end_training()  # no barrier: the other processes left after the last checkpoint
     return result

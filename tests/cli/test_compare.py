@@ -21,9 +21,9 @@ from tnl.compare.runs import best_lr, update_record
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def compare(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+def compare(*args: str, cwd: Path, cache: Path, **env_extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "TNL_CACHE_DIR": str(cache)}
+           "TNL_CACHE_DIR": str(cache), **env_extra}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -245,10 +245,8 @@ def test_the_shipped_offline_protocols_pass_their_own_check(name, data_dir, tmp_
     """Every arm of the protocols that run offline composes and passes `tnl train`'s start checks on the real
     WikiText files; nothing is trained or cached."""
     env_cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--protocol",
-                           str(ROOT / "configs" / "compare" / f"{name}.yaml"), "--check"], cwd=tmp_path,
-                          env={**os.environ, "TNL_DATA_DIR": str(data_dir), "TNL_CACHE_DIR": str(env_cache)},
-                          capture_output=True, text=True, timeout=600)
+    proc = compare("--protocol", str(ROOT / "configs" / "compare" / f"{name}.yaml"), "--check", cwd=tmp_path,
+                   cache=env_cache, TNL_DATA_DIR=str(data_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     arms = yaml.safe_load((ROOT / "configs" / "compare" / f"{name}.yaml").read_text())["arms"]
     assert proc.stdout.splitlines() == [f"ok     {arm}" for arm in arms] + ["ok     evaluate"]

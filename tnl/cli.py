@@ -6,8 +6,10 @@ Each command reads one config of configs/ (see `tnl <command> --help`); a user's
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import re
+import signal
 import sys
 
 from tnl.commands import run_or_exit
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack on stderr, to see where a run is stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     module = importlib.import_module(COMMANDS[name][0])
     if any(a in ("-h", "--help") for a in argv[1:]):
         print(command_help(name), flush=True)  # then Hydra's own --help: the composed config

@@ -216,11 +216,78 @@ def test_a_command_that_ignores_the_stop_signal_is_killed_after_the_grace_period
     runner = Runner(None, deadline=Deadline(0), python=str(stubborn), log=lines.append)
     runner.stop_grace = 1.0
     start = time.monotonic()
-    status, _seconds, _err = runner.tnl(["train"])
+    status = runner.tnl(["train"]).returncode
     assert status == -signal.SIGKILL and time.monotonic() - start < 30
     assert any("time limit" in ln for ln in lines) and any("killing it" in ln for ln in lines)
     for sig in (signal.SIGTERM, signal.SIGINT):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+
+
+def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_more(tmp_path, capsys):
+    """A training command whose metrics.jsonl stops changing is stuck (a run once hung before its first step, deaf
+    to SIGTERM): it is asked for its stacks (SIGUSR1, into its log), stopped, and started once more, which here
+    finishes. Stuck twice, the run is reported as such, not as done."""
+    import signal
+
+    from tnl.compare.protocol import load_protocol
+    from tnl.compare.runner import Deadline, Runner
+    from tnl.compare.runs import find_run
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "output_dir": str(tmp_path / "runs"), "lrs": [1e-3], "seeds": [1],
+                                    "arms": {"a": {"train": []}}}))
+    protocol = load_protocol(path)
+    # a fake `python -m tnl train ... output_dir=D`: writes D/metrics.jsonl, then hangs deaf to SIGTERM on the first
+    # STUCK starts (answering SIGUSR1 like faulthandler), and ends cleanly on the others
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"
+                    "for a; do case $a in output_dir=*) out=${a#output_dir=};; esac; done\n"
+                    "mkdir -p $out; echo '{\"step\": 0}' >> $out/metrics.jsonl\n"
+                    "n=$(cat $out/starts 2>/dev/null || echo 0); n=$((n + 1)); echo $n > $out/starts\n"
+                    "if [ $n -le $STUCK ]; then trap '' TERM; trap 'echo Stack of thread: waiting >&2' USR1\n"
+                    "  while :; do sleep 0.2; done; fi\n"
+                    "echo '{\"step\": 1}' >> $out/metrics.jsonl\n")
+    fake.chmod(0o755)
+    for stuck, status in ((1, "done"), (2, "started")):
+        os.environ["STUCK"] = str(stuck)
+        lines: list[str] = []
+        runner = Runner(protocol, deadline=Deadline(None), python=str(fake), log=lines.append)
+        runner.stall_seconds, runner.stop_grace, runner.poll_seconds = 1.0, 1.0, 0.2
+        runner._env = {}  # the fake is no python to ask for versions
+        run = find_run(protocol, protocol.arm("a"), 1e-3, stuck)
+        assert runner.train(run) == status, lines
+        assert (run.folder / "starts").read_text().strip() == "2"
+        assert sum("no progress for 1 s" in ln for ln in lines) == stuck
+        assert sum("killing it" in ln for ln in lines) == stuck  # deaf to SIGTERM: killed after the grace period
+        assert any("stuck, started once more" in ln for ln in lines)
+        assert capsys.readouterr().err.count("Stack of thread") == stuck  # the command's stderr, after it ended
+        assert runner.outcome.failed == (stuck == 2)
+        if stuck == 2:
+            assert runner.outcome.lines == ["a lr=0.001 seed=2: stuck twice (no progress for 1 s; its stacks are in "
+                                            "its log)"]
+    del os.environ["STUCK"]
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_sigusr1_prints_every_thread_stack_of_a_tnl_command(tmp_path):
+    """`kill -USR1` on a running `tnl` command prints where each thread is (faulthandler), and the command goes on."""
+    import signal
+    import time
+
+    (tmp_path / "sleeper.py").write_text("import sys, time\n\ndef main():\n    print('ready', flush=True)\n"
+                                         "    time.sleep(3)\n    print('still running', flush=True)\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tnl.cli as c; c.COMMANDS['nap'] = ('sleeper', '');"
+            " c.main(['nap'])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "still running", err
+    assert "sleeper.py" in err and "line 5 in main" in err, err
 
 
 def test_a_closed_terminal_stops_the_work_like_sigterm():

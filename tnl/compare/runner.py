@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -64,6 +64,34 @@ def environment(python: str = sys.executable) -> dict[str, Any]:
 
 
 STOP_GRACE = 120.0  # seconds a stopped command gets to save its checkpoint and exit before it is killed
+# a training run appends to its metrics.jsonl every train.log_every steps; this long without a line is a stuck run
+# (a first compiled step of a large model takes a few minutes; a stuck one never ends)
+STALL_SECONDS = 900.0
+
+
+class Finished(NamedTuple):
+    """How a command ended: exit status, seconds, its last stderr line, and whether it was stopped as stuck."""
+
+    returncode: int
+    seconds: float
+    last: str
+    stalled: bool = False
+
+
+def _unchanged_for(path: Path | None) -> float:
+    """Seconds since `path` last changed (0 while it does not exist: the command has not started its work)."""
+    try:
+        return time.time() - path.stat().st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to every process of the command (it leads its own process group: its data workers too)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # it ended meanwhile
+        pass
 
 
 class Deadline:
@@ -105,6 +133,8 @@ class Runner:
         self.python = python
         self.log = log
         self.stop_grace = STOP_GRACE
+        self.stall_seconds = STALL_SECONDS
+        self.poll_seconds = 5.0  # how often a running command's time limit and progress are checked
         self.jobs = jobs
         self.copy_to = copy_to  # each finished run's small files go here at once (a later kill loses none)
         self.outcome = Outcome()
@@ -116,9 +146,11 @@ class Runner:
             self._env = environment(self.python)
         return self._env
 
-    def tnl(self, args: Sequence[str], tag: str = "") -> tuple[int, float, str]:
-        """`python -m tnl ARGS`: (exit status, seconds, its last error line). Its output streams through (with
-        several jobs: into OUTPUT_DIR/logs/<tag>.log); its stderr is shown when it ends."""
+    def tnl(self, args: Sequence[str], tag: str = "", progress: Path | None = None) -> Finished:
+        """`python -m tnl ARGS`: its exit status, seconds and last error line. Its output streams through (with
+        several jobs: into OUTPUT_DIR/logs/<tag>.log); its stderr is shown when it ends. `progress`: a file the
+        command appends to as it works (a training run's metrics.jsonl); once it exists, `stall_seconds` without a
+        change mean the command is stuck: its stacks go to its stderr (SIGUSR1) and it is stopped."""
         cmd = [self.python, "-u", "-m", "tnl", *args]
         self.log("$ python -m tnl " + " ".join(args))
         out = None
@@ -130,12 +162,20 @@ class Runner:
         # its own process group: a kill reaches its workers too, which would otherwise hold its stderr open
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
         asked = None  # when it was asked to stop
+        stalled = False
         while True:
             try:
-                _, err = proc.communicate(timeout=5)
+                _, err = proc.communicate(timeout=self.poll_seconds)
                 break
             except subprocess.TimeoutExpired:
-                if self.deadline.passed() and asked is None:
+                if asked is None and self.stall_seconds > 0 and _unchanged_for(progress) > self.stall_seconds:
+                    self.log(f"{tag}: no progress for {self.stall_seconds:g} s ({progress} unchanged): its stacks "
+                             "go to its log (SIGUSR1), then it is stopped")
+                    _signal_group(proc, signal.SIGUSR1)  # every process of the command prints where it waits
+                    time.sleep(2)
+                    proc.send_signal(signal.SIGTERM)
+                    asked, stalled = time.monotonic(), True
+                elif self.deadline.passed() and asked is None:
                     proc.send_signal(signal.SIGTERM)  # first: after a hangup, printing can fail
                     asked = time.monotonic()
                     self.log("time limit: stopping the running command (a training run saves a checkpoint first; "
@@ -144,7 +184,7 @@ class Runner:
                     # a command that does not stop (stuck outside its loop) must not hold the whole call; its
                     # checkpoints are atomic, so the last finished one stays usable
                     self.log(f"the command did not stop within {self.stop_grace:g} s: killing it")
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _signal_group(proc, signal.SIGKILL)
                     asked = float("inf")
         if out is not None:
             out.write(err)
@@ -152,7 +192,7 @@ class Runner:
         elif err:
             sys.stderr.write(err)
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        return proc.returncode, time.monotonic() - start, lines[-1] if lines else ""
+        return Finished(proc.returncode, time.monotonic() - start, lines[-1] if lines else "", stalled)
 
     def train(self, run: Run) -> str:
         """Train `run` unless it is finished; its status afterwards."""
@@ -169,7 +209,11 @@ class Runner:
             self.log(f"[train] {tag}\n  tnl " + " ".join(args))
             return status
         self.log(f"[train] {tag}" + (" (resuming)" if status == "started" else ""))
-        rc, seconds, last = self.tnl(args, f"{tag} train")
+        rc, seconds, last, stalled = self.tnl(args, f"{tag} train", progress=run.folder / "metrics.jsonl")
+        if stalled and not self.deadline.passed():  # once more: a stuck start is rare; it resumes what it saved
+            self.log(f"[train] {tag}: stuck, started once more")
+            rc, again, last, stalled = self.tnl(args, f"{tag} train", progress=run.folder / "metrics.jsonl")
+            seconds += again
         spent = run.record.get("train_seconds", 0.0) + seconds
         if rc == 0:
             run.record = update_record(run.folder, status="done", train_seconds=spent, environment=self.env,
@@ -187,7 +231,9 @@ class Runner:
                 self.outcome.lines.append(f"{tag}: stopped at the time limit (re-run to resume)")
             else:
                 self.outcome.failed = True
-                self.outcome.lines.append(f"{tag}: tnl train exited {rc}: {last}")
+                why = f"stuck twice (no progress for {self.stall_seconds:g} s; its stacks are in its log)" \
+                    if stalled else f"tnl train exited {rc}: {last}"
+                self.outcome.lines.append(f"{tag}: {why}")
         return run.status
 
     def evaluate(self, run: Run) -> None:
@@ -219,7 +265,7 @@ class Runner:
                     self.log(f"[evaluate] {tag}\n  tnl " + " ".join(args))
                     continue
                 self.log(f"[evaluate] {tag}")
-                rc, seconds, last = self.tnl(args, tag)
+                rc, seconds, last, _ = self.tnl(args, tag)
                 if rc == 0:
                     times = dict(run.record.get("eval_seconds", {}))
                     times[f"{split}_{mode}"] = seconds

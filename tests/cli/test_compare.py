@@ -138,7 +138,10 @@ def test_bad_arguments_are_one_line(tmp_path):
     proto.write_text(yaml.safe_dump({"name": "p", "lrs": [], "seeds": [1], "arms": {"a": {}}}))
     proc = compare("--protocol", str(proto), "--dry-run", cwd=tmp_path, cache=tmp_path / "c")
     assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {proto}: lrs must be a non-empty list")
-    assert not (tmp_path / "outputs").exists()
+    proto.write_text(yaml.safe_dump({"name": "p", "lrs": [1e-3], "seeds": [1], "arms": {"a": {"train": []}}}))
+    proc = compare("--protocol", str(proto), "--stall-timeout", "-5", cwd=tmp_path, cache=tmp_path / "c")
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --stall-timeout -5: give 0 (never) or more seconds"
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "c").exists()
 
 
 def test_the_chosen_learning_rate_has_the_lowest_validation_loss(tmp_path):

@@ -19,7 +19,7 @@ from tnl.errors import UserError
 
 from .protocol import Protocol, load_protocol
 from .report import write_report
-from .runner import Deadline, Runner
+from .runner import STALL_SECONDS, Deadline, Runner
 from .runs import RECORD, copy_small_files, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="train and evaluate up to N runs at once (several small runs share one GPU; each run's "
                          "output goes to OUTPUT_DIR/logs/)")
+    ap.add_argument("--stall-timeout", type=float, default=STALL_SECONDS, metavar="SECONDS",
+                    help="a training run whose metrics.jsonl has not changed for this long is stuck: its stacks go to "
+                         "its log, it is stopped and started once more (0: never; default %(default)g)")
     ap.add_argument("--copy-summaries", metavar="DIR",
                     help="copy each run's small files (records, metrics, evaluations, config; no checkpoints) to DIR, "
                          "the same layout: `--report --output-dir DIR` then works from them elsewhere")
@@ -121,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.report:
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs}: give 1 or more")
+        if args.stall_timeout < 0:
+            raise UserError(f"--stall-timeout {args.stall_timeout:g}: give 0 (never) or more seconds")
         runner = Runner(protocol, deadline=Deadline(args.time_limit), dry_run=args.dry_run,
                         retry_failed=args.retry_failed, eval_each=args.eval_each, jobs=args.jobs,
-                        copy_to=Path(args.copy_summaries) if args.copy_summaries else None)
+                        copy_to=Path(args.copy_summaries) if args.copy_summaries else None,
+                        stall_seconds=args.stall_timeout)
         outcome = runner.run(args.only, args.seeds, args.lrs)
         print(f"\nruns: {protocol.output_dir}")
         for line in outcome.lines:

@@ -124,7 +124,7 @@ class Outcome:
 class Runner:
     def __init__(self, protocol: Protocol, *, deadline: Deadline, dry_run: bool = False, retry_failed: bool = False,
                  eval_each: bool = False, python: str = sys.executable, log: Callable[[str], None] = print,
-                 jobs: int = 1, copy_to: Path | None = None):
+                 jobs: int = 1, copy_to: Path | None = None, stall_seconds: float = STALL_SECONDS):
         self.protocol = protocol
         self.eval_each = eval_each
         self.deadline = deadline
@@ -133,7 +133,7 @@ class Runner:
         self.python = python
         self.log = log
         self.stop_grace = STOP_GRACE
-        self.stall_seconds = STALL_SECONDS
+        self.stall_seconds = stall_seconds  # 0: never
         self.poll_seconds = 5.0  # how often a running command's time limit and progress are checked
         self.jobs = jobs
         self.copy_to = copy_to  # each finished run's small files go here at once (a later kill loses none)

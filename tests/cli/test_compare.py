@@ -231,6 +231,7 @@ def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_m
     to SIGTERM): it is asked for its stacks (SIGUSR1, into its log), stopped, and started once more, which here
     finishes. Stuck twice, the run is reported as such, not as done."""
     import signal
+    import time
 
     from tnl.compare.protocol import load_protocol
     from tnl.compare.runner import Deadline, Runner
@@ -268,6 +269,18 @@ def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_m
         if stuck == 2:
             assert runner.outcome.lines == ["a lr=0.001 seed=2: stuck twice (no progress for 1 s; its stacks are in "
                                             "its log)"]
+    # a resumed run's metrics.jsonl is older than its command: the stall clock starts with the command
+    run = find_run(protocol, protocol.arm("a"), 1e-3, 3)
+    run.folder.mkdir(parents=True)
+    (run.folder / "metrics.jsonl").write_text('{"step": 0}\n')
+    os.utime(run.folder / "metrics.jsonl", (time.time() - 3600, time.time() - 3600))
+    slow = tmp_path / "slow"
+    slow.write_text("#!/bin/sh\nsleep 2\n")
+    slow.chmod(0o755)
+    lines = []
+    runner = Runner(protocol, deadline=Deadline(None), python=str(slow), log=lines.append)
+    runner.stall_seconds, runner.poll_seconds, runner._env = 5.0, 0.2, {}
+    assert runner.train(run) == "done" and not any("no progress" in ln for ln in lines), lines
     del os.environ["STUCK"]
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL)

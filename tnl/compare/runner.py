@@ -78,10 +78,11 @@ class Finished(NamedTuple):
     stalled: bool = False
 
 
-def _unchanged_for(path: Path | None) -> float:
-    """Seconds since `path` last changed (0 while it does not exist: the command has not started its work)."""
+def _unchanged_for(path: Path | None, since: float) -> float:
+    """Seconds since `path` last changed, counted from `since` at the earliest (a resumed run's file is older than
+    its command); 0 while it does not exist: the command has not started its work."""
     try:
-        return time.time() - path.stat().st_mtime if path is not None else 0.0
+        return time.time() - max(path.stat().st_mtime, since) if path is not None else 0.0
     except OSError:
         return 0.0
 
@@ -158,7 +159,7 @@ class Runner:
             path = self.protocol.output_dir / "logs" / (re.sub(r"[^\w.=-]+", "_", tag) + ".log")
             path.parent.mkdir(parents=True, exist_ok=True)
             out = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed below, after the process)
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
         # its own process group: a kill reaches its workers too, which would otherwise hold its stderr open
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
         asked = None  # when it was asked to stop
@@ -168,7 +169,7 @@ class Runner:
                 _, err = proc.communicate(timeout=self.poll_seconds)
                 break
             except subprocess.TimeoutExpired:
-                if asked is None and self.stall_seconds > 0 and _unchanged_for(progress) > self.stall_seconds:
+                if asked is None and self.stall_seconds > 0 and _unchanged_for(progress, started) > self.stall_seconds:
                     self.log(f"{tag}: no progress for {self.stall_seconds:g} s ({progress} unchanged): its stacks "
                              "go to its log (SIGUSR1), then it is stopped")
                     _signal_group(proc, signal.SIGUSR1)  # every process of the command prints where it waits

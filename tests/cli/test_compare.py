@@ -76,12 +76,19 @@ def done(tmp_path_factory):
 def test_report_rows_are_the_runs_own_evaluations(done):
     tmp, _, proc = done
     assert proc.stdout.count("$ python -m tnl train") == 2 and proc.stdout.count("$ python -m tnl evaluate") == 3
+    assert proc.stdout.count("$ python -m tnl prepare-data") == 2
     # with --jobs each command's output has its own log, not the terminal
     logs = sorted(p.name for p in (tmp / "runs" / "logs").iterdir())
     assert logs == ["softmax_lr=0.003_seed=0_test_window.log", "softmax_lr=0.003_seed=0_train.log",
-                    "tnl_lr=0.003_seed=0_test_stream.log", "tnl_lr=0.003_seed=0_test_window.log",
-                    "tnl_lr=0.003_seed=0_train.log"]
-    assert "model:" in (tmp / "runs" / "logs" / "tnl_lr=0.003_seed=0_train.log").read_text()
+                    "softmax_prepare-data.log", "tnl_lr=0.003_seed=0_test_stream.log",
+                    "tnl_lr=0.003_seed=0_test_window.log", "tnl_lr=0.003_seed=0_train.log", "tnl_prepare-data.log"]
+    log = {name: (tmp / "runs" / "logs" / name).read_text() for name in logs}
+    assert "model:" in log["tnl_lr=0.003_seed=0_train.log"]
+    # the data was prepared once, before the runs started side by side: no run trained a tokenizer of its own
+    prepared = [log[f"{arm}_prepare-data.log"] for arm in ("tnl", "softmax")]
+    assert sum("tokenizer: training byte-level BPE" in text for text in prepared) == 1
+    for arm in ("tnl", "softmax"):
+        assert "tokenizer: cached byte-level BPE" in log[f"{arm}_lr=0.003_seed=0_train.log"]
     assert "model:" not in proc.stdout
     md = (tmp / "results.md").read_text()
     assert "<!-- other -->\nkept as it is\n<!-- /other -->" in md  # other sections stay

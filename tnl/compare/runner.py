@@ -276,6 +276,23 @@ class Runner:
                     self.outcome.failed = True
                     self.outcome.lines.append(f"evaluate {tag}: tnl evaluate exited {rc}: {last}")
 
+    def prepare(self, arms: Sequence[Arm]) -> None:
+        """`tnl prepare-data` with each arm's overrides, one arm after another: runs started side by side then
+        find their tokenizer and token caches built, instead of each building the same ones at once."""
+        done: set[tuple[str, ...]] = set()
+        for arm in arms:
+            args = ("prepare-data", *self.protocol.train, *arm.train)
+            if args in done or self.deadline.passed():
+                continue
+            done.add(args)
+            if self.dry_run:
+                self.log(f"[prepare] {arm.name}\n  tnl " + " ".join(args))
+                continue
+            self.log(f"[prepare] {arm.name}")
+            rc, _, last, _ = self.tnl(args, f"{arm.name} prepare-data")
+            if rc != 0 and not self.deadline.passed():  # its runs would fail the same way and say so themselves
+                self.log(f"[prepare] {arm.name}: tnl prepare-data exited {rc}: {last}")
+
     def sweep(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> list[Run]:
         """The arm's learning-rate sweep runs (on the first seed) this call asks for."""
         sweep_seed = self.protocol.seeds[0]
@@ -340,6 +357,7 @@ class Runner:
             lrs: Sequence[float] | None = None) -> Outcome:
         arms = [self.protocol.arm(name) for name in only] if only else list(self.protocol.arms)
         if self.jobs > 1:
+            self.prepare(arms)
             # every arm's sweep first, side by side: each arm's rate is chosen from all of its sweep runs
             self.each(self.train_sweep_run, [run for arm in arms for run in self.sweep(arm, seeds, lrs)])
         self.each(lambda arm: self.run_arm(arm, seeds, lrs, sweep=self.jobs == 1), arms)

@@ -233,7 +233,8 @@ def test_a_command_that_ignores_the_stop_signal_is_killed_after_the_grace_period
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
 
 
-def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_more(tmp_path, capsys):
+def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_more(tmp_path, capsys,
+                                                                                   monkeypatch):
     """A training command whose metrics.jsonl stops changing is stuck (a run once hung before its first step, deaf
     to SIGTERM): it is asked for its stacks (SIGUSR1, into its log), stopped, and started once more, which here
     finishes. Stuck twice, the run is reported as such, not as done."""
@@ -260,7 +261,7 @@ def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_m
                     "echo '{\"step\": 1}' >> $out/metrics.jsonl\n")
     fake.chmod(0o755)
     for stuck, status in ((1, "done"), (2, "started")):
-        os.environ["STUCK"] = str(stuck)
+        monkeypatch.setenv("STUCK", str(stuck))  # the fake command reads it
         lines: list[str] = []
         runner = Runner(protocol, deadline=Deadline(None), python=str(fake), log=lines.append)
         runner.stall_seconds, runner.stop_grace, runner.poll_seconds = 1.0, 1.0, 0.2
@@ -288,7 +289,6 @@ def test_a_stuck_training_run_prints_its_stacks_is_stopped_and_is_started_once_m
     runner = Runner(protocol, deadline=Deadline(None), python=str(slow), log=lines.append)
     runner.stall_seconds, runner.poll_seconds, runner._env = 5.0, 0.2, {}
     assert runner.train(run) == "done" and not any("no progress" in ln for ln in lines), lines
-    del os.environ["STUCK"]
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)

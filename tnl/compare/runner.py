@@ -210,10 +210,11 @@ class Runner:
             self.log(f"[train] {tag}\n  tnl " + " ".join(args))
             return status
         self.log(f"[train] {tag}" + (" (resuming)" if status == "started" else ""))
-        rc, seconds, last, stalled = self.tnl(args, f"{tag} train", progress=run.folder / "metrics.jsonl")
+        progress = run.folder / "metrics.jsonl"
+        rc, seconds, last, stalled = self.tnl(args, f"{tag} train", progress)
         if stalled and not self.deadline.passed():  # once more: a stuck start is rare; it resumes what it saved
             self.log(f"[train] {tag}: stuck, started once more")
-            rc, again, last, stalled = self.tnl(args, f"{tag} train", progress=run.folder / "metrics.jsonl")
+            rc, again, last, stalled = self.tnl(args, f"{tag} train", progress)
             seconds += again
         spent = run.record.get("train_seconds", 0.0) + seconds
         if rc == 0:

@@ -57,6 +57,27 @@ def test_scoring_waits_for_the_gpu_a_fixed_number_of_times_whatever_the_amount_o
     def stream(chunk):
         return score_stream(model, docs, 0, chunk_size=chunk, batch_size=12)
 
-    windows(docs), stream(32), stream(8)  # compiles and warms up
-    assert _syncs(lambda: windows(docs[:4])) == _syncs(lambda: windows(docs))
-    assert _syncs(lambda: stream(32)) == _syncs(lambda: stream(8))
+    # every shape measured below is seen once first: a new shape may autotune a kernel, which waits for the GPU
+    windows(docs[:4]), windows(docs), stream(32), stream(8)
+    few, many = _syncs(lambda: windows(docs[:4])), _syncs(lambda: windows(docs))
+    assert few == many, f"window scoring: {few} waits for 2 batches, {many} for 6"
+    few, many = _syncs(lambda: stream(32)), _syncs(lambda: stream(8))
+    assert few == many, f"stream scoring: {few} waits for 3 chunks a document, {many} for 12"
+
+
+def test_training_after_scoring_under_inference_mode_gets_normal_decay_tensors():
+    """Scoring runs under inference_mode; a training step after it (the benchmark's reference, or training after an
+    eval) must not be handed a cached decay tensor made there, which autograd refuses to save for backward."""
+    from tnl.model.layers import DecayMixin
+
+    model = make_tnl(64, seed=3)
+    mixers = [m for m in model.modules() if isinstance(m, DecayMixin)]
+    assert mixers
+    with torch.inference_mode():
+        model.eval()
+        model(input_ids=torch.randint(1, 64, (1, 8)))
+        assert all(m.decay(torch.device("cpu")).is_inference() for m in mixers)
+    for m in mixers:
+        rates = m.decay(torch.device("cpu"))
+        assert not rates.is_inference()
+        assert torch.equal(rates, torch.tensor(m.decay_list, dtype=torch.float32))

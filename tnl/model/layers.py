@@ -256,7 +256,8 @@ class DecayMixin:
         if torch.compiler.is_compiling():
             return torch.tensor(self.decay_list, dtype=acc, device=device)
         cache = self.__dict__.setdefault("_decay_cache", {})
-        key = (device, acc)
+        # a tensor made under inference_mode cannot be saved for backward, so eval and training keep their own copies
+        key = (device, acc, torch.is_inference_mode_enabled())
         if key not in cache:
             cache[key] = torch.tensor(self.decay_list, dtype=acc, device=device)
         return cache[key]

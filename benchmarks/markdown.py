@@ -58,7 +58,7 @@ def rewrite_section(key: str, body: str, chapter: str | None = None, path: Path 
         heading = f"\n## {chapter}\n" if chapter else None
         at = text.find(heading) if heading else -1
         if at < 0:
-            text = text.rstrip() + (f"\n{heading}" if heading else "") + f"\n\n{block}\n"
+            text = text.rstrip() + (f"\n{heading.rstrip()}" if heading else "") + f"\n\n{block}\n"
         else:
             nxt = text.find("\n## ", at + len(heading))
             nxt = len(text) if nxt < 0 else nxt

@@ -95,7 +95,8 @@ def test_report_rows_are_the_runs_own_evaluations(done):
     rows = table_rows(md, "TNL vs Transformer")
     for label, arm in (("TNL tiny", "tnl"), ("softmax tiny", "softmax")):
         run = tmp / "runs" / arm / "lr0.003-seed0"
-        assert json.loads((run / "compare.json").read_text())["status"] == "done"
+        record = json.loads((run / "compare.json").read_text())
+        assert record["status"] == "done" and record["jobs"] == 2
         window = json.loads((run / "eval_test_window.json").read_text())
         assert window["mode"] == "window" and window["max_length"] == 32  # the training length
         assert Path(window["model_path"]) == run
@@ -109,6 +110,7 @@ def test_report_rows_are_the_runs_own_evaluations(done):
             assert stream["mode"] == "stream" and row["test word ppl, stream"] == f"{stream['word_perplexity']:.2f}"
         else:
             assert not (run / "eval_test_stream.json").exists() and row["test word ppl, stream"] == "n/a"
+    assert "up to 2 runs side by side on one device (`--jobs 2`)" in md
     for png in ("compare_tiny_curves.png", "compare_tiny_arms.png"):
         assert 0 < (tmp / "img" / png).stat().st_size < 100_000
 

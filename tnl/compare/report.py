@@ -96,17 +96,21 @@ def _minutes(runs: list[Run]) -> str:
 
 def _total_time(results: list[ArmResult]) -> str:
     """The runs' time in all and per run (training plus evaluations), as their records give it."""
-    seen, per_run = set(), []
+    seen, per_run, jobs = set(), [], 1
     for res in results:
         for run in res.sweep + res.runs:
             if run.folder in seen or run.record.get("train_seconds") is None:
                 continue
             seen.add(run.folder)
             per_run.append(run.record["train_seconds"] + sum(run.record.get("eval_seconds", {}).values()))
+            jobs = max(jobs, int(run.record.get("jobs", 1)))
     if not per_run:
         return "no run yet"
-    return (f"{len(per_run)} runs, {sum(per_run) / 60:.0f} minutes in all (training and evaluation); one run "
+    text = (f"{len(per_run)} runs, {sum(per_run) / 60:.0f} minutes in all (training and evaluation); one run "
             f"{min(per_run) / 60:.1f}-{max(per_run) / 60:.1f} minutes")
+    if jobs > 1:  # side by side, a run's minutes are minutes on a shared device, not its time alone
+        text += f", up to {jobs} runs side by side on one device (`--jobs {jobs}`)"
+    return text
 
 
 def _best_steps(runs: list[Run]) -> str:

@@ -219,7 +219,7 @@ class Runner:
         spent = run.record.get("train_seconds", 0.0) + seconds
         if rc == 0:
             run.record = update_record(run.folder, status="done", train_seconds=spent, environment=self.env,
-                                       command=["tnl", *args], finished=_now())
+                                       command=["tnl", *args], finished=_now(), jobs=self.jobs)
             self.copy(run)
         elif rc == 2 and DIVERGED in last:
             run.record = update_record(run.folder, status="diverged", train_seconds=spent, error=last,

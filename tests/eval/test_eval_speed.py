@@ -59,9 +59,13 @@ def test_scoring_waits_for_the_gpu_a_fixed_number_of_times_whatever_the_amount_o
 
     # every shape measured below is seen once first: a new shape may autotune a kernel, which waits for the GPU
     windows(docs[:4]), windows(docs), stream(32), stream(8)
-    few, many = _syncs(lambda: windows(docs[:4])), _syncs(lambda: windows(docs))
+
+    def waits(fn) -> int:  # the fewer of two counts: a one-off wait (an allocator growing) is not a wait per batch
+        return min(_syncs(fn), _syncs(fn))
+
+    few, many = waits(lambda: windows(docs[:4])), waits(lambda: windows(docs))
     assert few == many, f"window scoring: {few} waits for 2 batches, {many} for 6"
-    few, many = _syncs(lambda: stream(32)), _syncs(lambda: stream(8))
+    few, many = waits(lambda: stream(32)), waits(lambda: stream(8))
     assert few == many, f"stream scoring: {few} waits for 3 chunks a document, {many} for 12"
 
 

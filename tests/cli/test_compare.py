@@ -343,3 +343,48 @@ def test_the_shipped_offline_protocols_pass_their_own_check(name, data_dir, tmp_
     arms = yaml.safe_load((ROOT / "configs" / "compare" / f"{name}.yaml").read_text())["arms"]
     assert proc.stdout.splitlines() == [f"ok     {arm}" for arm in arms] + ["ok     evaluate"]
     assert not env_cache.exists()
+
+
+def test_whole_runs_starts_no_run_that_the_time_left_cannot_finish(tmp_path):
+    """`--whole-runs`: with less time left than the longest finished run took (training plus evaluations), a run
+    is not started at all (its folder stays absent, the call counts as stopped at the time limit); with enough time,
+    or with no finished run to judge by, or without the flag, it starts."""
+    import signal
+
+    from tnl.compare.runner import Deadline, Runner
+    from tnl.compare.runs import find_run
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "output_dir": str(tmp_path / "runs"), "lrs": [1e-3], "seeds": [1],
+                                    "arms": {"a": {"train": []}}}))
+    protocol = load_protocol(path)
+    fake = tmp_path / "python"  # a `python -m tnl train ... output_dir=D` that finishes at once
+    fake.write_text("#!/bin/sh\nfor a; do case $a in output_dir=*) out=${a#output_dir=};; esac; done\n"
+                    "mkdir -p $out; echo '{\"step\": 1}' >> $out/metrics.jsonl\n")
+    fake.chmod(0o755)
+    arm = protocol.arm("a")
+
+    def attempt(seed: int, seconds: float, whole_runs: bool = True) -> tuple[Runner, bool]:
+        lines: list[str] = []
+        runner = Runner(protocol, deadline=Deadline(seconds), python=str(fake), log=lines.append,
+                        whole_runs=whole_runs)
+        runner._env = {}  # the fake is no python to ask for versions
+        run = find_run(protocol, arm, 1e-3, seed)
+        runner.train(run)
+        return runner, run.folder.is_dir()
+
+    _, started = attempt(1, 30)
+    assert started  # nothing finished yet: nothing to judge by
+    first = find_run(protocol, arm, 1e-3, 1)
+    assert first.status == "done"
+    took = random.uniform(200, 400)
+    update_record(first.folder, train_seconds=took - 50, eval_seconds={"test_window": 30.0, "test_stream": 20.0})
+    runner, started = attempt(2, took - 20)
+    assert not started and runner.outcome.interrupted
+    _, started = attempt(3, took + 20)
+    assert started
+    _, started = attempt(4, took - 20, whole_runs=False)
+    assert started
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--output-dir", help="where the run folders go (default: the protocol's output_dir)")
     ap.add_argument("--time-limit", type=float, metavar="SECONDS",
                     help="start nothing after this; a run still training is stopped with a checkpoint")
+    ap.add_argument("--whole-runs", action="store_true",
+                    help="with --time-limit: start a training run only when the time left covers the longest run "
+                         "finished so far (training and evaluations), for machines whose run folders and "
+                         "checkpoints do not outlive the call")
     ap.add_argument("--report", action="store_true", help="only write the report from the finished runs")
     ap.add_argument("--no-report", action="store_true", help="run, but leave the report alone")
     ap.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"), help="the report's file")
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         runner = Runner(protocol, deadline=Deadline(args.time_limit), dry_run=args.dry_run,
                         retry_failed=args.retry_failed, eval_each=args.eval_each, jobs=args.jobs,
                         copy_to=Path(args.copy_summaries) if args.copy_summaries else None,
-                        stall_seconds=args.stall_timeout)
+                        stall_seconds=args.stall_timeout, whole_runs=args.whole_runs)
         outcome = runner.run(args.only, args.seeds, args.lrs)
         print(f"\nruns: {protocol.output_dir}")
         for line in outcome.lines:

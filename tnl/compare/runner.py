@@ -112,6 +112,10 @@ class Deadline:
     def passed(self) -> bool:
         return self.stopped or (self.end is not None and time.monotonic() >= self.end)
 
+    def left(self) -> float | None:
+        """Seconds until the limit (None: no limit)."""
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
 
 @dataclass
 class Outcome:
@@ -125,7 +129,8 @@ class Outcome:
 class Runner:
     def __init__(self, protocol: Protocol, *, deadline: Deadline, dry_run: bool = False, retry_failed: bool = False,
                  eval_each: bool = False, python: str = sys.executable, log: Callable[[str], None] = print,
-                 jobs: int = 1, copy_to: Path | None = None, stall_seconds: float = STALL_SECONDS):
+                 jobs: int = 1, copy_to: Path | None = None, stall_seconds: float = STALL_SECONDS,
+                 whole_runs: bool = False):
         self.protocol = protocol
         self.eval_each = eval_each
         self.deadline = deadline
@@ -138,6 +143,7 @@ class Runner:
         self.poll_seconds = 5.0  # how often a running command's time limit and progress are checked
         self.jobs = jobs
         self.copy_to = copy_to  # each finished run's small files go here at once (a later kill loses none)
+        self.whole_runs = whole_runs  # start a run only when the time left covers the longest finished one
         self.outcome = Outcome()
         self._env: dict[str, Any] | None = None
 
@@ -203,6 +209,11 @@ class Runner:
             self.log(f"[skip] {tag}: {status}")
             return status
         if self.deadline.passed():
+            self.outcome.interrupted = True
+            return status
+        left, needs = self.deadline.left(), self.longest_run()
+        if self.whole_runs and left is not None and needs is not None and left < needs:
+            self.log(f"[wait] {tag}: {left:.0f} s left, a run here takes up to {needs:.0f} s (--whole-runs)")
             self.outcome.interrupted = True
             return status
         args = ["train", *self.protocol.train_overrides(run.arm, run.lr, run.seed)]
@@ -333,6 +344,15 @@ class Runner:
                 self.train(run)
             if run.status == "done":
                 self.evaluate(run)
+
+    def longest_run(self) -> float | None:
+        """Seconds of the protocol's longest finished run, training and evaluations (None: none finished yet)."""
+        times = []
+        for path in self.protocol.output_dir.glob("*/*/compare.json"):
+            record = read_json(path) or {}
+            if record.get("status") == "done" and record.get("train_seconds") is not None:
+                times.append(record["train_seconds"] + sum(record.get("eval_seconds", {}).values()))
+        return max(times, default=None)
 
     def copy(self, run: Run) -> None:
         if self.copy_to is not None and not self.dry_run:

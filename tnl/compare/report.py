@@ -19,7 +19,7 @@ from tnl.atomic import write_text_atomic
 
 from .plots import draw_bars, draw_curves
 from .protocol import Arm, Protocol
-from .runs import Run, best_lr, find_run, sweep_runs, train_summary, validation_curve
+from .runs import Run, best_lr, find_run, run_seconds, sweep_runs, train_summary, validation_curve
 
 
 @dataclass
@@ -89,8 +89,7 @@ def count_parameters(folder: Path) -> int | None:
 
 
 def _minutes(runs: list[Run]) -> str:
-    times = [r.record.get("train_seconds", 0.0) + sum(r.record.get("eval_seconds", {}).values()) for r in runs
-             if r.record.get("train_seconds") is not None]
+    times = [t for t in (run_seconds(r.record) for r in runs) if t is not None]
     return f"{statistics.mean(times) / 60:.1f}" if times else "–"
 
 
@@ -99,10 +98,11 @@ def _total_time(results: list[ArmResult]) -> str:
     seen, per_run, jobs = set(), [], 1
     for res in results:
         for run in res.sweep + res.runs:
-            if run.folder in seen or run.record.get("train_seconds") is None:
+            seconds = run_seconds(run.record)
+            if run.folder in seen or seconds is None:
                 continue
             seen.add(run.folder)
-            per_run.append(run.record["train_seconds"] + sum(run.record.get("eval_seconds", {}).values()))
+            per_run.append(seconds)
             jobs = max(jobs, int(run.record.get("jobs", 1)))
     if not per_run:
         return "no run yet"

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from .protocol import Arm, Protocol
-from .runs import Run, best_lr, copy_small_files, eval_path, find_run, read_json, sweep_runs, update_record
+from .runs import RECORD, Run, best_lr, copy_small_files, eval_path, find_run, read_json, read_record, run_seconds
+from .runs import sweep_runs, update_record
 
 DIVERGED = "non-finite steps in a row"  # the training loop's message when it gives up on a run
 
@@ -211,8 +212,9 @@ class Runner:
         if self.deadline.passed():
             self.outcome.interrupted = True
             return status
-        left, needs = self.deadline.left(), self.longest_run()
-        if self.whole_runs and left is not None and needs is not None and left < needs:
+        left = self.deadline.left()
+        needs = self.longest_run() if self.whole_runs and left is not None else None
+        if needs is not None and left < needs:
             self.log(f"[wait] {tag}: {left:.0f} s left, a run here takes up to {needs:.0f} s (--whole-runs)")
             self.outcome.interrupted = True
             return status
@@ -348,10 +350,11 @@ class Runner:
     def longest_run(self) -> float | None:
         """Seconds of the protocol's longest finished run, training and evaluations (None: none finished yet)."""
         times = []
-        for path in self.protocol.output_dir.glob("*/*/compare.json"):
-            record = read_json(path) or {}
-            if record.get("status") == "done" and record.get("train_seconds") is not None:
-                times.append(record["train_seconds"] + sum(record.get("eval_seconds", {}).values()))
+        for path in self.protocol.output_dir.glob(f"*/*/{RECORD}"):
+            record = read_record(path.parent)
+            seconds = run_seconds(record)
+            if record.get("status") == "done" and seconds is not None:
+                times.append(seconds)
         return max(times, default=None)
 
     def copy(self, run: Run) -> None:

@@ -29,6 +29,13 @@ def read_record(folder: Path) -> dict[str, Any]:
     return read_json(folder / RECORD) or {}
 
 
+def run_seconds(record: dict[str, Any]) -> float | None:
+    """A run's seconds of training plus evaluations, as its record gives them (None: it has not trained)."""
+    if record.get("train_seconds") is None:
+        return None
+    return record["train_seconds"] + sum(record.get("eval_seconds", {}).values())
+
+
 def update_record(folder: Path, **changes: Any) -> dict[str, Any]:
     record = {**read_record(folder), **changes}
     write_text_atomic(folder / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -25,8 +25,19 @@ from typing import Any, NamedTuple
 import yaml
 
 from .protocol import Arm, Protocol
-from .runs import RECORD, Run, best_lr, copy_small_files, eval_path, find_run, read_json, read_record, run_seconds
-from .runs import sweep_runs, update_record
+from .runs import (
+    RECORD,
+    Run,
+    best_lr,
+    copy_small_files,
+    eval_path,
+    find_run,
+    read_json,
+    read_record,
+    run_seconds,
+    sweep_runs,
+    update_record,
+)
 
 DIVERGED = "non-finite steps in a row"  # the training loop's message when it gives up on a run
 

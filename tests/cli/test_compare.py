@@ -388,3 +388,60 @@ def test_whole_runs_starts_no_run_that_the_time_left_cannot_finish(tmp_path):
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_side_by_side_the_seeds_of_a_swept_arm_start_before_the_other_arms_sweeps(tmp_path):
+    """With `jobs` > 1 the queue is: the other seeds of arms whose sweep has finished (at their best rate), then the
+    sweeps of the others, then their other seeds at the rate those sweeps chose, each run evaluated once trained."""
+    import signal
+
+    from tnl.compare.runner import Deadline, Runner
+    from tnl.compare.runs import find_run
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "output_dir": str(tmp_path / "runs"), "lrs": [1e-3, 2e-3],
+                                    "seeds": [1, 2, 3], "splits": ["test"],
+                                    "arms": {"a": {"train": ["+x=a"], "table": "main"},
+                                             "b": {"train": ["+x=b"], "table": "main"}}}))
+    protocol = load_protocol(path)
+    rng = random.Random(3)
+    loss = {lr: rng.uniform(2, 4) for lr in (1e-3, 2e-3)}
+    for lr in loss:  # arm a's sweep finished in an earlier call
+        run = find_run(protocol, protocol.arm("a"), lr, 1)
+        (run.folder / "checkpoints").mkdir(parents=True)
+        (run.folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "validation", "loss": loss[lr]}))
+        update_record(run.folder, status="done")
+    a_lr = min(loss, key=loss.get)
+    # a fake `python -m tnl CMD ...`: notes each command, trains a run with a random validation loss (checkpoints
+    # and all), writes an evaluation's JSON
+    order = tmp_path / "order.log"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\ncmd=$4; out=; res=\n"
+                    "for a; do case $a in output_dir=*) out=${a#output_dir=};; eval.output=*) res=${a#eval.output=};;"
+                    " esac; done\n"
+                    f"echo \"$cmd $out $res\" >> {order}\n"
+                    "if [ -n \"$out\" ]; then mkdir -p $out/checkpoints; sleep 0.3\n"
+                    "  echo \"{\\\"step\\\": 1, \\\"split\\\": \\\"validation\\\", \\\"loss\\\": $(shuf -i 2-9 -n 1)}\""
+                    " > $out/metrics.jsonl; fi\n"
+                    "if [ -n \"$res\" ]; then echo '{\"word_perplexity\": 1.0}' > $res; fi\n")
+    fake.chmod(0o755)
+    runner = Runner(protocol, deadline=Deadline(None), python=str(fake), log=lambda _: None, jobs=2)
+    runner._env = {}  # the fake is no python to ask for versions
+    runner.poll_seconds = 0.1
+    runner.run()
+    commands = [line.split() for line in order.read_text().splitlines()]
+    assert [c[0] for c in commands[:2]] == ["prepare-data", "prepare-data"]
+    trains = [Path(c[1]).relative_to(tmp_path / "runs").as_posix() for c in commands if c[0] == "train"]
+    assert sorted(trains[:2]) == [f"a/lr{a_lr:g}-seed{s}" for s in (2, 3)]
+    assert sorted(trains[2:4]) == ["b/lr0.001-seed1", "b/lr0.002-seed1"]
+    b_lr, _ = best_lr(protocol, protocol.arm("b"))
+    assert sorted(trains[4:]) == [f"b/lr{b_lr:g}-seed{s}" for s in (2, 3)]
+    for arm, lr in (("a", a_lr), ("b", b_lr)):
+        for seed in (1, 2, 3):
+            assert (protocol.run_dir(protocol.arm(arm), lr, seed) / "eval_test_window.json").is_file()
+            if seed != 1:
+                assert find_run(protocol, protocol.arm(arm), lr, seed).status == "done"
+    assert not runner.outcome.failed and not runner.outcome.interrupted
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -2,8 +2,8 @@
 other seeds, then `tnl evaluate` of every run at the best rate. Each run is a normal `tnl train` run folder (its own
 lock, resume, best checkpoint), started as a subprocess; finished runs and evaluations are skipped, interrupted ones
 resume, so the work can be split over several calls (`--only`, `--seeds`, `--lrs`, `--time-limit`). With `jobs` > 1
-the sweep runs of all arms train side by side, then the arms go on side by side (small models leave most of a GPU
-idle), each command's output in OUTPUT_DIR/logs/."""
+runs train side by side (small models leave most of a GPU idle), each command's output in OUTPUT_DIR/logs/: first
+the other seeds of arms whose sweep has finished, then the sweep runs of the others, then their other seeds."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -302,21 +303,25 @@ class Runner:
                     self.outcome.lines.append(f"evaluate {tag}: tnl evaluate exited {rc}: {last}")
 
     def prepare(self, arms: Sequence[Arm]) -> None:
-        """`tnl prepare-data` with each arm's overrides, one arm after another: runs started side by side then
-        find their tokenizer and token caches built, instead of each building the same ones at once."""
-        done: set[tuple[str, ...]] = set()
+        """`tnl prepare-data` with each arm's overrides: the first arm's alone, then the others' side by side (they
+        mostly differ in model overrides and find the tokenizer and token caches built). Runs started side by side
+        then find their caches built, instead of each building the same ones at once."""
+        unique: dict[tuple[str, ...], Arm] = {}
         for arm in arms:
-            args = ("prepare-data", *self.protocol.train, *arm.train)
-            if args in done or self.deadline.passed():
-                continue
-            done.add(args)
-            if self.dry_run:
-                self.log(f"[prepare] {arm.name}\n  tnl " + " ".join(args))
-                continue
-            self.log(f"[prepare] {arm.name}")
-            rc, _, last, _ = self.tnl(args, f"{arm.name} prepare-data")
-            if rc != 0 and not self.deadline.passed():  # its runs would fail the same way and say so themselves
-                self.log(f"[prepare] {arm.name}: tnl prepare-data exited {rc}: {last}")
+            unique.setdefault(("prepare-data", *self.protocol.train, *arm.train), arm)
+        items = list(unique.items())
+        self.each(self._prepare, items[:1])
+        self.each(self._prepare, items[1:])
+
+    def _prepare(self, item: tuple[tuple[str, ...], Arm]) -> None:
+        args, arm = item
+        if self.dry_run:
+            self.log(f"[prepare] {arm.name}\n  tnl " + " ".join(args))
+            return
+        self.log(f"[prepare] {arm.name}")
+        rc, _, last, _ = self.tnl(args, f"{arm.name} prepare-data")
+        if rc != 0 and not self.deadline.passed():  # its runs would fail the same way and say so themselves
+            self.log(f"[prepare] {arm.name}: tnl prepare-data exited {rc}: {last}")
 
     def sweep(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> list[Run]:
         """The arm's learning-rate sweep runs (on the first seed) this call asks for."""
@@ -334,29 +339,39 @@ class Runner:
                 sweep: bool = True) -> None:
         """The arm's sweep (unless `sweep` is False: already run), its best rate on the other seeds, then the
         evaluations at that rate."""
-        protocol = self.protocol
-        sweep_seed = protocol.seeds[0]
-        arm_seeds = arm.seeds(protocol.seeds)
         if sweep:
             for run in self.sweep(arm, seeds, lrs):
                 self.train_sweep_run(run)
+        for work in self.seed_work(arm, seeds):
+            work()
+
+    def seed_work(self, arm: Arm, seeds: Sequence[int] | None) -> list[Callable[[], None]]:
+        """One task per seed at the arm's best rate so far: train it (the sweep seed is trained already), then
+        evaluate it. None while no sweep run has finished (a line in the outcome says so)."""
+        protocol = self.protocol
+        sweep_seed = protocol.seeds[0]
         chosen = best_lr(protocol, arm)
         if chosen is None:
             self.outcome.lines.append(f"{arm.name}: no finished learning-rate sweep run at seed {sweep_seed} yet; "
                                       "its other seeds and evaluations wait for one")
-            return
+            return []
         lr, loss = chosen
         swept = [r for r in sweep_runs(protocol, arm) if r.status == "done"]
         self.log(f"{arm.name}: best learning rate {lr:g} (validation loss {loss:.4f}; "
                  f"{len(swept)} of {len(protocol.lrs)} rates finished)")
-        for seed in arm_seeds:
-            if seeds is not None and seed not in seeds:
-                continue
+
+        def work(seed: int) -> None:
             run = find_run(protocol, arm, lr, seed)
             if seed != sweep_seed:
                 self.train(run)
             if run.status == "done":
                 self.evaluate(run)
+
+        return [partial(work, seed) for seed in arm.seeds(protocol.seeds) if seeds is None or seed in seeds]
+
+    def swept(self, arm: Arm) -> bool:
+        """Every rate of the arm's sweep has finished (trained or diverged): its best rate is final."""
+        return all(run.status in ("done", "diverged") for run in sweep_runs(self.protocol, arm))
 
     def longest_run(self) -> float | None:
         """Seconds of the protocol's longest finished run, training and evaluations (None: none finished yet)."""
@@ -391,12 +406,22 @@ class Runner:
     def run(self, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             lrs: Sequence[float] | None = None) -> Outcome:
         arms = [self.protocol.arm(name) for name in only] if only else list(self.protocol.arms)
-        if self.jobs > 1:
-            self.prepare(arms)
-            # every arm's sweep first, side by side: each arm's rate is chosen from all of its sweep runs
-            self.each(self.train_sweep_run, [run for arm in arms for run in self.sweep(arm, seeds, lrs)])
-        self.each(lambda arm: self.run_arm(arm, seeds, lrs, sweep=self.jobs == 1), arms)
+        if self.jobs == 1:
+            self.each(lambda arm: self.run_arm(arm, seeds, lrs), arms)
+            return self.outcome
+        self.prepare(arms)
+        # side by side, one queue: first the other seeds of arms whose sweep has finished (their rate is final),
+        # then every other arm's sweep runs, so that each arm's rate is chosen from all of its sweep runs
+        ready = [arm for arm in arms if self.swept(arm)]
+        waiting = [arm for arm in arms if arm not in ready]
+        self.each(_call, [work for arm in ready for work in self.seed_work(arm, seeds)]
+                  + [partial(self.train_sweep_run, run) for arm in waiting for run in self.sweep(arm, seeds, lrs)])
+        self.each(_call, [work for arm in waiting for work in self.seed_work(arm, seeds)])
         return self.outcome
+
+
+def _call(work: Callable[[], None]) -> None:
+    work()
 
 
 def _now() -> str:

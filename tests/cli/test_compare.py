@@ -445,3 +445,20 @@ def test_side_by_side_the_seeds_of_a_swept_arm_start_before_the_other_arms_sweep
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_the_reports_versions_name_each_library_set_once_with_all_its_commits(tmp_path):
+    from tnl.compare.report import ArmResult, _environment
+    from tnl.compare.runs import Run
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "lrs": [1e-3], "seeds": [1], "arms": {"a": {"train": []}}}))
+    arm = load_protocol(path).arm("a")
+    libs = {"torch": "2.11", "triton": "3.6", "python": "3.12.3", "device": "H100"}
+    envs = [{**libs, "commit": "aaa"}, {**libs, "commit": "bbb"}, {**libs, "commit": "aaa"},
+            {**libs, "torch": "2.13", "commit": "ccc"}, {**libs, "torch": "2.13"}]
+    runs = [Run(arm, 1e-3, seed, tmp_path, {"environment": env}) for seed, env in enumerate(envs)]
+    device, versions = _environment([ArmResult(arm, runs=runs[:2], sweep=runs[2:])])
+    assert device == "H100"
+    assert versions == ("torch 2.11, triton 3.6, python 3.12.3, tnl aaa and bbb; "
+                        "torch 2.13, triton 3.6, python 3.12.3, tnl ccc")

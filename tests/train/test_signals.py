@@ -113,3 +113,24 @@ def test_a_signal_during_the_final_evaluation_stops_it_at_once(tmp_path):
     assert not (out / "eval_validation.json").exists() and not (out / "export").exists()
     (step, folder), = list_checkpoints(out / "checkpoints")
     assert step == 3 and verify(folder) is None
+
+
+def test_a_finished_run_with_workers_exits_even_with_the_garbage_collector_off(tmp_path):
+    """The workers ignore SIGTERM, which is what Python's exit sends leftover child processes before joining them: a
+    run whose DataLoader iterator outlived training (in a reference cycle; here the collector never runs) once
+    finished its work and then waited at exit forever. The run must end its workers itself."""
+    corpus = write_corpus(tmp_path / "corpus", 60, {"train": 60, "validation": 8}, 120)
+    out = tmp_path / "run"
+    wrapper = tmp_path / "gc_off.py"
+    wrapper.write_text("import gc, os, runpy, sys\ngc.disable()\nsys.argv = sys.argv[1:]\n"
+                       "sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would\n"
+                       "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    args = _args(corpus, out, "train.max_steps=3", "train.num_workers=2")
+    proc = _start_group([args[0], str(wrapper), *args[1:]])
+    try:
+        output, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the finished run did not exit: it waits for its DataLoader workers")
+    assert proc.returncode == 0, output[-2000:]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

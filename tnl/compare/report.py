@@ -134,8 +134,10 @@ def _run_config(results: list[ArmResult]) -> dict[str, Any]:
 
 
 def _environment(results: list[ArmResult]) -> tuple[str, str]:
-    """(device, versions) recorded by the runs, each distinct value once."""
-    devices, versions = [], []
+    """(device, versions) recorded by the runs, each distinct value once; the tnl commits of runs with the same
+    library versions are listed together."""
+    devices: list[str] = []
+    commits: dict[str, list[str]] = {}  # library versions -> tnl commits
     for res in results:
         for run in res.runs + res.sweep:
             env = run.record.get("environment")
@@ -144,10 +146,10 @@ def _environment(results: list[ArmResult]) -> tuple[str, str]:
             if env.get("device") not in devices:
                 devices.append(env.get("device"))
             v = ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "transformers", "python") if env.get(k))
-            if env.get("commit"):
-                v += f", tnl {env['commit']}"
-            if v not in versions:
-                versions.append(v)
+            seen = commits.setdefault(v, [])
+            if env.get("commit") and env["commit"] not in seen:
+                seen.append(env["commit"])
+    versions = [v + (f", tnl {' and '.join(c)}" if c else "") for v, c in commits.items()]
     return "; ".join(d for d in devices if d) or "no run yet", "; ".join(versions) or "–"
 
 

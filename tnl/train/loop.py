@@ -122,6 +122,15 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _stop_workers(batches: Any) -> None:
+    """End the DataLoader's worker processes now. They ignore SIGTERM (`_ignore_stop_signals`), and at exit Python
+    terminates leftover child processes with SIGTERM and then joins them: if a reference cycle still held the
+    iterator then, the finished run would wait for its workers forever."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own shutdown, which its __del__ calls too
+    if callable(shutdown):
+        shutdown()
+
+
 def _micro_loss(model, batch: dict[str, torch.Tensor], chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over a micro-batch, and its token count. With `chunk` > 0 the model
     computes it with the fused linear cross-entropy, one chunk of logits at a time."""
@@ -400,6 +409,7 @@ def _train(cfg: DictConfig, accelerator: Any, out: Path, after: Callable[[Finish
                          "train.activation_checkpointing=true") from None
     finally:
         bar.close()
+        _stop_workers(batches)
 
     result: dict[str, Any] = {"output_dir": str(out), "steps": step, "tokens_seen": state["tokens_seen"],
                               "main_process": main}

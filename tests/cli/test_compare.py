@@ -462,3 +462,31 @@ def test_the_reports_versions_name_each_library_set_once_with_all_its_commits(tm
     assert device == "H100"
     assert versions == ("torch 2.11, triton 3.6, python 3.12.3, tnl aaa and bbb; "
                         "torch 2.13, triton 3.6, python 3.12.3, tnl ccc")
+
+
+def test_an_arm_chosen_from_an_incomplete_sweep_says_so(tmp_path):
+    """Two of three rates finished: the tables give the rate as the best of those two, and the sweep table lists the
+    third as not run; with all three finished, the rate stands alone."""
+    from tnl.compare.report import collect, sweep_table
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "output_dir": str(tmp_path / "runs"), "lrs": [1e-3, 2e-3, 4e-3],
+                                    "seeds": [1], "arms": {"a": {"train": [], "table": "ablation"}}}))
+    protocol = load_protocol(path)
+    arm = protocol.arm("a")
+    losses = dict(zip((1e-3, 2e-3, 4e-3), random.Random(5).sample(range(20, 60), 3)))
+    for lr in (1e-3, 4e-3):
+        folder = protocol.run_dir(arm, lr, 1)
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "split": "validation", "loss": losses[lr] / 10}))
+        update_record(folder, status="done")
+    res, = collect(protocol)
+    best = min((1e-3, 4e-3), key=losses.get)
+    assert res.lr_cell() == f"{best:g} (best of 2 of 3 rates)"
+    assert "| a | 0.002 | not run |" in sweep_table([res])
+    folder = protocol.run_dir(arm, 2e-3, 1)
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "split": "validation", "loss": losses[2e-3] / 10}))
+    update_record(folder, status="done")
+    res, = collect(protocol)
+    assert res.lr_cell() == f"{min(losses, key=losses.get):g}" and "not run" not in sweep_table([res])

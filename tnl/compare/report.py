@@ -41,6 +41,15 @@ class ArmResult:
     def evaluated(self) -> bool:
         return any(self.values(split, "window", "word_perplexity") for split in ("validation", "test"))
 
+    def rates_swept(self) -> int:
+        """How many sweep rates have finished (trained or diverged)."""
+        return sum(run.status in ("done", "diverged") for run in self.sweep)
+
+    def lr_cell(self) -> str:
+        """The chosen rate; while the sweep is incomplete, of how many rates it is the best so far."""
+        done, total = self.rates_swept(), len(self.sweep)
+        return f"{self.lr:g}" + (f" (best of {done} of {total} rates)" if done < total else "")
+
     def missing(self) -> str:
         """What the tables say for an arm without an evaluation."""
         return "trained, not evaluated yet" if self.runs else "not run"
@@ -164,7 +173,7 @@ def main_table(protocol: Protocol, results: list[ArmResult]) -> str:
             rows.append([res.arm.label] + [res.missing()] + ["–"] * (len(head) - 2))
             continue
         params = count_parameters(res.runs[0].folder)
-        row = [res.arm.label, f"{params / 1e6:.2f}M" if params else "–", f"{res.lr:g}",
+        row = [res.arm.label, f"{params / 1e6:.2f}M" if params else "–", res.lr_cell(),
                str(len(res.runs)),
                mean_std(res.values("validation", "window", "word_perplexity"), 2),
                mean_std(res.values("test", "window", "word_perplexity"), 2),
@@ -208,7 +217,7 @@ def ablation_table(protocol: Protocol, results: list[ArmResult]) -> str:
         test = res.values("test", "window", "word_perplexity")
         params = count_parameters(res.runs[0].folder)
         rel = f"{statistics.mean(test) / ref:.3f}x" if test and ref else "–"
-        rows.append([res.arm.label, change, f"{params / 1e6:.2f}M" if params else "–", f"{res.lr:g}",
+        rows.append([res.arm.label, change, f"{params / 1e6:.2f}M" if params else "–", res.lr_cell(),
                      mean_std(res.values("validation", "window", "word_perplexity"), 2), mean_std(test, 2), rel,
                      mean_std(res.values("test", "window", "bits_per_byte"), 4), _best_steps(res.runs),
                      _minutes(res.runs)])
@@ -218,8 +227,11 @@ def ablation_table(protocol: Protocol, results: list[ArmResult]) -> str:
 def sweep_table(results: list[ArmResult]) -> str:
     rows = []
     for res in results:
+        if not any(run.status != "missing" for run in res.sweep):
+            continue  # an arm not started: the line under the tables names it
         for run in res.sweep:
             if run.status == "missing":
+                rows.append([res.arm.label, f"{run.lr:g}", "not run"] + ["–"] * 4)
                 continue
             best = run.best()
             summary = train_summary(run.folder)

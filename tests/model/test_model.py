@@ -161,10 +161,16 @@ def test_labels_loss_is_shifted_mean_over_kept_tokens():
 @pytest.mark.parametrize(
     "mixer,kw",
     [("tnl", {}), ("softmax", {}), ("softmax", dict(sliding_window=5, num_key_value_heads=2, qk_norm=True)),
-     ("hybrid", dict(num_key_value_heads=2))],
+     ("hybrid", dict(num_key_value_heads=2)), ("hybrid", dict(group_tokens=8))],
 )
 def test_prefill_then_decode_equals_parallel(mixer, kw):
+    """Hybrid with group_tokens=8: its cross-block part spans several groups of two blocks each."""
+    kw = dict(kw)
+    group = kw.pop("group_tokens", None)
     model = make(mixer, hybrid_block_size=4, **kw)
+    for mod in model.modules():
+        if group is not None and hasattr(mod, "group_tokens"):
+            mod.group_tokens = group
     ids = torch.randint(1, V, (2, 17))
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :6], use_cache=True)

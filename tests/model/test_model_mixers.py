@@ -84,12 +84,14 @@ def test_softmax_attention_matches_direct_formula(kw):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("block,hkv", [(4, 4), (3, 2), (16, 4)])
-def test_hybrid_attention_matches_direct_formula(block, hkv):
+@pytest.mark.parametrize("block,hkv,group", [(4, 4, 256), (3, 2, 256), (16, 4, 256), (3, 2, 6), (2, 4, 3), (4, 1, 8)])
+def test_hybrid_attention_matches_direct_formula(block, hkv, group):
     """o_t = softmax over keys of t's block up to t  +  SRMSNorm_head(sum_{s before t's block} lambda^(t-s)
-    silu(q_t) silu(k_s)^T v_s), with q, k before RoPE in the linear part. T = 11 is not a multiple of the block."""
+    silu(q_t) silu(k_s)^T v_s), with q, k before RoPE in the linear part. T = 11 is not a multiple of the block;
+    small `group_tokens` split the cross-block part into several groups (of one or two blocks) carrying a state."""
     c = cfg(token_mixer="hybrid", hybrid_block_size=block, num_key_value_heads=hkv)
     mod = HybridAttention(c, 1).double()
+    mod.group_tokens = group
     x = torch.randn(B, T, D_MODEL, dtype=torch.float64)
     got = mod(x, MixerInputs(torch.arange(T)[None], None, None, None, None))
 

@@ -21,6 +21,10 @@ from .layers import (
     srms_norm,
 )
 
+# the hybrid mixer's cross-block part works on groups of whole blocks of about this many tokens: a loop over single
+# small blocks is bound by kernel launches, a group's masked [G, G] scores are cheap
+GROUP_TOKENS = 128
+
 
 def _attend_mask(
     q_pos: torch.Tensor, k_pos: torch.Tensor, key_ok: torch.Tensor | None, window: int | None
@@ -171,6 +175,7 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         self.block = config.hybrid_block_size
         self.decay_list = decay_rates(config, layer_idx)
         self.window = None
+        self.group_tokens = GROUP_TOKENS
 
     def forward(self, x: torch.Tensor, inp: MixerInputs) -> torch.Tensor:
         b, t, _ = x.shape
@@ -213,7 +218,8 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
             ok = F.pad(key_ok, (0, pad), value=False).reshape(b * nb, c)
         mask = _attend_mask(idx, idx, ok, None)
         o_soft = self.sdpa(fold(qf), fold(kf), fold(vf), mask).reshape(b, nb * c, h, dh)[:, r : r + t]
-        # --- decayed linear attention across blocks: loop over blocks carrying the state
+        # --- decayed linear attention across blocks, chunkwise over groups of whole blocks (about GROUP_TOKENS
+        # tokens): inside a group, masked scores between different blocks; from earlier groups, the carried state
         acc = accumulation_dtype(x.dtype)
         group = h // self.num_kv_heads
         s = self.decay(x.device, acc).view(1, h, 1, 1)
@@ -222,15 +228,24 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         lvf = v.to(acc).repeat_interleave(group, 2).transpose(1, 2)
         if state is None:
             state = lqf.new_zeros(b, h, dh, dh)
+        size = c * max(1, self.group_tokens // c)
+        pos = torch.arange(size, device=x.device)
+        gap = (pos[:, None] - pos[None, :]).to(acc)  # t - s inside a group
+        other_block = (pos[:, None] // c) > (pos[None, :] // c)  # s in an earlier block than t
         outs = []
-        pos_in_blk = torch.arange(c, device=x.device, dtype=acc)
-        for start in range(0, n, c):
-            m_ = min(c, n - start)
-            p = pos_in_blk[:m_].view(1, 1, -1, 1)
-            outs.append(torch.exp(-s * (p + 1)) * (lqf[:, :, start : start + m_] @ state))
-            if start + m_ == start + c:  # a completed block folds into the state
-                kd = lkf[:, :, start : start + m_] * torch.exp(-s * (m_ - 1 - p))
-                state = torch.exp(-s * m_) * state + kd.transpose(-1, -2) @ lvf[:, :, start : start + m_]
+        for start in range(0, n, size):
+            m_ = min(size, n - start)
+            p = pos[:m_].to(acc).view(1, 1, -1, 1)
+            qg, kg, vg = (z[:, :, start : start + m_] for z in (lqf, lkf, lvf))
+            out = torch.exp(-s * (p + 1)) * (qg @ state)
+            if size > c:  # pairs of different blocks inside the group (none when a group is one block)
+                decay = torch.exp(-s * gap[:m_, :m_].clamp(min=0)) * other_block[:m_, :m_]  # lambda^(t-s), masked
+                out = out + ((qg @ kg.transpose(-1, -2)) * decay) @ vg
+            outs.append(out)
+            whole = (m_ // c) * c  # completed blocks fold into the state; a partial last block stays in the cache
+            if whole:
+                kd = kg[:, :, :whole] * torch.exp(-s * (whole - 1 - p[:, :, :whole]))
+                state = torch.exp(-s * whole) * state + kd.transpose(-1, -2) @ vg[:, :, :whole]
         o_lin = torch.cat(outs, dim=2).transpose(1, 2)[:, r : r + t]  # [B, t, H, D]
         if layer is not None:
             tail = n - (n // c) * c

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -150,7 +151,8 @@ class Runner:
         self.dry_run = dry_run
         self.retry_failed = retry_failed
         self.python = python
-        self.log = log
+        self._write = log
+        self._log_lock = threading.Lock()
         self.stop_grace = STOP_GRACE
         self.stall_seconds = stall_seconds  # 0: never
         self.poll_seconds = 5.0  # how often a running command's time limit and progress are checked
@@ -159,6 +161,11 @@ class Runner:
         self.whole_runs = whole_runs  # start a run only when the time left covers the longest finished one
         self.outcome = Outcome()
         self._env: dict[str, Any] | None = None
+
+    def log(self, message: str) -> None:
+        """One message, whole: with several jobs, their threads' lines must not interleave."""
+        with self._log_lock:
+            self._write(message)
 
     @property
     def env(self) -> dict[str, Any]:

@@ -442,6 +442,14 @@ def test_side_by_side_the_seeds_of_a_swept_arm_start_before_the_other_arms_sweep
             if seed != 1:
                 assert find_run(protocol, protocol.arm(arm), lr, seed).status == "done"
     assert not runner.outcome.failed and not runner.outcome.interrupted
+    # a rate beyond the finished sweep (`--lrs`) trains: the arm is not ready until it has
+    order.write_text("")
+    runner = Runner(protocol, deadline=Deadline(None), python=str(fake), log=lambda _: None, jobs=2)
+    runner._env, runner.poll_seconds = {}, 0.1
+    runner.run(only=["a"], lrs=[4e-3])
+    trains = [Path(line.split()[1]).relative_to(tmp_path / "runs").as_posix()
+              for line in order.read_text().splitlines() if line.startswith("train")]
+    assert trains[0] == "a/lr0.004-seed1" and find_run(protocol, protocol.arm("a"), 4e-3, 1).status == "done"
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Deadline took these over for the test process
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -376,9 +376,11 @@ class Runner:
 
         return [partial(work, seed) for seed in arm.seeds(protocol.seeds) if seeds is None or seed in seeds]
 
-    def swept(self, arm: Arm) -> bool:
-        """Every rate of the arm's sweep has finished (trained or diverged): its best rate is final."""
-        return all(run.status in ("done", "diverged") for run in sweep_runs(self.protocol, arm))
+    def swept(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> bool:
+        """Every rate of the arm's sweep has finished (trained or diverged), those this call asks for included (a
+        new `--lrs` rate): its best rate is final."""
+        runs = [*sweep_runs(self.protocol, arm), *self.sweep(arm, seeds, lrs)]
+        return all(run.status in ("done", "diverged") for run in runs)
 
     def longest_run(self) -> float | None:
         """Seconds of the protocol's longest finished run, training and evaluations (None: none finished yet)."""
@@ -419,7 +421,7 @@ class Runner:
         self.prepare(arms)
         # side by side, one queue: first the other seeds of arms whose sweep has finished (their rate is final),
         # then every other arm's sweep runs, so that each arm's rate is chosen from all of its sweep runs
-        ready = [arm for arm in arms if self.swept(arm)]
+        ready = [arm for arm in arms if self.swept(arm, seeds, lrs)]
         waiting = [arm for arm in arms if arm not in ready]
         self.each(_call, [work for arm in ready for work in self.seed_work(arm, seeds)]
                   + [partial(self.train_sweep_run, run) for arm in waiting for run in self.sweep(arm, seeds, lrs)])

@@ -342,13 +342,10 @@ class Runner:
         if self.train(run) == "done" and self.eval_each:
             self.evaluate(run)
 
-    def run_arm(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None,
-                sweep: bool = True) -> None:
-        """The arm's sweep (unless `sweep` is False: already run), its best rate on the other seeds, then the
-        evaluations at that rate."""
-        if sweep:
-            for run in self.sweep(arm, seeds, lrs):
-                self.train_sweep_run(run)
+    def run_arm(self, arm: Arm, seeds: Sequence[int] | None, lrs: Sequence[float] | None) -> None:
+        """The arm's sweep, its best rate on the other seeds, then the evaluations at that rate (one job)."""
+        for run in self.sweep(arm, seeds, lrs):
+            self.train_sweep_run(run)
         for work in self.seed_work(arm, seeds):
             work()
 

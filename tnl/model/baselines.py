@@ -229,16 +229,18 @@ class HybridAttention(SoftmaxAttention, DecayMixin):
         if state is None:
             state = lqf.new_zeros(b, h, dh, dh)
         size = c * max(1, self.group_tokens // c)
-        pos = torch.arange(size, device=x.device)
-        gap = (pos[:, None] - pos[None, :]).to(acc)  # t - s inside a group
-        other_block = (pos[:, None] // c) > (pos[None, :] // c)  # s in an earlier block than t
+        pos = torch.arange(min(size, n), device=x.device)
+        pairs = min(size, n) > c  # a group holds more than one block (never in a decoding step)
+        if pairs:
+            gap = (pos[:, None] - pos[None, :]).to(acc)  # t - s inside a group
+            other_block = (pos[:, None] // c) > (pos[None, :] // c)  # s in an earlier block than t
         outs = []
         for start in range(0, n, size):
             m_ = min(size, n - start)
             p = pos[:m_].to(acc).view(1, 1, -1, 1)
             qg, kg, vg = (z[:, :, start : start + m_] for z in (lqf, lkf, lvf))
             out = torch.exp(-s * (p + 1)) * (qg @ state)
-            if size > c:  # pairs of different blocks inside the group (none when a group is one block)
+            if pairs:  # pairs of different blocks inside the group
                 decay = torch.exp(-s * gap[:m_, :m_].clamp(min=0)) * other_block[:m_, :m_]  # lambda^(t-s), masked
                 out = out + ((qg @ kg.transpose(-1, -2)) * decay) @ vg
             outs.append(out)

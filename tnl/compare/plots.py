@@ -56,8 +56,9 @@ def draw_bars(values: dict[str, tuple[float, float]], path: Path, title: str,
     ax.invert_yaxis()
     if reference is not None:
         ax.axvline(reference, color="k", ls="--", lw=1)
-    for i, m in enumerate(means):
-        ax.text(m, i, f" {m:.1f}", va="center", fontsize=7)
+    for i, (m, sd) in enumerate(zip(means, stds)):  # inside the bar: clear of the error bar and the baseline line
+        ax.text(0.01 * max(means), i, f"{m:.1f}" + (f" ± {sd:.1f}" if sd else ""), va="center", fontsize=7,
+                color="white")
     ax.set_xlabel("WT-103 test word perplexity (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="x")

@@ -97,28 +97,49 @@ def count_parameters(folder: Path) -> int | None:
     return sum(p.numel() for p in model.parameters())
 
 
-def _minutes(runs: list[Run]) -> str:
+def _jobs(run: Run) -> int:
+    return int(run.record.get("jobs", 1))
+
+
+def _side_by_side(results: list[ArmResult]) -> bool:
+    return any(_jobs(run) > 1 for res in results for run in res.sweep + res.runs)
+
+
+def _alone(minutes: str, runs: list[Run], side_by_side: bool) -> str:
+    """Beside runs that shared the device, mark the minutes of runs that had it to themselves: they are shorter
+    for that reason, not because the arm is faster."""
+    timed = [r for r in runs if run_seconds(r.record) is not None]
+    return minutes + " (alone)" if side_by_side and timed and all(_jobs(r) == 1 for r in timed) else minutes
+
+
+def _minutes(runs: list[Run], side_by_side: bool) -> str:
     times = [t for t in (run_seconds(r.record) for r in runs) if t is not None]
-    return f"{statistics.mean(times) / 60:.1f}" if times else "–"
+    return _alone(f"{statistics.mean(times) / 60:.1f}", runs, side_by_side) if times else "–"
 
 
 def _total_time(results: list[ArmResult]) -> str:
-    """The runs' time in all and per run (training plus evaluations), as their records give it."""
-    seen, per_run, jobs = set(), [], 1
+    """The runs' time in all and per run (training plus evaluations), as their records give it, apart for runs
+    alone on the device and runs side by side."""
+    seen, alone, shared, jobs = set(), [], [], 1
     for res in results:
         for run in res.sweep + res.runs:
             seconds = run_seconds(run.record)
             if run.folder in seen or seconds is None:
                 continue
             seen.add(run.folder)
-            per_run.append(seconds)
-            jobs = max(jobs, int(run.record.get("jobs", 1)))
-    if not per_run:
+            (shared if _jobs(run) > 1 else alone).append(seconds)
+            jobs = max(jobs, _jobs(run))
+    if not seen:
         return "no run yet"
-    text = (f"{len(per_run)} runs, {sum(per_run) / 60:.0f} minutes in all (training and evaluation); one run "
-            f"{min(per_run) / 60:.1f}-{max(per_run) / 60:.1f} minutes")
-    if jobs > 1:  # side by side, a run's minutes are minutes on a shared device, not its time alone
-        text += f", up to {jobs} runs side by side on one device (`--jobs {jobs}`)"
+
+    def span(times: list[float]) -> str:
+        return f"{min(times) / 60:.1f}-{max(times) / 60:.1f} minutes"
+
+    text = f"{len(seen)} runs, {sum(alone + shared) / 60:.0f} minutes in all (training and evaluation)"
+    if alone:
+        text += f"; one run alone on the device {span(alone)}"
+    if shared:  # side by side, a run's minutes are minutes on a shared device, not its time alone
+        text += f"; {span(shared)} each with up to {jobs} runs side by side on one device (`--jobs {jobs}`)"
     return text
 
 
@@ -167,6 +188,7 @@ def main_table(protocol: Protocol, results: list[ArmResult]) -> str:
     head = ["model", "params", "lr", "seeds", "valid word ppl", "test word ppl", "test bits/byte", "test token ppl"]
     head += ["test word ppl, stream"] if stream else []
     head += ["best step", "min per run"]
+    side_by_side = _side_by_side(results)
     rows = []
     for res in (r for r in results if r.arm.table == "main"):
         if not res.evaluated():
@@ -181,7 +203,7 @@ def main_table(protocol: Protocol, results: list[ArmResult]) -> str:
                mean_std(res.values("test", "window", "token_perplexity"), 2)]
         if stream:
             row.append(mean_std(res.values("test", "stream", "word_perplexity"), 2) if res.arm.stream else "n/a")
-        row += [_best_steps(res.runs), _minutes(res.runs)]
+        row += [_best_steps(res.runs), _minutes(res.runs, side_by_side)]
         rows.append(row)
     return _table(head, rows)
 
@@ -206,6 +228,7 @@ def ablation_table(protocol: Protocol, results: list[ArmResult]) -> str:
     head = ["arm", "change", "params", "lr", "valid word ppl", "test word ppl",
             f"vs {base.arm.label}" if base else "vs baseline", "test bits/byte",
             "best step", "min per run"]
+    side_by_side = _side_by_side(results)
     rows = []
     for res in results:
         if res.arm.table != "ablation" and res.arm.name != protocol.baseline:
@@ -220,11 +243,12 @@ def ablation_table(protocol: Protocol, results: list[ArmResult]) -> str:
         rows.append([res.arm.label, change, f"{params / 1e6:.2f}M" if params else "–", res.lr_cell(),
                      mean_std(res.values("validation", "window", "word_perplexity"), 2), mean_std(test, 2), rel,
                      mean_std(res.values("test", "window", "bits_per_byte"), 4), _best_steps(res.runs),
-                     _minutes(res.runs)])
+                     _minutes(res.runs, side_by_side)])
     return _table(head, rows)
 
 
 def sweep_table(results: list[ArmResult]) -> str:
+    side_by_side = _side_by_side(results)
     rows = []
     for res in results:
         if not any(run.status != "missing" for run in res.sweep):
@@ -239,7 +263,7 @@ def sweep_table(results: list[ArmResult]) -> str:
             rows.append([res.arm.label, f"{run.lr:g}" + (" (chosen)" if run.lr == res.lr else ""), run.status,
                          f"{best[1]:.4f}" if best else "–", str(best[0]) if best else "–",
                          "yes" if summary.get("early_stopped") else "no" if summary else "–",
-                         f"{secs / 60:.1f}" if secs is not None else "–"])
+                         _alone(f"{secs / 60:.1f}", [run], side_by_side) if secs is not None else "–"])
     return _table(["arm", "lr", "status", "best validation loss", "at step", "stopped early", "train minutes"], rows)
 
 

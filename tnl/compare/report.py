@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -117,16 +118,35 @@ def _minutes(runs: list[Run], side_by_side: bool) -> str:
     return _alone(f"{statistics.mean(times) / 60:.1f}", runs, side_by_side) if times else "–"
 
 
+def _device_seconds(runs: list[Run]) -> float | None:
+    """Seconds in which at least one of the runs was on the device: the union of their spans, each from the start
+    of training (`finished` less the training seconds) to the end of its evaluations. Side by side, this is what the
+    whole table costs in wall-clock time. None if a run's record lacks the times."""
+    spans = []
+    for run in runs:
+        finished, seconds = run.record.get("finished"), run_seconds(run.record)
+        if finished is None or seconds is None:
+            return None
+        end_train = _dt.datetime.fromisoformat(finished).timestamp()
+        spans.append((end_train - run.record["train_seconds"], end_train + seconds - run.record["train_seconds"]))
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def _total_time(results: list[ArmResult]) -> str:
     """The runs' time in all and per run (training plus evaluations), as their records give it, apart for runs
-    alone on the device and runs side by side."""
-    seen, alone, shared, jobs = set(), [], [], 1
+    alone on the device and runs side by side, and the device time they took together."""
+    seen, timed, alone, shared, jobs = set(), [], [], [], 1
     for res in results:
         for run in res.sweep + res.runs:
             seconds = run_seconds(run.record)
             if run.folder in seen or seconds is None:
                 continue
             seen.add(run.folder)
+            timed.append(run)
             (shared if _jobs(run) > 1 else alone).append(seconds)
             jobs = max(jobs, _jobs(run))
     if not seen:
@@ -136,6 +156,9 @@ def _total_time(results: list[ArmResult]) -> str:
         return f"{min(times) / 60:.1f}-{max(times) / 60:.1f} minutes"
 
     text = f"{len(seen)} runs, {sum(alone + shared) / 60:.0f} minutes in all (training and evaluation)"
+    busy = _device_seconds(timed) if shared else None
+    if busy is not None:  # runs side by side overlap: the table's wall-clock cost is less than their sum
+        text += f", {busy / 60:.0f} minutes of device time (runs side by side overlap)"
     if alone:
         text += f"; one run alone on the device {span(alone)}"
     if shared:  # side by side, a run's minutes are minutes on a shared device, not its time alone
@@ -161,6 +184,13 @@ def _run_config(results: list[ArmResult]) -> dict[str, Any]:
             if path.is_file():
                 return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return {}
+
+
+def _data_of(cfg: dict[str, Any]) -> tuple[tuple[str, ...], str, str]:
+    """(train files, tokenizer kind, tokenizer size) of one run's resolved config."""
+    data, tok = cfg.get("data", {}), cfg.get("tokenizer", {})
+    files = tuple(data.get("files", {}).get("train") or [data.get("path")])
+    return files, str(tok.get("kind", "?")), str(tok.get("vocab_size", "?"))
 
 
 def _environment(results: list[ArmResult]) -> tuple[str, str]:
@@ -294,7 +324,6 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
     cfg = _run_config(results)
     device, versions = _environment(results)
     data = cfg.get("data", {})
-    tok = cfg.get("tokenizer", {})
     seeds = ", ".join(str(s) for s in protocol.seeds)
     lines = [f"## Protocol `{protocol.name}`", ""]
     if protocol.description:
@@ -304,14 +333,21 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         "",
         f"- Training: `{' '.join(protocol.train)}` plus each arm's overrides; {_budget(cfg)}.",
     ]
+    differ: list[str] = []
     if data:
-        files = data.get("files", {}).get("train") or [data.get("path")]
-        lines.append(f"- Data: train files {', '.join(f'`{f}`' for f in files)}; tokenizer {tok.get('kind', '?')} "
-                     f"with {tok.get('vocab_size', '?')} entries, trained on the train split, the same for every arm.")
+        files, kind, vocab = _data_of(cfg)
+        # arms may change the tokenizer or the train files (the recipe protocol does): name them, never hide it
+        differ = [r.arm.label for r in results if (c := _run_config([r])).get("data") and _data_of(c) != _data_of(cfg)]
+        lines.append(f"- Data: train files {', '.join(f'`{f}`' for f in files)}; tokenizer {kind} with {vocab} "
+                     "entries, trained on the train split, "
+                     + ("the same for every arm except these, which change them as their row says and train their "
+                        f"own tokenizer on their own train split: {'; '.join(differ)}." if differ
+                        else "the same for every arm."))
+    multi = len(protocol.seeds) > 1 and any(r.arm.table == "main" for r in results)
     lines += [
         f"- Learning rates {', '.join(f'{lr:g}' for lr in protocol.lrs)}, the same for every arm, run on seed "
-        f"{protocol.seeds[0]}; each arm's rate is the one with the lowest validation loss during training. The "
-        f"main arms then run seeds {seeds} at that rate; the ablations one seed.",
+        f"{protocol.seeds[0]}; each arm's rate is the one with the lowest validation loss during training."
+        + (f" The main arms then run seeds {seeds} at that rate; the ablations one seed." if multi else ""),
         f"- Evaluation: each run's best checkpoint (lowest validation loss) with `tnl evaluate "
         f"{' '.join(protocol.evaluate)}` on {' and '.join(protocol.splits)}: word perplexity (lm-eval's wikitext "
         "convention), bits per byte and token perplexity, in windows of the training length; TNL arms also "
@@ -320,11 +356,9 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         "- Mean ± sample standard deviation over seeds; one value where one seed ran. \"not run\": no finished run "
         "(nothing is filled in by hand).",
         "",
-        "### TNL vs Transformer",
-        "",
-        main_table(protocol, results),
-        "",
     ]
+    if any(r.arm.table == "main" for r in results):
+        lines += ["### TNL vs Transformer", "", main_table(protocol, results), ""]
     pair = [r for r in results if r.arm.table == "main" and r.values("test", "window", "word_perplexity")]
     base = next((r for r in pair if r.arm.name == protocol.baseline), None)
     for other in (r for r in pair if base is not None and r is not base):
@@ -339,13 +373,17 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
                   "The paper trains on the full WT-103 train split (103M words, 50k steps of 128 x 512 tokens: "
                   "`experiment=wt103_tnl_44m` / `wt103_transformer_44m`, `configs/compare/paper.yaml`); the "
                   "columns on the right are this protocol's and are not comparable in absolute terms.", "", paper]
-    lines += ["", "### Ablations", "", ablation_table(protocol, results), "",
+    lines += [""] if lines[-1] else []
+    lines += ["### Ablations", "", ablation_table(protocol, results), "",
               "### Learning-rate sweep", "", sweep_table(results), ""]
     if curves_png or bars_png:
         lines += ["### Plots", ""]
         lines += [f"![validation curves]({curves_png})"] if curves_png else []
         lines += [f"![test word perplexity per arm]({bars_png})"] if bars_png else []
         lines.append("")
+        if differ and curves_png:  # nats per token of different tokenizers do not compare; words do
+            lines += ["Validation losses are per token of each arm's own tokenizer: across tokenizers, compare the "
+                      "word perplexities in the tables.", ""]
     not_run = [r.arm.label for r in results if not r.evaluated()]
     if not_run:
         lines.append(f"Not run or not evaluated yet: {'; '.join(not_run)}.")

@@ -121,14 +121,15 @@ def _minutes(runs: list[Run], side_by_side: bool) -> str:
 def _device_seconds(runs: list[Run]) -> float | None:
     """Seconds in which at least one of the runs was on the device: the union of their spans, each from the start
     of training (`finished` less the training seconds) to the end of its evaluations. Side by side, this is what the
-    whole table costs in wall-clock time. None if a run's record lacks the times."""
+    whole table costs in wall-clock time (a run resumed in a later call counts from where its summed training time
+    reaches back, so this errs long). None if a run's record lacks the times."""
     spans = []
     for run in runs:
         finished, seconds = run.record.get("finished"), run_seconds(run.record)
         if finished is None or seconds is None:
             return None
-        end_train = _dt.datetime.fromisoformat(finished).timestamp()
-        spans.append((end_train - run.record["train_seconds"], end_train + seconds - run.record["train_seconds"]))
+        start = _dt.datetime.fromisoformat(finished).timestamp() - run.record["train_seconds"]
+        spans.append((start, start + seconds))
     total, reach = 0.0, -math.inf
     for start, end in sorted(spans):
         total += max(0.0, end - max(start, reach))
@@ -343,7 +344,8 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
                      + ("the same for every arm except these, which change them as their row says and train their "
                         f"own tokenizer on their own train split: {'; '.join(differ)}." if differ
                         else "the same for every arm."))
-    multi = len(protocol.seeds) > 1 and any(r.arm.table == "main" for r in results)
+    has_main = any(r.arm.table == "main" for r in results)
+    multi = len(protocol.seeds) > 1 and has_main
     lines += [
         f"- Learning rates {', '.join(f'{lr:g}' for lr in protocol.lrs)}, the same for every arm, run on seed "
         f"{protocol.seeds[0]}; each arm's rate is the one with the lowest validation loss during training."
@@ -357,7 +359,7 @@ def render(protocol: Protocol, results: list[ArmResult], command: str, curves_pn
         "(nothing is filled in by hand).",
         "",
     ]
-    if any(r.arm.table == "main" for r in results):
+    if has_main:
         lines += ["### TNL vs Transformer", "", main_table(protocol, results), ""]
     pair = [r for r in results if r.arm.table == "main" and r.values("test", "window", "word_perplexity")]
     base = next((r for r in pair if r.arm.name == protocol.baseline), None)
